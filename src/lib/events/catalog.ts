@@ -1,0 +1,172 @@
+import { type Static, type TObject, Type } from "@sinclair/typebox";
+
+/**
+ * The catalog of every event of the order saga: its type name, owning stream, schema version and
+ * runtime schema of `data`. Amounts are integer minor units (cents); ids are strings.
+ *
+ * This object is the single source of truth: publishers and consumers validate against it, the
+ * AsyncAPI document (`docs/asyncapi.json`) is generated from it, and subjects are derived from it.
+ */
+
+const Id = Type.String({ minLength: 1, maxLength: 128 });
+/** Order ids appear as a subject token, so they are restricted to subject-safe characters. */
+export const OrderId = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" });
+const Sku = Type.String({ minLength: 1, maxLength: 64 });
+const Currency = Type.String({ pattern: "^[A-Z]{3}$" });
+const Cents = Type.Integer({ minimum: 0 });
+const Qty = Type.Integer({ minimum: 1, maximum: 10_000 });
+
+export const OrderLine = Type.Object(
+  { sku: Sku, quantity: Qty, unitPrice: Cents },
+  { additionalProperties: false },
+);
+export const StockLine = Type.Object({ sku: Sku, quantity: Qty }, { additionalProperties: false });
+
+export const CancelReason = Type.Union([
+  Type.Literal("out_of_stock"),
+  Type.Literal("payment_declined"),
+  Type.Literal("timeout"),
+  Type.Literal("invalid_order"),
+]);
+export type CancelReason = Static<typeof CancelReason>;
+
+export const NotificationKind = Type.Union([
+  Type.Literal("order_confirmed"),
+  Type.Literal("order_cancelled"),
+]);
+export type NotificationKind = Static<typeof NotificationKind>;
+
+function ev<S extends TObject>(stream: StreamName, version: number, description: string, data: S) {
+  return { stream, version, description, data } as const;
+}
+
+/** The streams, one per owning context, plus the dead-letter queue. */
+export const Streams = {
+  ORDERS: "ORDERS",
+  INVENTORY: "INVENTORY",
+  PAYMENTS: "PAYMENTS",
+  NOTIFICATIONS: "NOTIFICATIONS",
+  DLQ: "DLQ",
+} as const;
+export type StreamName = (typeof Streams)[keyof typeof Streams];
+
+export const catalog = {
+  OrderPlaced: ev(
+    "ORDERS",
+    1,
+    "An order was accepted by the API; prices come from the catalog.",
+    Type.Object(
+      {
+        orderId: OrderId,
+        customerId: Id,
+        email: Type.String({ minLength: 3, maxLength: 254 }),
+        items: Type.Array(OrderLine, { minItems: 1, maxItems: 100 }),
+        total: Cents,
+        currency: Currency,
+        placedAt: Type.String({ format: "date-time" }),
+        timeoutAt: Type.String({ format: "date-time" }),
+      },
+      { additionalProperties: false },
+    ),
+  ),
+  OrderConfirmed: ev(
+    "ORDERS",
+    1,
+    "The saga succeeded: stock reserved and payment captured.",
+    Type.Object(
+      { orderId: OrderId, paymentId: Id, total: Cents, currency: Currency },
+      { additionalProperties: false },
+    ),
+  ),
+  OrderCancelled: ev(
+    "ORDERS",
+    1,
+    "The saga failed or timed out; compensations follow.",
+    Type.Object(
+      { orderId: OrderId, reason: CancelReason, detail: Type.Optional(Type.String({ maxLength: 1000 })) },
+      { additionalProperties: false },
+    ),
+  ),
+  StockReserved: ev(
+    "INVENTORY",
+    1,
+    "Every line of the order was reserved (all or nothing).",
+    Type.Object(
+      {
+        orderId: OrderId,
+        customerId: Id,
+        items: Type.Array(StockLine, { minItems: 1 }),
+        total: Cents,
+        currency: Currency,
+      },
+      { additionalProperties: false },
+    ),
+  ),
+  StockRejected: ev(
+    "INVENTORY",
+    1,
+    "At least one line could not be reserved; nothing is held.",
+    Type.Object(
+      { orderId: OrderId, reason: Type.String({ maxLength: 200 }), skus: Type.Array(Sku) },
+      { additionalProperties: false },
+    ),
+  ),
+  StockCommitted: ev(
+    "INVENTORY",
+    1,
+    "The reservation of a confirmed order became a sale.",
+    Type.Object({ orderId: OrderId, items: Type.Array(StockLine) }, { additionalProperties: false }),
+  ),
+  StockReleased: ev(
+    "INVENTORY",
+    1,
+    "The reservation of a cancelled order was returned to stock (items empty when nothing was held).",
+    Type.Object({ orderId: OrderId, items: Type.Array(StockLine) }, { additionalProperties: false }),
+  ),
+  PaymentCaptured: ev(
+    "PAYMENTS",
+    1,
+    "The gateway captured the order total.",
+    Type.Object(
+      { orderId: OrderId, paymentId: Id, amount: Cents, currency: Currency },
+      { additionalProperties: false },
+    ),
+  ),
+  PaymentDeclined: ev(
+    "PAYMENTS",
+    1,
+    "The gateway declined the charge.",
+    Type.Object(
+      { orderId: OrderId, reason: Type.String({ maxLength: 200 }) },
+      { additionalProperties: false },
+    ),
+  ),
+  PaymentRefunded: ev(
+    "PAYMENTS",
+    1,
+    "A capture was refunded because the order was cancelled after it.",
+    Type.Object(
+      { orderId: OrderId, paymentId: Id, refundId: Id, amount: Cents, currency: Currency },
+      { additionalProperties: false },
+    ),
+  ),
+  NotificationSent: ev(
+    "NOTIFICATIONS",
+    1,
+    "The customer was e-mailed about the order's outcome.",
+    Type.Object({ orderId: OrderId, kind: NotificationKind, messageId: Id }, { additionalProperties: false }),
+  ),
+} as const;
+
+export type Catalog = typeof catalog;
+/** Every event type name of the saga. */
+export type EventType = keyof Catalog;
+/** The `data` of event type `T`. */
+export type EventData<T extends EventType> = Static<Catalog[T]["data"]>;
+
+export const eventTypes = Object.keys(catalog) as EventType[];
+
+/** Is `t` an event type of the catalog? */
+export function isEventType(t: unknown): t is EventType {
+  return typeof t === "string" && Object.hasOwn(catalog, t);
+}

@@ -1,0 +1,76 @@
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import type { Logger } from "../telemetry/logger.js";
+
+/** Options for {@link connectNats}. */
+export interface ConnectOptions {
+  /** One URL or a comma-separated list / array of cluster URLs. */
+  servers: string | string[];
+  /** Connection name shown by the server (the service name). */
+  name: string;
+  logger: Logger;
+  /** First reconnect delay; doubles per failed attempt up to `maxReconnectDelayMs`. */
+  reconnectDelayMs?: number;
+  maxReconnectDelayMs?: number;
+}
+
+/**
+ * Connects to NATS with a connection that never gives up: the first connect waits for the server,
+ * reconnects go on forever with exponential backoff and jitter, and every state change
+ * (disconnect, reconnecting, reconnect, error, lame-duck mode) is logged.
+ */
+export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
+  const servers = Array.isArray(opts.servers)
+    ? opts.servers
+    : opts.servers
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean);
+  const base = opts.reconnectDelayMs ?? 100;
+  const cap = opts.maxReconnectDelayMs ?? 5_000;
+  let attempt = 0;
+  const nc = await connect({
+    servers,
+    name: opts.name,
+    maxReconnectAttempts: -1,
+    waitOnFirstConnect: true,
+    reconnectDelayHandler: () => {
+      const d = Math.min(cap, base * 2 ** Math.min(attempt, 16));
+      attempt++;
+      return Math.round(d / 2 + Math.random() * (d / 2));
+    },
+    pingInterval: 10_000,
+    maxPingOut: 3,
+  });
+  opts.logger.info({ server: nc.getServer() }, "nats connected");
+  void (async () => {
+    for await (const s of nc.status()) {
+      switch (s.type) {
+        case "disconnect":
+          opts.logger.warn({ server: s.server }, "nats disconnected");
+          break;
+        case "reconnecting":
+          opts.logger.debug("nats reconnecting");
+          break;
+        case "reconnect":
+          attempt = 0;
+          opts.logger.info({ server: s.server }, "nats reconnected");
+          break;
+        case "error":
+          opts.logger.error({ err: s.error }, "nats connection error");
+          break;
+        case "ldm":
+          opts.logger.warn({ server: s.server }, "nats server entering lame-duck mode");
+          break;
+        case "staleConnection":
+          opts.logger.warn("nats connection stale");
+          break;
+        case "slowConsumer":
+          opts.logger.warn({ sub: s.sub.getSubject() }, "nats slow consumer");
+          break;
+        default:
+          break;
+      }
+    }
+  })().catch((err: unknown) => opts.logger.error({ err }, "nats status loop failed"));
+  return nc;
+}

@@ -1,0 +1,405 @@
+import type { Consumer, JetStreamClient, JsMsg } from "@nats-io/jetstream";
+import { context, trace, type Span } from "@opentelemetry/api";
+import { RetryableError, ShopStreamError, describeError, isNonRetryable } from "../errors.js";
+import { catalog, isEventType, type EventType } from "../events/catalog.js";
+import { decodeEvent } from "../events/codec.js";
+import type { AnyEnvelope, Envelope } from "../events/envelope.js";
+import type { Logger } from "../telemetry/logger.js";
+import type { HandlerOutcome, Metrics } from "../telemetry/metrics.js";
+import {
+  SpanKind,
+  SpanStatusCode,
+  contextFromTraceId,
+  extractTraceContext,
+  tracer,
+} from "../telemetry/tracing.js";
+import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff.js";
+import { deadLetter } from "./dlq.js";
+import { Hdr } from "./headers.js";
+import type { Publisher } from "./publisher.js";
+import type { ConsumerSpec } from "./topology.js";
+
+/**
+ * Thrown by a handler to say "not now, and it is not this message's fault" (e.g. a circuit breaker is
+ * open). The runner keeps the message (sending `working()` so it is not redelivered), runs it again
+ * after `retryAfterMs` once the runner is not paused, and does not count it as a failed attempt.
+ */
+export class DeferError extends RetryableError {
+  override readonly name = "DeferError";
+  readonly retryAfterMs: number;
+  constructor(message: string, retryAfterMs = 500, cause?: unknown) {
+    super("DEFERRED", message, { cause });
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** What a handler gets besides the event. */
+export interface HandlerContext {
+  /** Delivery attempt, 1 on first delivery. */
+  attempt: number;
+  subject: string;
+  streamSequence: number;
+  /** Logger with `trace_id`, `order_id`, `event_id` and `event_type` bound. */
+  logger: Logger;
+  /** The handler's span (kind CONSUMER); child spans and publishes join the order's trace. */
+  span: Span;
+  /** Tells the server the handler is still working: resets the ack wait. Sent automatically too. */
+  working(): void;
+}
+
+/** Business logic for one event type. Throws to fail; the runner decides retry, DLQ or park. */
+export type EventHandler<T extends EventType> = (event: Envelope<T>, ctx: HandlerContext) => Promise<void>;
+
+/** Handlers by event type. Known types without a handler are acknowledged and skipped. */
+export type HandlerMap = { [T in EventType]?: EventHandler<T> };
+
+/** Options for {@link ConsumerRunner}. */
+export interface ConsumerRunnerOptions {
+  js: JetStreamClient;
+  spec: ConsumerSpec;
+  handlers: HandlerMap;
+  publisher: Publisher;
+  logger: Logger;
+  metrics?: Metrics | undefined;
+  /** Messages handled at once by this process (default 16); keep below the consumer's max_ack_pending. */
+  concurrency?: number;
+  /** Failed attempts before a message goes to the DLQ (default 5). */
+  maxAttempts?: number;
+  backoff?: Partial<BackoffOptions>;
+  /** Longest a pull request waits for messages (default 2 s, minimum 1 s). Bounds stop latency. */
+  fetchExpiresMs?: number;
+  /** Interval of automatic `working()` while a handler runs or a message is parked (default ack wait / 3). */
+  heartbeatMs?: number;
+}
+
+type State = "idle" | "running" | "stopping" | "stopped";
+
+/**
+ * Runs handlers on a durable pull consumer with bounded concurrency and backpressure.
+ *
+ * Contract, per message:
+ * - **ack** after the handler resolves (or at once when the type is known but not handled here);
+ * - **nak with delay** (exponential backoff with jitter) when it throws a retryable error, or any error
+ *   that is not a {@link ShopStreamError}, before `maxAttempts`;
+ * - **DLQ, then term** when it throws a non-retryable error (schema-invalid, unknown type: at once) or
+ *   fails its last attempt; if the DLQ copy cannot be stored, nak with delay instead — never a drop;
+ * - **park** on a {@link DeferError}, or any retryable error while paused: kept with `working()`, run
+ *   again after resume, no attempt used.
+ *
+ * Backpressure: the runner pulls only as many messages as it has free slots, so nothing is buffered
+ * beyond `concurrency`. `pause()` stops pulling; `stop()` stops pulling, hands back (nak) messages not
+ * started, and waits for in-flight handlers up to a timeout.
+ */
+export class ConsumerRunner {
+  readonly name: string;
+  readonly #o: Required<Omit<ConsumerRunnerOptions, "metrics" | "backoff" | "heartbeatMs">> & {
+    metrics?: Metrics | undefined;
+    backoff: BackoffOptions;
+    heartbeatMs: number;
+  };
+  #state: State = "idle";
+  #paused = false;
+  #bound = false;
+  #inFlight = 0;
+  #loop: Promise<void> | undefined;
+  #wake: (() => void) | undefined;
+  #idle: (() => void) | undefined;
+  #consumer: Consumer | undefined;
+  #currentFetch: { close(): Promise<void | Error> } | undefined;
+
+  constructor(opts: ConsumerRunnerOptions) {
+    this.name = opts.spec.durable;
+    const ackWait = opts.spec.ackWaitMs ?? 30_000;
+    this.#o = {
+      ...opts,
+      concurrency: Math.max(1, opts.concurrency ?? 16),
+      maxAttempts: Math.max(1, opts.maxAttempts ?? 5),
+      backoff: { ...defaultBackoff, ...opts.backoff },
+      fetchExpiresMs: Math.max(1_000, opts.fetchExpiresMs ?? 2_000),
+      heartbeatMs: opts.heartbeatMs ?? Math.max(100, Math.floor(ackWait / 3)),
+    };
+  }
+
+  /** True while running, bound to its consumer and not stopping (feeds `/ready`). */
+  get ready(): boolean {
+    return this.#state === "running" && this.#bound;
+  }
+  get paused(): boolean {
+    return this.#paused;
+  }
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** Starts pulling. Resolves once the consumer was found on the server. */
+  async start(): Promise<void> {
+    if (this.#state !== "idle") throw new Error(`runner ${this.name} already started`);
+    this.#consumer = await this.#o.js.consumers.get(this.#o.spec.stream, this.#o.spec.durable);
+    this.#bound = true;
+    this.#state = "running";
+    this.#loop = this.#pullLoop();
+  }
+
+  /** Stops pulling new messages (in-flight ones finish). Used by circuit breakers; attempts are not used up. */
+  pause(): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    this.#o.metrics?.consumerPaused.set({ consumer: this.name }, 1);
+    this.#o.logger.warn({ consumer: this.name }, "consumer paused");
+  }
+
+  /** Resumes pulling and runs parked messages again. */
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    this.#o.metrics?.consumerPaused.set({ consumer: this.name }, 0);
+    this.#o.logger.info({ consumer: this.name }, "consumer resumed");
+    this.#kick();
+  }
+
+  /**
+   * Graceful stop: stop pulling, hand back (nak without delay) messages not yet started or parked, and
+   * wait for in-flight handlers to finish and ack, at most `timeoutMs`.
+   * @returns how many handlers were still running when the timeout hit (their messages are redelivered
+   * after the ack wait).
+   */
+  async stop(timeoutMs = 10_000): Promise<{ abandoned: number }> {
+    if (this.#state === "idle") {
+      this.#state = "stopped";
+      return { abandoned: 0 };
+    }
+    if (this.#state === "stopped") return { abandoned: 0 };
+    this.#state = "stopping";
+    this.#kick();
+    const deadline = Date.now() + timeoutMs;
+    const idle = new Promise<void>((resolve) => {
+      if (this.#inFlight === 0) resolve();
+      else this.#idle = resolve;
+    });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>(
+      (resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - Date.now()))),
+    );
+    await Promise.race([Promise.all([idle, this.#loop]), timeout]);
+    clearTimeout(timer);
+    const abandoned = this.#inFlight;
+    if (abandoned > 0)
+      this.#o.logger.warn({ consumer: this.name, abandoned }, "drain timeout: handlers still running");
+    await this.#currentFetch?.close().catch(() => undefined);
+    this.#state = "stopped";
+    return { abandoned };
+  }
+
+  #kick(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
+    w?.();
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.#wake = undefined;
+        resolve();
+      }, ms);
+      this.#wake = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+
+  async #pullLoop(): Promise<void> {
+    const { concurrency, fetchExpiresMs } = this.#o;
+    // Pull when at least this many slots are free, so a saturated runner does not pull one at a time.
+    const threshold = Math.max(1, Math.floor(concurrency / 4));
+    let failures = 0;
+    while (this.#state === "running") {
+      const free = concurrency - this.#inFlight;
+      if (this.#paused || free < Math.min(threshold, concurrency)) {
+        await this.#sleep(this.#paused ? 60_000 : 1_000);
+        continue;
+      }
+      try {
+        const batch = await this.#consumer!.fetch({ max_messages: free, expires: fetchExpiresMs });
+        this.#currentFetch = batch;
+        for await (const m of batch) {
+          if (this.#state !== "running") {
+            this.#handBack(m);
+            continue;
+          }
+          this.#inFlight++;
+          this.#o.metrics?.inFlight.set({ consumer: this.name }, this.#inFlight);
+          void this.#process(m).finally(() => this.#settled());
+        }
+        this.#currentFetch = undefined;
+        this.#bound = true;
+        failures = 0;
+      } catch (err) {
+        this.#currentFetch = undefined;
+        failures++;
+        this.#bound = false;
+        this.#o.logger.warn({ consumer: this.name, err: describeError(err) }, "fetch failed; retrying");
+        if (this.#state === "running") await this.#sleep(Math.min(5_000, 100 * 2 ** Math.min(failures, 6)));
+      }
+    }
+  }
+
+  #settled(): void {
+    this.#inFlight--;
+    this.#o.metrics?.inFlight.set({ consumer: this.name }, this.#inFlight);
+    if (this.#inFlight === 0 && this.#idle) {
+      const r = this.#idle;
+      this.#idle = undefined;
+      r();
+    }
+    // A slot freed: the pull loop may be waiting for room.
+    if (this.#state === "running" && !this.#paused) this.#kick();
+  }
+
+  #handBack(m: JsMsg): void {
+    m.nak();
+    this.#count(m.headers?.get(Hdr.Type) || "unknown", "handed_back", 0);
+  }
+
+  #count(type: string, outcome: HandlerOutcome, startedAt: number): void {
+    const labels = { consumer: this.name, type: isEventType(type) ? type : "unknown", outcome };
+    this.#o.metrics?.handled.inc(labels);
+    if (startedAt > 0)
+      this.#o.metrics?.handleDuration.observe(labels, (performance.now() - startedAt) / 1000);
+  }
+
+  async #process(m: JsMsg): Promise<void> {
+    const started = performance.now();
+    const attempt = m.info.deliveryCount;
+    const hinted = m.headers?.get(Hdr.Type) ?? "";
+    // Known type this consumer does not handle: ack without decoding.
+    if (hinted && isEventType(hinted) && !this.#o.handlers[hinted]) {
+      m.ack();
+      this.#count(hinted, "skipped", started);
+      return;
+    }
+    let event: AnyEnvelope;
+    try {
+      event = decodeEvent(m.data);
+    } catch (err) {
+      await this.#deadLetter(m, err, attempt, hinted, started);
+      return;
+    }
+    const handler = this.#o.handlers[event.type] as EventHandler<EventType> | undefined;
+    if (!handler) {
+      m.ack();
+      this.#count(event.type, "skipped", started);
+      return;
+    }
+    const parent = m.headers?.get(Hdr.TraceParent)
+      ? extractTraceContext(m.headers)
+      : contextFromTraceId(event.trace_id);
+    const span = tracer().startSpan(
+      `process ${this.name}`,
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          "messaging.system": "nats",
+          "messaging.operation.type": "process",
+          "messaging.destination.name": m.subject,
+          "messaging.consumer.group.name": this.name,
+          "messaging.message.id": event.id,
+          "messaging.nats.stream.sequence": m.seq,
+          "messaging.nats.delivery.count": attempt,
+          "shopstream.event.type": event.type,
+          "shopstream.order.id": event.aggregate_id,
+        },
+      },
+      parent,
+    );
+    const logger = this.#o.logger.child({
+      trace_id: event.trace_id,
+      order_id: event.aggregate_id,
+      event_id: event.id,
+      event_type: event.type,
+      consumer: this.name,
+    });
+    const ctx: HandlerContext = {
+      attempt,
+      subject: m.subject,
+      streamSequence: m.seq,
+      logger,
+      span,
+      working: () => m.working(),
+    };
+    const heartbeat = setInterval(() => m.working(), this.#o.heartbeatMs);
+    try {
+      for (;;) {
+        if (this.#paused) await this.#parked(m);
+        if (this.#state !== "running") {
+          this.#handBack(m);
+          return;
+        }
+        try {
+          await context.with(trace.setSpan(parent, span), () => handler(event, ctx));
+          m.ack();
+          this.#count(event.type, "ack", started);
+          return;
+        } catch (err) {
+          const deferred = err instanceof DeferError;
+          if (deferred || (this.#paused && !isNonRetryable(err))) {
+            logger.debug({ err: describeError(err) }, "handler deferred; parking message");
+            if (deferred) await this.#delay(err.retryAfterMs);
+            continue;
+          }
+          span.recordException(err as Error);
+          span.setStatus({ code: SpanStatusCode.ERROR, message: describeError(err) });
+          if (isNonRetryable(err) || attempt >= this.#o.maxAttempts) {
+            await this.#deadLetter(m, err, attempt, event.type, started);
+            return;
+          }
+          const delay = backoffDelay(attempt, this.#o.backoff);
+          logger.warn({ err: describeError(err), attempt, retry_in_ms: delay }, "handler failed; will retry");
+          m.nak(delay);
+          this.#count(event.type, "retry", started);
+          return;
+        }
+      }
+    } finally {
+      clearInterval(heartbeat);
+      span.end();
+    }
+  }
+
+  /** Waits (the message kept alive by the heartbeat) until resumed or stopping. */
+  async #parked(_m: JsMsg): Promise<void> {
+    while (this.#paused && this.#state === "running") await this.#delay(250);
+  }
+
+  #delay(ms: number): Promise<void> {
+    return new Promise((r) => setTimeout(r, ms));
+  }
+
+  async #deadLetter(m: JsMsg, err: unknown, attempt: number, type: string, started: number): Promise<void> {
+    const code = err instanceof ShopStreamError ? err.code : "HANDLER_FAILED";
+    const logger = this.#o.logger.child({ consumer: this.name, subject: m.subject, seq: m.seq });
+    try {
+      await deadLetter(this.#o.publisher, m, {
+        consumer: this.name,
+        code,
+        error: describeError(err),
+        attempts: attempt,
+      });
+      m.term(`${code}: dead-lettered`);
+      this.#o.metrics?.deadLettered.inc({ consumer: this.name, code });
+      this.#count(type, "dlq", started);
+      logger.error({ err: describeError(err), code, attempt }, "message dead-lettered");
+    } catch (dlqErr) {
+      // Never drop: if the DLQ copy failed, the message comes back later.
+      m.nak(backoffDelay(attempt, this.#o.backoff));
+      this.#count(type, "retry", started);
+      logger.error({ err: describeError(dlqErr) }, "DLQ publish failed; message will be redelivered");
+    }
+  }
+}
+
+/** The catalog types a stream carries, for consumers that accept everything on it (audit). */
+export function typesOfStream(stream: string): EventType[] {
+  return (Object.keys(catalog) as EventType[]).filter((t) => catalog[t].stream === stream);
+}

@@ -1,0 +1,145 @@
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import type { JetStreamManager, JsMsg, StoredMsg } from "@nats-io/jetstream";
+import { Streams } from "../events/catalog.js";
+import { Hdr } from "./headers.js";
+import type { Publisher } from "./publisher.js";
+
+/** Subject prefix of the DLQ stream; a dead letter of consumer C lands on `dlq.C`. */
+export const DLQ_SUBJECT_PREFIX = "dlq";
+
+/** The DLQ stream: every message a consumer gave up on, with why. */
+export const dlqStreamSpec = {
+  name: Streams.DLQ,
+  subjects: [`${DLQ_SUBJECT_PREFIX}.>`],
+  description: "Dead letters: messages past max attempts or non-retryable, with the error in headers",
+};
+
+/** Why a message was dead-lettered. */
+export interface DeadLetterReason {
+  consumer: string;
+  code: string;
+  error: string;
+  attempts: number;
+}
+
+/**
+ * Copies a delivered message to the DLQ with its error, attempt count, original stream, subject and
+ * sequence in headers (the body and original headers kept as they were). The DLQ message id is
+ * `<stream>:<seq>:<consumer>`, so copying the same delivery twice (a crash before `term`) stores it once.
+ * The caller `term`s the original only after this resolves.
+ */
+export async function deadLetter(publisher: Publisher, msg: JsMsg, reason: DeadLetterReason): Promise<void> {
+  const h = natsHeaders();
+  if (msg.headers) {
+    for (const k of msg.headers.keys()) {
+      if (k.startsWith("Nats-")) continue;
+      for (const v of msg.headers.values(k)) h.append(k, v);
+    }
+  }
+  h.set(Hdr.DlqConsumer, reason.consumer);
+  h.set(Hdr.DlqCode, reason.code);
+  h.set(Hdr.DlqError, reason.error.replace(/[\r\n]+/g, " ").slice(0, 1024));
+  h.set(Hdr.DlqAttempts, String(reason.attempts));
+  h.set(Hdr.DlqStream, msg.info.stream);
+  h.set(Hdr.DlqSubject, msg.subject);
+  h.set(Hdr.DlqSequence, String(msg.seq));
+  h.set(Hdr.DlqAt, new Date().toISOString());
+  await publisher.publishRaw(`${DLQ_SUBJECT_PREFIX}.${reason.consumer}`, msg.data, {
+    msgID: `${msg.info.stream}:${msg.seq}:${reason.consumer}`,
+    headers: h,
+    stream: Streams.DLQ,
+  });
+}
+
+/** One DLQ entry as listed/inspected by operators. */
+export interface DeadLetter {
+  dlqSequence: number;
+  consumer: string;
+  code: string;
+  error: string;
+  attempts: number;
+  stream: string;
+  subject: string;
+  sequence: number;
+  at: string;
+  type: string | undefined;
+  data: Uint8Array;
+}
+
+function toDeadLetter(m: StoredMsg): DeadLetter {
+  const g = (k: string) => m.header.get(k);
+  return {
+    dlqSequence: m.seq,
+    consumer: g(Hdr.DlqConsumer),
+    code: g(Hdr.DlqCode),
+    error: g(Hdr.DlqError),
+    attempts: Number(g(Hdr.DlqAttempts)),
+    stream: g(Hdr.DlqStream),
+    subject: g(Hdr.DlqSubject),
+    sequence: Number(g(Hdr.DlqSequence)),
+    at: g(Hdr.DlqAt),
+    type: g(Hdr.Type) || undefined,
+    data: m.data,
+  };
+}
+
+/** Lists DLQ entries (oldest first), optionally only those of one consumer. */
+export async function listDeadLetters(
+  jsm: JetStreamManager,
+  opts: { consumer?: string; limit?: number } = {},
+): Promise<DeadLetter[]> {
+  const out: DeadLetter[] = [];
+  const limit = opts.limit ?? 100;
+  const subject = opts.consumer ? `${DLQ_SUBJECT_PREFIX}.${opts.consumer}` : `${DLQ_SUBJECT_PREFIX}.>`;
+  let seq = 1;
+  while (out.length < limit) {
+    let m: StoredMsg | null;
+    try {
+      m = await jsm.direct.getMessage(Streams.DLQ, { seq, next_by_subj: subject });
+    } catch {
+      break;
+    }
+    if (!m) break;
+    out.push(toDeadLetter(m));
+    seq = m.seq + 1;
+  }
+  return out;
+}
+
+/** Reads one DLQ entry by its DLQ sequence. */
+export async function inspectDeadLetter(
+  jsm: JetStreamManager,
+  dlqSequence: number,
+): Promise<DeadLetter | null> {
+  const m = await jsm.streams.getMessage(Streams.DLQ, { seq: dlqSequence }).catch(() => null);
+  return m ? toDeadLetter(m) : null;
+}
+
+/**
+ * Redrives a DLQ entry: republishes its body and headers to the original subject (with message id
+ * `redrive:<dlqSequence>` so it is not taken for a duplicate of the original, and a
+ * `Shopstream-Redrive` header), then removes the entry from the DLQ. Every consumer of that subject
+ * sees the event again; handlers are idempotent, so only the one that failed has work to do.
+ */
+export async function redriveDeadLetter(
+  jsm: JetStreamManager,
+  publisher: Publisher,
+  dlqSequence: number,
+): Promise<{ subject: string; seq: number }> {
+  const m = await jsm.streams.getMessage(Streams.DLQ, { seq: dlqSequence });
+  if (!m) throw new Error(`no DLQ entry ${dlqSequence}`);
+  const dl = toDeadLetter(m);
+  const h = natsHeaders();
+  for (const k of m.header.keys()) {
+    if (k.startsWith("Nats-") || k.startsWith("Shopstream-Dlq-")) continue;
+    for (const v of m.header.values(k)) h.append(k, v);
+  }
+  h.set(Hdr.Redrive, String(dlqSequence));
+  const ack = await publisher.publishRaw(dl.subject, m.data, {
+    msgID: `redrive:${dlqSequence}`,
+    headers: h,
+    stream: dl.stream,
+  });
+  await jsm.streams.deleteMessage(Streams.DLQ, dlqSequence, false);
+  return { subject: dl.subject, seq: ack.seq };
+}

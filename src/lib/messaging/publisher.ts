@@ -1,0 +1,170 @@
+import { headers as natsHeaders, errors as natsErrors, type MsgHdrs } from "@nats-io/transport-node";
+import { JetStreamApiError, JetStreamApiCodes, type JetStreamClient, type PubAck } from "@nats-io/jetstream";
+import { ExponentialBackoff, handleWhen, retry } from "cockatiel";
+import { context, trace } from "@opentelemetry/api";
+import { RetryableError } from "../errors.js";
+import { encodeEvent } from "../events/codec.js";
+import { streamOf, subjectOf, type Envelope } from "../events/envelope.js";
+import type { Metrics } from "../telemetry/metrics.js";
+import { SpanKind, SpanStatusCode, injectTraceHeaders, tracer } from "../telemetry/tracing.js";
+import { Hdr } from "./headers.js";
+
+/** Another writer appended to the aggregate first: reload and decide again. Retryable. */
+export class ConcurrencyError extends RetryableError {
+  override readonly name = "ConcurrencyError";
+  constructor(subject: string, expected: number, cause?: unknown) {
+    super("CONCURRENCY_CONFLICT", `${subject} is no longer at sequence ${expected}`, { status: 409, cause });
+  }
+}
+
+/** JetStream did not confirm a publish after every retry. Retryable. */
+export class PublishError extends RetryableError {
+  override readonly name = "PublishError";
+  constructor(subject: string, cause: unknown) {
+    super(
+      "PUBLISH_FAILED",
+      `publish to ${subject} not confirmed: ${(cause as Error)?.message ?? String(cause)}`,
+      {
+        cause,
+      },
+    );
+  }
+}
+
+/** Options for {@link Publisher}. */
+export interface PublisherOptions {
+  metrics?: Metrics | undefined;
+  /** Time to wait for each PubAck (default 5 s). */
+  timeoutMs?: number;
+  /** Attempts per publish, the first included (default 6), on timeouts and no-responders only. */
+  maxAttempts?: number;
+  /** First retry delay; doubles per attempt (default 100 ms, capped at 2 s). */
+  retryDelayMs?: number;
+}
+
+/** Options of one publish. */
+export interface PublishOptions {
+  /**
+   * Optimistic concurrency: the append succeeds only if the last message on the event's subject has
+   * this stream sequence (0 = the subject is empty). Otherwise a {@link ConcurrencyError} is thrown.
+   */
+  expectLastSubjectSequence?: number;
+  /** Extra headers. */
+  headers?: MsgHdrs;
+}
+
+function isTransient(err: unknown): boolean {
+  if (err instanceof natsErrors.TimeoutError || err instanceof natsErrors.NoRespondersError) return true;
+  if (err instanceof natsErrors.RequestError)
+    return err.isNoResponders() || err.cause instanceof natsErrors.TimeoutError;
+  if (err instanceof natsErrors.ClosedConnectionError) return false;
+  // JetStream temporarily unavailable (e.g. leader election): 503 from the API.
+  return err instanceof JetStreamApiError && err.status === 503;
+}
+
+/**
+ * Publishes events to JetStream and waits for their PubAck.
+ *
+ * Contract: `Nats-Msg-Id` is the event id, so a publish retried after a timeout or no-responders
+ * (retried here with the same id and backoff), or redone after a crash, is stored once within the
+ * stream's duplicate window. The event is validated against its schema before it leaves. A span
+ * (kind PRODUCER) wraps each publish and its W3C trace context travels in the message headers.
+ */
+export class Publisher {
+  readonly #js: JetStreamClient;
+  readonly #opts: Required<Omit<PublisherOptions, "metrics">> & { metrics?: Metrics | undefined };
+
+  constructor(js: JetStreamClient, opts: PublisherOptions = {}) {
+    this.#js = js;
+    this.#opts = {
+      metrics: opts.metrics,
+      timeoutMs: opts.timeoutMs ?? 5_000,
+      maxAttempts: opts.maxAttempts ?? 6,
+      retryDelayMs: opts.retryDelayMs ?? 100,
+    };
+  }
+
+  /**
+   * Publishes one event on its subject ({@link subjectOf}).
+   * @returns the PubAck (`duplicate` is true when the server already had this event id).
+   * @throws ConcurrencyError when `expectLastSubjectSequence` does not hold.
+   * @throws PublishError when JetStream did not confirm after every retry.
+   * @throws EventDecodeError when the event does not match its schema (a bug in the caller).
+   */
+  async publish(event: Envelope, opts: PublishOptions = {}): Promise<PubAck> {
+    const subject = subjectOf(event);
+    const data = encodeEvent(event);
+    const stream = streamOf(event.type);
+    const span = tracer().startSpan(`send ${subject}`, {
+      kind: SpanKind.PRODUCER,
+      attributes: {
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": subject,
+        "messaging.message.id": event.id,
+        "shopstream.event.type": event.type,
+        "shopstream.order.id": event.aggregate_id,
+      },
+    });
+    const h = opts.headers ?? natsHeaders();
+    h.set(Hdr.Type, event.type);
+    injectTraceHeaders(trace.setSpan(context.active(), span), h);
+    const started = performance.now();
+    try {
+      const ack = await this.publishRaw(subject, data, {
+        msgID: event.id,
+        headers: h,
+        expectLastSubjectSequence: opts.expectLastSubjectSequence,
+        stream,
+      });
+      span.setAttribute("messaging.nats.stream.sequence", ack.seq);
+      if (ack.duplicate) span.setAttribute("shopstream.duplicate", true);
+      this.#opts.metrics?.published.inc({ stream, type: event.type });
+      return ack;
+    } catch (err) {
+      span.recordException(err as Error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+      throw err;
+    } finally {
+      this.#opts.metrics?.publishDuration.observe({ stream }, (performance.now() - started) / 1000);
+      span.end();
+    }
+  }
+
+  /**
+   * Publishes raw bytes with a message id, retrying transient failures with the same id. Used for
+   * events (through {@link publish}) and for DLQ copies and redrives.
+   */
+  async publishRaw(
+    subject: string,
+    data: Uint8Array,
+    o: { msgID: string; headers?: MsgHdrs; expectLastSubjectSequence?: number | undefined; stream?: string },
+  ): Promise<PubAck> {
+    const policy = retry(handleWhen(isTransient), {
+      maxAttempts: this.#opts.maxAttempts - 1,
+      backoff: new ExponentialBackoff({ initialDelay: this.#opts.retryDelayMs, maxDelay: 2_000 }),
+    });
+    if (this.#opts.metrics && o.stream) {
+      const stream = o.stream;
+      policy.onRetry(() => this.#opts.metrics?.publishRetries.inc({ stream }));
+    }
+    try {
+      return await policy.execute(() =>
+        this.#js.publish(subject, data, {
+          msgID: o.msgID,
+          timeout: this.#opts.timeoutMs,
+          ...(o.headers ? { headers: o.headers } : {}),
+          ...(o.expectLastSubjectSequence !== undefined
+            ? { expect: { lastSubjectSequence: o.expectLastSubjectSequence } }
+            : {}),
+        }),
+      );
+    } catch (err) {
+      if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamWrongLastSequence) {
+        throw new ConcurrencyError(subject, o.expectLastSubjectSequence ?? -1, err);
+      }
+      throw new PublishError(subject, err);
+    }
+  }
+}

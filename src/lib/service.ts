@@ -1,0 +1,265 @@
+import { Type, type Static, type TObject } from "@sinclair/typebox";
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { FastifyInstance } from "fastify";
+import { Env, parseConfig } from "./config.js";
+import { Streams } from "./events/catalog.js";
+import { createOpsServer, type ReadinessCheck } from "./http/ops-server.js";
+import { runShutdown, onTerminationSignal } from "./lifecycle.js";
+import { connectNats } from "./messaging/connection.js";
+import { ConsumerRunner, type HandlerMap } from "./messaging/consumer.js";
+import { dlqStreamSpec } from "./messaging/dlq.js";
+import { Publisher } from "./messaging/publisher.js";
+import { ensureConsumer, ensureStream, type ConsumerSpec, type StreamSpec } from "./messaging/topology.js";
+import type { BackoffOptions } from "./messaging/backoff.js";
+import { createLogger, type Logger } from "./telemetry/logger.js";
+import { Metrics } from "./telemetry/metrics.js";
+import { initTracing, type Tracing } from "./telemetry/tracing.js";
+
+/** Environment variables every service reads (each service adds its own). */
+export const CommonConfig = Type.Object({
+  NATS_URL: Type.String({
+    default: "nats://127.0.0.1:4222",
+    description: "NATS server URL(s), comma-separated",
+  }),
+  HOST: Type.String({ default: "127.0.0.1", description: "interface the HTTP server listens on" }),
+  LOG_LEVEL: Env.logLevel(),
+  OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(
+    Type.String({ format: "uri", description: "OTLP/HTTP endpoint" }),
+  ),
+  DRAIN_TIMEOUT_MS: Env.ms(20_000, "bound of the graceful shutdown"),
+  STREAM_REPLICAS: Type.Integer({
+    minimum: 1,
+    maximum: 5,
+    default: 1,
+    description: "replicas of every stream",
+  }),
+  CONSUMER_CONCURRENCY: Type.Integer({
+    minimum: 1,
+    maximum: 1024,
+    default: 32,
+    description: "handlers at once per consumer",
+  }),
+  MAX_ATTEMPTS: Type.Integer({
+    minimum: 1,
+    maximum: 100,
+    default: 5,
+    description: "failed attempts before the DLQ",
+  }),
+  RETRY_INITIAL_MS: Env.ms(250, "first redelivery delay"),
+  RETRY_MAX_MS: Env.ms(30_000, "longest redelivery delay"),
+});
+export type CommonConfig = Static<typeof CommonConfig>;
+
+/** The streams of ShopStream, one per owning context, plus the DLQ. */
+export const streamSpecs: StreamSpec[] = [
+  {
+    name: Streams.ORDERS,
+    subjects: ["orders.*"],
+    description: "Order aggregate events, one subject per order",
+  },
+  { name: Streams.INVENTORY, subjects: ["inventory.*.*"], description: "Stock outcomes per order" },
+  { name: Streams.PAYMENTS, subjects: ["payments.*.*"], description: "Payment outcomes per order" },
+  { name: Streams.NOTIFICATIONS, subjects: ["notifications.*.*"], description: "E-mails sent per order" },
+  dlqStreamSpec,
+];
+
+/** A consumer of a service: its declared spec and handlers. */
+export interface ConsumerDefinition {
+  spec: ConsumerSpec;
+  handlers: HandlerMap;
+  concurrency?: number;
+  maxAttempts?: number;
+  backoff?: Partial<BackoffOptions>;
+}
+
+/** Everything a service's composition root gets to wire its domain. */
+export interface ServiceContext<C extends CommonConfig = CommonConfig> {
+  name: string;
+  config: C;
+  logger: Logger;
+  metrics: Metrics;
+  tracing: Tracing;
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  publisher: Publisher;
+  /** The service's HTTP server (ops routes already on it); add API routes here. */
+  app: FastifyInstance;
+  /** Runners by durable name, filled once consumers start. */
+  runners: Map<string, ConsumerRunner>;
+}
+
+/** What a service declares; {@link runService} does the rest. */
+export interface ServiceDefinition<S extends TObject> {
+  name: string;
+  /** The service's own config schema (merged with {@link CommonConfig}); must define PORT. */
+  config: S;
+  /** Extra readiness checks. */
+  readiness?: (ctx: ServiceContext<Static<S> & CommonConfig>) => Record<string, ReadinessCheck>;
+  /** Creates state (KV buckets, clients) and HTTP routes; runs before consumers start. */
+  setup?: (ctx: ServiceContext<Static<S> & CommonConfig>) => Promise<ServiceHooks | void>;
+  consumers?: (ctx: ServiceContext<Static<S> & CommonConfig>) => ConsumerDefinition[];
+  /** HTTP body limit (default 1 MiB). */
+  bodyLimit?: number;
+}
+
+/** Hooks a service's setup may return. */
+export interface ServiceHooks {
+  /** Runs after consumers stop and HTTP closes, before NATS drains (e.g. close a DB pool). */
+  close?: () => Promise<void>;
+  /** Runs once consumers are started. */
+  started?: () => Promise<void> | void;
+}
+
+/** A running service: `stop()` runs the shutdown order. */
+export interface RunningService<C extends CommonConfig> {
+  ctx: ServiceContext<C>;
+  url: string;
+  stop(): Promise<boolean>;
+}
+
+/**
+ * Starts a service in order: config (validated; a bad value stops the process with a message naming
+ * it) → telemetry → NATS → streams and consumers provisioned idempotently → service setup → HTTP →
+ * consumers. Stops in the shutdown order of ARCHITECTURE.md: readiness false → stop pulling and hand
+ * back unstarted messages → in-flight handlers finish and ack → close HTTP → service close → drain
+ * NATS → flush traces and logs; the whole bounded by DRAIN_TIMEOUT_MS.
+ */
+export async function startService<S extends TObject>(
+  def: ServiceDefinition<S>,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<RunningService<Static<S> & CommonConfig>> {
+  type C = Static<S> & CommonConfig;
+  const schema = Type.Composite([CommonConfig, def.config]);
+  const config = parseConfig(schema, env) as unknown as C;
+  const logger = createLogger({ service: def.name, level: config.LOG_LEVEL as never });
+  const tracing = initTracing({ service: def.name, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+  const metrics = new Metrics(def.name);
+  const nc = await connectNats({ servers: config.NATS_URL, name: def.name, logger });
+  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
+  for (const s of streamSpecs) await ensureStream(jsm, s, { replicas: config.STREAM_REPLICAS }, logger);
+  const publisher = new Publisher(js, { metrics });
+  const readiness: Record<string, ReadinessCheck> = { nats: () => (nc.isClosed() ? "closed" : true) };
+  const ops = createOpsServer({
+    service: def.name,
+    metrics,
+    logger,
+    readiness,
+    ...(def.bodyLimit ? { bodyLimit: def.bodyLimit } : {}),
+  });
+  const runners = new Map<string, ConsumerRunner>();
+  const ctx: ServiceContext<C> = {
+    name: def.name,
+    config,
+    logger,
+    metrics,
+    tracing,
+    nc,
+    js,
+    jsm,
+    publisher,
+    app: ops.app,
+    runners,
+  };
+  const hooks = (await def.setup?.(ctx)) ?? {};
+  Object.assign(readiness, def.readiness?.(ctx) ?? {});
+  const consumers = def.consumers?.(ctx) ?? [];
+  for (const c of consumers) {
+    await ensureConsumer(jsm, c.spec, logger);
+    runners.set(
+      c.spec.durable,
+      new ConsumerRunner({
+        js,
+        spec: c.spec,
+        handlers: c.handlers,
+        publisher,
+        logger,
+        metrics,
+        concurrency: c.concurrency ?? config.CONSUMER_CONCURRENCY,
+        maxAttempts: c.maxAttempts ?? config.MAX_ATTEMPTS,
+        backoff: { initialMs: config.RETRY_INITIAL_MS, maxMs: config.RETRY_MAX_MS, ...c.backoff },
+      }),
+    );
+  }
+  readiness["consumers"] = () => {
+    const notReady = [...runners.values()].filter((r) => !r.ready).map((r) => r.name);
+    return notReady.length === 0 ? true : `not bound: ${notReady.join(", ")}`;
+  };
+  collectConsumerGauges(
+    metrics,
+    jsm,
+    consumers.map((c) => c.spec),
+  );
+  const port = (config as unknown as { PORT: number }).PORT;
+  const address = await ops.app.listen({ host: config.HOST, port });
+  for (const r of runners.values()) await r.start();
+  await hooks.started?.();
+  logger.info({ url: address, consumers: [...runners.keys()] }, `${def.name} started`);
+
+  let stopping: Promise<boolean> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      logger.info("shutting down");
+      const t0 = Date.now();
+      const ok = await runShutdown(
+        [
+          { name: "readiness false", run: () => ops.setDraining() },
+          {
+            name: "stop consumers",
+            run: () =>
+              Promise.all(
+                [...runners.values()].map((r) => r.stop(Math.max(0, config.DRAIN_TIMEOUT_MS - 2_000))),
+              ),
+          },
+          { name: "close http", run: () => ops.app.close() },
+          { name: "service close", run: () => hooks.close?.() },
+          { name: "drain nats", run: () => nc.drain() },
+          { name: "flush traces", run: () => tracing.shutdown() },
+        ],
+        logger,
+        config.DRAIN_TIMEOUT_MS,
+      );
+      logger.info({ ms: Date.now() - t0, clean: ok }, "stopped");
+      logger.flush();
+      return ok;
+    })());
+  return { ctx, url: address, stop };
+}
+
+/** Keeps consumer pending counts fresh for `/metrics`: read from the server at scrape time. */
+function collectConsumerGauges(metrics: Metrics, jsm: JetStreamManager, specs: ConsumerSpec[]): void {
+  const update = async () => {
+    await Promise.all(
+      specs.map(async (s) => {
+        try {
+          const info = await jsm.consumers.info(s.stream, s.durable);
+          metrics.consumerPending.set({ stream: s.stream, consumer: s.durable }, info.num_pending);
+          metrics.consumerAckPending.set({ stream: s.stream, consumer: s.durable }, info.num_ack_pending);
+        } catch {
+          /* a scrape during a reconnect keeps the last values */
+        }
+      }),
+    );
+  };
+  metrics.onCollect(update);
+}
+
+/**
+ * Runs a service as a process: starts it, stops it gracefully on SIGTERM/SIGINT, and exits non-zero
+ * with a clear message when configuration is invalid or start-up fails.
+ */
+export function runService<S extends TObject>(def: ServiceDefinition<S>): void {
+  startService(def)
+    .then((svc) => {
+      onTerminationSignal(() => {
+        void svc.stop().then((ok) => process.exit(ok ? 0 : 1));
+      });
+    })
+    .catch((err: unknown) => {
+      const msg = err instanceof Error ? err.message : String(err);
+      process.stderr.write(`${def.name}: failed to start: ${msg}\n`);
+      process.exit(1);
+    });
+}

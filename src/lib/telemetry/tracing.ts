@@ -1,0 +1,114 @@
+import {
+  context,
+  propagation,
+  trace,
+  SpanKind,
+  SpanStatusCode,
+  type Context,
+  type Span,
+  type TextMapGetter,
+  type TextMapSetter,
+  type Tracer,
+} from "@opentelemetry/api";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import {
+  BatchSpanProcessor,
+  NodeTracerProvider,
+  type SpanExporter,
+  type SpanProcessor,
+  SimpleSpanProcessor,
+} from "@opentelemetry/sdk-trace-node";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import type { MsgHdrs } from "@nats-io/transport-node";
+
+export { SpanKind, SpanStatusCode, context, trace };
+export type { Span, Tracer, Context };
+
+/** Options for {@link initTracing}. */
+export interface TracingOptions {
+  /** `service.name` of every span. */
+  service: string;
+  /** OTLP/HTTP endpoint (e.g. http://otel-collector:4318); spans are exported only when set. */
+  otlpEndpoint?: string | undefined;
+  /** Extra exporter (tests use an in-memory one), run through a simple processor. */
+  exporter?: SpanExporter | undefined;
+}
+
+/** A running tracer provider; `shutdown()` flushes spans (last step of the shutdown order). */
+export interface Tracing {
+  tracer: Tracer;
+  shutdown(): Promise<void>;
+}
+
+let installed: NodeTracerProvider | undefined;
+
+/**
+ * Installs the OpenTelemetry tracer provider and the W3C trace-context propagator for this process.
+ * A provider is always installed so trace ids exist and propagate across services even when nothing
+ * is exported; OTLP/HTTP export is added when `otlpEndpoint` is set. Idempotent per process.
+ */
+export function initTracing(opts: TracingOptions): Tracing {
+  if (!installed) {
+    const processors: SpanProcessor[] = [];
+    if (opts.otlpEndpoint) {
+      const url = opts.otlpEndpoint.replace(/\/$/, "") + "/v1/traces";
+      processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url })));
+    }
+    if (opts.exporter) processors.push(new SimpleSpanProcessor(opts.exporter));
+    installed = new NodeTracerProvider({
+      resource: resourceFromAttributes({ "service.name": opts.service }),
+      spanProcessors: processors,
+    });
+    installed.register({ propagator: new W3CTraceContextPropagator() });
+  }
+  const provider = installed;
+  return {
+    tracer: trace.getTracer("shopstream", "0.1.0"),
+    shutdown: async () => {
+      await provider.shutdown();
+      installed = undefined;
+    },
+  };
+}
+
+/** The tracer used by the shared library (a no-op one until {@link initTracing} runs). */
+export function tracer(): Tracer {
+  return trace.getTracer("shopstream", "0.1.0");
+}
+
+const setter: TextMapSetter<MsgHdrs> = {
+  set: (carrier, key, value) => carrier.set(key, value),
+};
+const getter: TextMapGetter<MsgHdrs | undefined> = {
+  get: (carrier, key) => carrier?.get(key) || undefined,
+  keys: (carrier) => (carrier ? carrier.keys() : []),
+};
+
+/** Writes the W3C `traceparent` (and `tracestate`) of `ctx` into NATS message headers. */
+export function injectTraceHeaders(ctx: Context, headers: MsgHdrs): void {
+  propagation.inject(ctx, headers, setter);
+}
+
+/** Reads the trace context a publisher put into NATS message headers. */
+export function extractTraceContext(headers: MsgHdrs | undefined): Context {
+  return propagation.extract(context.active(), headers, getter);
+}
+
+/** The trace id of the active span, or undefined when there is none. */
+export function activeTraceId(ctx: Context = context.active()): string | undefined {
+  const sc = trace.getSpanContext(ctx);
+  return sc && trace.isSpanContextValid(sc) ? sc.traceId : undefined;
+}
+
+/**
+ * Makes a span context from an envelope's trace id when no `traceparent` header came with a message
+ * (e.g. an event published by a tool): the handler's span then still joins the order's trace.
+ */
+export function contextFromTraceId(traceId: string): Context {
+  const spanId = Math.floor(Math.random() * 2 ** 52)
+    .toString(16)
+    .padStart(16, "0")
+    .slice(-16);
+  return trace.setSpanContext(context.active(), { traceId, spanId, traceFlags: 1, isRemote: true });
+}

@@ -1,0 +1,586 @@
+/**
+ * Pieces shared by the external-world simulators (payment gateway, mail provider).
+ *
+ * The simulators are dev/test tools that run as separate processes and are reached over HTTP only; no
+ * service imports this module. It provides:
+ *
+ * - {@link createSimulatorServer}: a Fastify instance with RFC 9457 problem+json errors, strict
+ *   validation and `GET /health`;
+ * - {@link Faults}: fault-injection settings (outage, random failure, latency) plus route hooks, and
+ *   {@link registerAdminRoutes} for `/admin/faults` and `/admin/reset`;
+ * - {@link IdempotencyStore}: per-key locking, body fingerprints and stored-response replay;
+ * - {@link JsonFile}: atomic (write-temp-then-rename) JSON persistence;
+ * - {@link runSimulator}: the shared entry-point logic for `main.ts`.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { mkdir, open, rename, unlink } from "node:fs/promises";
+import { dirname } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyBaseLogger,
+} from "fastify";
+import { pino, type Logger } from "pino";
+import { type Static, Type } from "@sinclair/typebox";
+import { parseConfig, Env } from "../lib/config.js";
+import { ShopStreamError, describeError } from "../lib/errors.js";
+
+/** Options accepted by every simulator factory. */
+export interface SimulatorOptions {
+  /** `true` for a default pino logger, `false`/absent for none, or an existing pino logger. */
+  logger?: boolean | Logger;
+  /** Seed for the fault-injection random number generator (reproducible failure patterns). */
+  seed?: number;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// problem+json
+// ---------------------------------------------------------------------------------------------------
+
+export const PROBLEM_CONTENT_TYPE = "application/problem+json";
+const PROBLEM_BASE = "https://shopstream.dev/problems/simulator/";
+
+/** One field-level validation problem, listed in a problem document's `errors`. */
+export interface ProblemFieldError {
+  /** JSON pointer into the request, e.g. `/body/amount` or `/headers/idempotency-key`. */
+  pointer: string;
+  message: string;
+}
+
+/** RFC 9457 problem document. */
+export interface ProblemDocument {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  errors?: ProblemFieldError[];
+}
+
+/** An error that the simulators render as `application/problem+json` with the given status. */
+export class ProblemError extends ShopStreamError {
+  override readonly name: string = "ProblemError";
+  readonly title: string;
+  readonly errors: ProblemFieldError[] | undefined;
+  readonly headers: Record<string, string>;
+
+  /** `slug` becomes both the error `code` and the last segment of the problem `type` URI. */
+  constructor(
+    status: number,
+    slug: string,
+    title: string,
+    detail: string,
+    extra: { errors?: ProblemFieldError[]; headers?: Record<string, string> } = {},
+  ) {
+    super(slug, detail, { retryable: status >= 500 || status === 429, status });
+    this.title = title;
+    this.errors = extra.errors;
+    this.headers = extra.headers ?? {};
+  }
+
+  toProblem(): ProblemDocument {
+    return problem(this.status, this.code, this.title, this.message, this.errors);
+  }
+}
+
+/** Builds an RFC 9457 problem document. */
+export function problem(
+  status: number,
+  slug: string,
+  title: string,
+  detail: string,
+  errors?: ProblemFieldError[],
+): ProblemDocument {
+  const doc: ProblemDocument = { type: PROBLEM_BASE + slug, title, status, detail };
+  if (errors && errors.length > 0) doc.errors = errors;
+  return doc;
+}
+
+/** Sends a problem document with the right content type. */
+export function sendProblem(reply: FastifyReply, doc: ProblemDocument): FastifyReply {
+  return reply.code(doc.status).type(PROBLEM_CONTENT_TYPE).send(doc);
+}
+
+const STATUS_TITLES: Record<number, string> = {
+  400: "Bad Request",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  413: "Payload Too Large",
+  415: "Unsupported Media Type",
+  422: "Unprocessable Content",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+function errorToProblem(
+  err: FastifyError,
+  log: FastifyBaseLogger,
+): { doc: ProblemDocument; headers: Record<string, string> } {
+  if (err instanceof ProblemError) return { doc: err.toProblem(), headers: err.headers };
+  if (err.validation) {
+    const context = err.validationContext ?? "request";
+    const errors = err.validation.map((v) => {
+      const missing = (v.params as { missingProperty?: unknown }).missingProperty;
+      const path = v.instancePath + (typeof missing === "string" ? `/${missing}` : "");
+      return { pointer: `/${context}${path}`, message: v.message ?? "is invalid" };
+    });
+    return {
+      doc: problem(
+        400,
+        "validation",
+        "Request validation failed",
+        `invalid ${context}: ${err.message}`,
+        errors,
+      ),
+      headers: {},
+    };
+  }
+  const status = err.statusCode ?? 500;
+  if (status >= 400 && status < 500) {
+    return {
+      doc: problem(status, "bad-request", STATUS_TITLES[status] ?? "Client Error", err.message),
+      headers: {},
+    };
+  }
+  log.error({ err }, `unhandled error: ${describeError(err)}`);
+  return { doc: problem(500, "internal", "Internal Server Error", describeError(err)), headers: {} };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// server skeleton
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * A Fastify instance configured the way both simulators need: no type coercion on bodies, all
+ * validation errors reported, problem+json for every error (including 404 and malformed JSON), and
+ * `GET /health`.
+ */
+export function createSimulatorServer(name: string, opts: SimulatorOptions = {}): FastifyInstance {
+  const ajv = { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: true } } as const;
+  const app: FastifyInstance =
+    typeof opts.logger === "object"
+      ? (Fastify({ loggerInstance: opts.logger, ajv }) as unknown as FastifyInstance)
+      : Fastify({ logger: opts.logger ?? false, ajv });
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const { doc, headers } = errorToProblem(err, req.log);
+    void reply.headers(headers);
+    return sendProblem(reply, doc);
+  });
+  app.setNotFoundHandler((req, reply) =>
+    sendProblem(reply, problem(404, "not-found", "Not Found", `no route ${req.method} ${req.url}`)),
+  );
+  app.get("/health", async () => ({ status: "ok", service: name }));
+  return app;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// faults
+// ---------------------------------------------------------------------------------------------------
+
+export const FaultSettingsSchema = Type.Object(
+  {
+    failureRate: Type.Number({
+      minimum: 0,
+      maximum: 1,
+      description: "probability of a 500/503 before any effect",
+    }),
+    latencyMs: Type.Integer({ minimum: 0, maximum: 600_000, description: "delay added to every response" }),
+    latencyJitterMs: Type.Integer({
+      minimum: 0,
+      maximum: 600_000,
+      description: "extra random delay, 0..n ms",
+    }),
+    outage: Type.Boolean({ description: "when true every faulted request fails with 503 at once" }),
+  },
+  { additionalProperties: false },
+);
+export type FaultSettings = Static<typeof FaultSettingsSchema>;
+export const FaultPatchSchema = Type.Partial(FaultSettingsSchema, { additionalProperties: false });
+export type FaultPatch = Static<typeof FaultPatchSchema>;
+
+const NO_FAULTS: FaultSettings = { failureRate: 0, latencyMs: 0, latencyJitterMs: 0, outage: false };
+
+/** mulberry32: tiny, fast, seedable PRNG returning floats in [0, 1). */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Fault-injection state. Attach {@link Faults.hooks} to the routes that talk to the "outside world":
+ * `onRequest` rejects during an outage or on a random failure (before the handler, so nothing is
+ * recorded); `onSend` delays the response after the handler has recorded its effect.
+ */
+export class Faults {
+  private settings: FaultSettings = { ...NO_FAULTS };
+  private readonly random: () => number;
+
+  constructor(seed?: number) {
+    this.random = seed === undefined ? Math.random : seededRandom(seed);
+  }
+
+  get(): FaultSettings {
+    return { ...this.settings };
+  }
+
+  update(patch: FaultPatch): FaultSettings {
+    for (const [k, v] of Object.entries(patch)) {
+      if (v !== undefined) (this.settings as Record<string, unknown>)[k] = v;
+    }
+    return this.get();
+  }
+
+  reset(): FaultSettings {
+    this.settings = { ...NO_FAULTS };
+    return this.get();
+  }
+
+  /** Throws the fault to inject before any effect, if any. */
+  checkBeforeEffect(): void {
+    const s = this.settings;
+    if (s.outage) {
+      throw new ProblemError(503, "outage", "Service Unavailable", "simulated outage (fault injection)", {
+        headers: { "retry-after": "1" },
+      });
+    }
+    if (s.failureRate > 0 && this.random() < s.failureRate) {
+      const status = this.random() < 0.5 ? 500 : 503;
+      throw new ProblemError(
+        status,
+        "simulated-failure",
+        STATUS_TITLES[status] ?? "Server Error",
+        `simulated random failure (failureRate=${s.failureRate}); nothing was recorded, retry with the same Idempotency-Key`,
+      );
+    }
+  }
+
+  /** Delay to apply to a response right now (latency + random jitter), in ms. */
+  delayMs(): number {
+    const s = this.settings;
+    const jitter = s.latencyJitterMs > 0 ? Math.floor(this.random() * (s.latencyJitterMs + 1)) : 0;
+    return s.latencyMs + jitter;
+  }
+
+  /** Requests answered by an outage: they fail at once, without the configured latency. */
+  private readonly outaged = new WeakSet<FastifyRequest>();
+
+  /**
+   * Route-level hooks: spread into a route's options (`{ ...faults.hooks, schema }`). Latency applies to
+   * every response of the route (successes, replays, business errors, random failures), except outage
+   * responses, which are immediate.
+   */
+  readonly hooks = {
+    onRequest: async (req: FastifyRequest, _reply: FastifyReply): Promise<void> => {
+      if (this.settings.outage) this.outaged.add(req);
+      this.checkBeforeEffect();
+    },
+    onSend: async (req: FastifyRequest, _reply: FastifyReply, payload: unknown): Promise<unknown> => {
+      if (this.outaged.has(req)) return payload;
+      const ms = this.delayMs();
+      if (ms > 0) await sleep(ms);
+      return payload;
+    },
+  };
+}
+
+/**
+ * `GET /admin/faults`, `PUT /admin/faults` (partial update, returns the current settings) and
+ * `POST /admin/reset` (faults back to none, then `onReset` clears the simulator's own state).
+ */
+export function registerAdminRoutes(
+  app: FastifyInstance,
+  faults: Faults,
+  onReset: () => Promise<void>,
+): void {
+  app.get("/admin/faults", async () => faults.get());
+  app.put<{ Body: FaultPatch }>("/admin/faults", { schema: { body: FaultPatchSchema } }, async (req) => {
+    const next = faults.update(req.body);
+    req.log.info({ faults: next }, "fault settings changed");
+    return next;
+  });
+  app.post("/admin/reset", async (req) => {
+    const next = faults.reset();
+    await onReset();
+    req.log.info("simulator reset");
+    return { reset: true, faults: next };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// idempotency
+// ---------------------------------------------------------------------------------------------------
+
+export const IdempotencyKeyHeaders = Type.Object({
+  "idempotency-key": Type.String({ minLength: 1, maxLength: 255, description: "client-chosen unique key" }),
+});
+export type IdempotencyKeyHeaders = Static<typeof IdempotencyKeyHeaders>;
+
+/** JSON with object keys sorted recursively, so equal values always serialize identically. */
+export function canonicalJson(value: unknown): string {
+  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
+  if (Array.isArray(value)) return `[${value.map((v) => canonicalJson(v)).join(",")}]`;
+  const obj = value as Record<string, unknown>;
+  const keys = Object.keys(obj)
+    .filter((k) => obj[k] !== undefined)
+    .sort();
+  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(",")}}`;
+}
+
+/** SHA-256 (hex) of the canonical JSON of `value`. */
+export function fingerprint(value: unknown): string {
+  return createHash("sha256").update(canonicalJson(value)).digest("hex");
+}
+
+/** A stored response for one (scope, idempotency key). */
+export interface IdempotencyRecord {
+  scope: string;
+  key: string;
+  fingerprint: string;
+  status: number;
+  body: unknown;
+  at: string;
+}
+
+/** What a handler returns to the store: the response to store and send. */
+export interface StoredResponse {
+  status: number;
+  body: unknown;
+}
+
+/** A stored response plus whether it was replayed rather than produced now. */
+export type IdempotentOutcome = StoredResponse & { replayed: boolean };
+
+/**
+ * Remembers the response given for each idempotency key (per scope, e.g. `charges`) and replays it.
+ *
+ * - The first request for a key runs its effect; the response is stored, then `onCommit` (persistence)
+ *   runs while the key is still locked, so a replay is never served before the effect is durable.
+ * - Concurrent requests with the same key wait for the in-flight one and then replay its result.
+ * - The same key with a different body fingerprint fails with 422 `idempotency-key-reused`.
+ * - If the effect throws (e.g. 404/422 business errors), nothing is stored: the key stays unused.
+ */
+export class IdempotencyStore {
+  private readonly records = new Map<string, IdempotencyRecord>();
+  private readonly inflight = new Map<string, Promise<unknown>>();
+
+  constructor(
+    records: Iterable<IdempotencyRecord> = [],
+    private readonly onCommit: () => Promise<void> = async () => {},
+  ) {
+    for (const r of records) this.records.set(IdempotencyStore.id(r.scope, r.key), r);
+  }
+
+  private static id(scope: string, key: string): string {
+    return `${scope}\u0000${key}`;
+  }
+
+  async execute(
+    scope: string,
+    key: string,
+    bodyFingerprint: string,
+    effect: () => StoredResponse | Promise<StoredResponse>,
+  ): Promise<IdempotentOutcome> {
+    const id = IdempotencyStore.id(scope, key);
+    for (;;) {
+      const done = this.records.get(id);
+      if (done) {
+        if (done.fingerprint !== bodyFingerprint) {
+          throw new ProblemError(
+            422,
+            "idempotency-key-reused",
+            "Idempotency key reused with a different request",
+            `Idempotency-Key ${JSON.stringify(key)} was already used for ${scope} with a different request body`,
+          );
+        }
+        return { status: done.status, body: done.body, replayed: true };
+      }
+      const pending = this.inflight.get(id);
+      if (!pending) break;
+      await pending.catch(() => undefined);
+    }
+    // No await between the checks above and this registration: the key is now locked.
+    const run = (async (): Promise<StoredResponse> => {
+      const res = await effect();
+      this.records.set(id, {
+        scope,
+        key,
+        fingerprint: bodyFingerprint,
+        status: res.status,
+        body: res.body,
+        at: new Date().toISOString(),
+      });
+      await this.onCommit();
+      return res;
+    })();
+    this.inflight.set(id, run);
+    try {
+      const res = await run;
+      return { ...res, replayed: false };
+    } finally {
+      this.inflight.delete(id);
+    }
+  }
+
+  /** All stored records (for persistence), in insertion order. */
+  list(): IdempotencyRecord[] {
+    return [...this.records.values()];
+  }
+
+  clear(): void {
+    this.records.clear();
+  }
+}
+
+/** Sends an idempotent outcome: fresh → its stored status; replay → 200 with `Idempotent-Replayed: true`. */
+export function sendOutcome(reply: FastifyReply, outcome: IdempotentOutcome): FastifyReply {
+  if (outcome.replayed) return reply.code(200).header("idempotent-replayed", "true").send(outcome.body);
+  return reply.code(outcome.status).send(outcome.body);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// persistence
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * A JSON file written atomically (write a temp file, fsync, rename over the target). Saves are
+ * serialized and coalesced: while one write runs, later saves collapse into a single next write of the
+ * newest state, and every caller's promise resolves once a write containing its state is on disk.
+ */
+export class JsonFile<T> {
+  private tail: Promise<void> = Promise.resolve();
+  private next: { text: string; promise: Promise<void> } | undefined;
+  private seq = 0;
+
+  constructor(readonly path: string) {}
+
+  /** Reads the file; `undefined` when it does not exist. A corrupt file throws (never silently reset). */
+  loadSync(): T | undefined {
+    let text: string;
+    try {
+      text = readFileSync(this.path, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
+    return JSON.parse(text) as T;
+  }
+
+  save(state: T): Promise<void> {
+    const text = JSON.stringify(state);
+    if (this.next) {
+      this.next.text = text;
+      return this.next.promise;
+    }
+    const slot: { text: string; promise: Promise<void> } = { text, promise: Promise.resolve() };
+    this.next = slot;
+    slot.promise = this.tail
+      .catch(() => undefined)
+      .then(async () => {
+        if (this.next === slot) this.next = undefined;
+        await this.writeAtomic(slot.text);
+      });
+    this.tail = slot.promise;
+    return slot.promise;
+  }
+
+  /** Resolves when every save issued so far has been written (or failed). */
+  async flush(): Promise<void> {
+    await this.tail.catch(() => undefined);
+  }
+
+  private async writeAtomic(text: string): Promise<void> {
+    await mkdir(dirname(this.path), { recursive: true });
+    const tmp = `${this.path}.${process.pid}.${++this.seq}.tmp`;
+    const fh = await open(tmp, "w");
+    try {
+      await fh.writeFile(text, "utf8");
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    try {
+      await rename(tmp, this.path);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+  }
+}
+
+/** A random, URL-safe identifier such as `ch_3f9a…`. */
+export function newId(prefix: string): string {
+  return `${prefix}_${randomBytes(12).toString("hex")}`;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// entry point
+// ---------------------------------------------------------------------------------------------------
+
+/** What {@link runSimulator} passes to a simulator's factory. */
+export interface SimulatorMainOptions extends SimulatorOptions {
+  /** The persistence file named by the simulator's `fileEnv` variable, if set. */
+  file?: string;
+}
+
+/**
+ * Shared `main.ts` logic: reads `PORT`, `HOST`, `LOG_LEVEL`, `SEED` and the simulator's file variable,
+ * listens, prints the URL on stdout, and closes gracefully on SIGTERM/SIGINT.
+ */
+export async function runSimulator(spec: {
+  name: string;
+  defaultPort: number;
+  fileEnv: string;
+  build: (opts: SimulatorMainOptions) => FastifyInstance;
+}): Promise<void> {
+  const schema = Type.Object({
+    PORT: Env.port(spec.defaultPort, `${spec.name} listen port`),
+    HOST: Type.String({ default: "127.0.0.1", description: "listen address" }),
+    LOG_LEVEL: Env.logLevel(),
+    SEED: Type.Optional(Type.Integer({ description: "seed for fault-injection randomness" })),
+    [spec.fileEnv]: Type.Optional(
+      Type.String({ minLength: 1, description: "JSON file to persist state in" }),
+    ),
+  });
+  let config: Static<typeof schema>;
+  try {
+    config = parseConfig(schema);
+  } catch (err) {
+    process.stderr.write(`${spec.name}: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  }
+  const logger = pino({ name: spec.name, level: config.LOG_LEVEL as string });
+  const file = config[spec.fileEnv] as string | undefined;
+  const app = spec.build({ logger, seed: config.SEED as number | undefined, file });
+
+  let closing = false;
+  const shutdown = (signal: string): void => {
+    if (closing) return;
+    closing = true;
+    logger.info({ signal }, "shutting down");
+    const force = setTimeout(() => process.exit(1), 10_000);
+    force.unref();
+    app.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, "error while closing");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => shutdown("SIGINT"));
+
+  const url = await app.listen({ port: config.PORT as number, host: config.HOST as string });
+  logger.info({ url, file }, `${spec.name} listening`);
+  process.stdout.write(`${spec.name} listening on ${url}\n`);
+}
