@@ -15,3 +15,5 @@ export * from "./telemetry/tracing.js";
 export * from "./http/ops-server.js";
 export * from "./lifecycle.js";
 export * from "./service.js";
+export * from "./kv.js";
+export * from "./ports.js";

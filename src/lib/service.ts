@@ -7,7 +7,7 @@ import { Streams } from "./events/catalog.js";
 import { createOpsServer, type ReadinessCheck } from "./http/ops-server.js";
 import { runShutdown, onTerminationSignal } from "./lifecycle.js";
 import { connectNats } from "./messaging/connection.js";
-import { ConsumerRunner, type HandlerMap } from "./messaging/consumer.js";
+import { ConsumerRunner, type HandlerMap, type RawHandler } from "./messaging/consumer.js";
 import { dlqStreamSpec } from "./messaging/dlq.js";
 import { Publisher } from "./messaging/publisher.js";
 import { ensureConsumer, ensureStream, type ConsumerSpec, type StreamSpec } from "./messaging/topology.js";
@@ -68,6 +68,8 @@ export const streamSpecs: StreamSpec[] = [
 export interface ConsumerDefinition {
   spec: ConsumerSpec;
   handlers: HandlerMap;
+  /** Undecoded handler (replaces `handlers`), e.g. for the DLQ stream. */
+  raw?: RawHandler;
   concurrency?: number;
   maxAttempts?: number;
   backoff?: Partial<BackoffOptions>;
@@ -174,6 +176,7 @@ export async function startService<S extends TObject>(
         js,
         spec: c.spec,
         handlers: c.handlers,
+        raw: c.raw,
         publisher,
         logger,
         metrics,

@@ -53,11 +53,30 @@ export type EventHandler<T extends EventType> = (event: Envelope<T>, ctx: Handle
 /** Handlers by event type. Known types without a handler are acknowledged and skipped. */
 export type HandlerMap = { [T in EventType]?: EventHandler<T> };
 
+/** A message as a raw handler sees it: bytes and headers, not decoded. */
+export interface RawMessage {
+  subject: string;
+  stream: string;
+  streamSequence: number;
+  data: Uint8Array;
+  headers: JsMsg["headers"];
+  /** Publish time at the server. */
+  timestamp: Date;
+}
+
+/**
+ * A handler that takes every message undecoded (audit of the DLQ, tools). It replaces `handlers`;
+ * errors follow the same ack/nak/DLQ rules.
+ */
+export type RawHandler = (msg: RawMessage, ctx: Omit<HandlerContext, "span"> & { span: Span }) => Promise<void>;
+
 /** Options for {@link ConsumerRunner}. */
 export interface ConsumerRunnerOptions {
   js: JetStreamClient;
   spec: ConsumerSpec;
   handlers: HandlerMap;
+  /** When set, messages are not decoded and go to this handler instead of `handlers`. */
+  raw?: RawHandler | undefined;
   publisher: Publisher;
   logger: Logger;
   metrics?: Metrics | undefined;
@@ -92,8 +111,9 @@ type State = "idle" | "running" | "stopping" | "stopped";
  */
 export class ConsumerRunner {
   readonly name: string;
-  readonly #o: Required<Omit<ConsumerRunnerOptions, "metrics" | "backoff" | "heartbeatMs">> & {
+  readonly #o: Required<Omit<ConsumerRunnerOptions, "metrics" | "backoff" | "heartbeatMs" | "raw">> & {
     metrics?: Metrics | undefined;
+    raw?: RawHandler | undefined;
     backoff: BackoffOptions;
     heartbeatMs: number;
   };
@@ -273,6 +293,10 @@ export class ConsumerRunner {
     const started = performance.now();
     const attempt = m.info.deliveryCount;
     const hinted = m.headers?.get(Hdr.Type) ?? "";
+    if (this.#o.raw) {
+      await this.#processRaw(m, this.#o.raw, started);
+      return;
+    }
     // Known type this consumer does not handle: ack without decoding.
     if (hinted && isEventType(hinted) && !this.#o.handlers[hinted]) {
       m.ack();
@@ -360,6 +384,53 @@ export class ConsumerRunner {
           this.#count(event.type, "retry", started);
           return;
         }
+      }
+    } finally {
+      clearInterval(heartbeat);
+      span.end();
+    }
+  }
+
+  async #processRaw(m: JsMsg, raw: RawHandler, started: number): Promise<void> {
+    const type = m.headers?.get(Hdr.Type) || "unknown";
+    const span = tracer().startSpan(`process ${this.name}`, {
+      kind: SpanKind.CONSUMER,
+      attributes: {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": m.subject,
+        "messaging.consumer.group.name": this.name,
+        "messaging.nats.stream.sequence": m.seq,
+      },
+    });
+    const logger = this.#o.logger.child({ consumer: this.name, subject: m.subject, seq: m.seq });
+    const heartbeat = setInterval(() => m.working(), this.#o.heartbeatMs);
+    const msg: RawMessage = {
+      subject: m.subject,
+      stream: m.info.stream,
+      streamSequence: m.seq,
+      data: m.data,
+      headers: m.headers,
+      timestamp: new Date(Math.floor(m.info.timestampNanos / 1e6)),
+    };
+    try {
+      await raw(msg, {
+        attempt: m.info.deliveryCount,
+        subject: m.subject,
+        streamSequence: m.seq,
+        logger,
+        span,
+        working: () => m.working(),
+      });
+      m.ack();
+      this.#count(type, "ack", started);
+    } catch (err) {
+      if (isNonRetryable(err) || m.info.deliveryCount >= this.#o.maxAttempts) {
+        await this.#deadLetter(m, err, m.info.deliveryCount, type, started);
+      } else {
+        m.nak(backoffDelay(m.info.deliveryCount, this.#o.backoff));
+        this.#count(type, "retry", started);
+        logger.warn({ err: describeError(err) }, "raw handler failed; will retry");
       }
     } finally {
       clearInterval(heartbeat);
