@@ -63,11 +63,13 @@ export async function casUpdate<T>(
     if (next === Unchanged) return { ...cur, changed: false };
     const bytes = JSON.stringify(next);
     try {
-      const revision = cur.revision === 0 ? await kv.create(key, bytes) : await kv.update(key, bytes, cur.revision);
+      const revision =
+        cur.revision === 0 ? await kv.create(key, bytes) : await kv.update(key, bytes, cur.revision);
       return { value: next, revision, changed: true };
     } catch (err) {
       if (!isRevisionConflict(err)) throw err;
-      if (i >= maxRetries) throw new RetryableError("CAS_CONFLICT", `too many concurrent writes to ${key}`, { cause: err });
+      if (i >= maxRetries)
+        throw new RetryableError("CAS_CONFLICT", `too many concurrent writes to ${key}`, { cause: err });
       await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + i * 2)));
     }
   }

@@ -12,22 +12,20 @@
  * - {@link JsonFile}: atomic (write-temp-then-rename) JSON persistence;
  * - {@link runSimulator}: the shared entry-point logic for `main.ts`.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import Fastify, {
-  type FastifyError,
-  type FastifyInstance,
-  type FastifyReply,
-  type FastifyRequest,
-  type FastifyBaseLogger,
-} from "fastify";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { pino, type Logger } from "pino";
 import { type Static, Type } from "@sinclair/typebox";
 import { parseConfig, Env } from "../lib/config.js";
-import { ShopStreamError, describeError } from "../lib/errors.js";
+import { canonicalJson, fingerprint } from "../lib/canonical.js";
+import { ProblemError, installProblemHandlers, problem, sendProblem } from "../lib/http/problem.js";
+
+export { canonicalJson, fingerprint, ProblemError, problem, sendProblem };
+export type { ProblemDocument, ProblemFieldError } from "../lib/http/problem.js";
 
 /** Options accepted by every simulator factory. */
 export interface SimulatorOptions {
@@ -35,118 +33,6 @@ export interface SimulatorOptions {
   logger?: boolean | Logger;
   /** Seed for the fault-injection random number generator (reproducible failure patterns). */
   seed?: number;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// problem+json
-// ---------------------------------------------------------------------------------------------------
-
-export const PROBLEM_CONTENT_TYPE = "application/problem+json";
-const PROBLEM_BASE = "https://shopstream.dev/problems/simulator/";
-
-/** One field-level validation problem, listed in a problem document's `errors`. */
-export interface ProblemFieldError {
-  /** JSON pointer into the request, e.g. `/body/amount` or `/headers/idempotency-key`. */
-  pointer: string;
-  message: string;
-}
-
-/** RFC 9457 problem document. */
-export interface ProblemDocument {
-  type: string;
-  title: string;
-  status: number;
-  detail: string;
-  errors?: ProblemFieldError[];
-}
-
-/** An error that the simulators render as `application/problem+json` with the given status. */
-export class ProblemError extends ShopStreamError {
-  override readonly name: string = "ProblemError";
-  readonly title: string;
-  readonly errors: ProblemFieldError[] | undefined;
-  readonly headers: Record<string, string>;
-
-  /** `slug` becomes both the error `code` and the last segment of the problem `type` URI. */
-  constructor(
-    status: number,
-    slug: string,
-    title: string,
-    detail: string,
-    extra: { errors?: ProblemFieldError[]; headers?: Record<string, string> } = {},
-  ) {
-    super(slug, detail, { retryable: status >= 500 || status === 429, status });
-    this.title = title;
-    this.errors = extra.errors;
-    this.headers = extra.headers ?? {};
-  }
-
-  toProblem(): ProblemDocument {
-    return problem(this.status, this.code, this.title, this.message, this.errors);
-  }
-}
-
-/** Builds an RFC 9457 problem document. */
-export function problem(
-  status: number,
-  slug: string,
-  title: string,
-  detail: string,
-  errors?: ProblemFieldError[],
-): ProblemDocument {
-  const doc: ProblemDocument = { type: PROBLEM_BASE + slug, title, status, detail };
-  if (errors && errors.length > 0) doc.errors = errors;
-  return doc;
-}
-
-/** Sends a problem document with the right content type. */
-export function sendProblem(reply: FastifyReply, doc: ProblemDocument): FastifyReply {
-  return reply.code(doc.status).type(PROBLEM_CONTENT_TYPE).send(doc);
-}
-
-const STATUS_TITLES: Record<number, string> = {
-  400: "Bad Request",
-  404: "Not Found",
-  405: "Method Not Allowed",
-  413: "Payload Too Large",
-  415: "Unsupported Media Type",
-  422: "Unprocessable Content",
-  500: "Internal Server Error",
-  503: "Service Unavailable",
-};
-
-function errorToProblem(
-  err: FastifyError,
-  log: FastifyBaseLogger,
-): { doc: ProblemDocument; headers: Record<string, string> } {
-  if (err instanceof ProblemError) return { doc: err.toProblem(), headers: err.headers };
-  if (err.validation) {
-    const context = err.validationContext ?? "request";
-    const errors = err.validation.map((v) => {
-      const missing = (v.params as { missingProperty?: unknown }).missingProperty;
-      const path = v.instancePath + (typeof missing === "string" ? `/${missing}` : "");
-      return { pointer: `/${context}${path}`, message: v.message ?? "is invalid" };
-    });
-    return {
-      doc: problem(
-        400,
-        "validation",
-        "Request validation failed",
-        `invalid ${context}: ${err.message}`,
-        errors,
-      ),
-      headers: {},
-    };
-  }
-  const status = err.statusCode ?? 500;
-  if (status >= 400 && status < 500) {
-    return {
-      doc: problem(status, "bad-request", STATUS_TITLES[status] ?? "Client Error", err.message),
-      headers: {},
-    };
-  }
-  log.error({ err }, `unhandled error: ${describeError(err)}`);
-  return { doc: problem(500, "internal", "Internal Server Error", describeError(err)), headers: {} };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -165,14 +51,7 @@ export function createSimulatorServer(name: string, opts: SimulatorOptions = {})
       ? (Fastify({ loggerInstance: opts.logger, ajv }) as unknown as FastifyInstance)
       : Fastify({ logger: opts.logger ?? false, ajv });
 
-  app.setErrorHandler((err: FastifyError, req, reply) => {
-    const { doc, headers } = errorToProblem(err, req.log);
-    void reply.headers(headers);
-    return sendProblem(reply, doc);
-  });
-  app.setNotFoundHandler((req, reply) =>
-    sendProblem(reply, problem(404, "not-found", "Not Found", `no route ${req.method} ${req.url}`)),
-  );
+  installProblemHandlers(app);
   app.get("/health", async () => ({ status: "ok", service: name }));
   return app;
 }
@@ -258,7 +137,7 @@ export class Faults {
       throw new ProblemError(
         status,
         "simulated-failure",
-        STATUS_TITLES[status] ?? "Server Error",
+        status === 500 ? "Internal Server Error" : "Service Unavailable",
         `simulated random failure (failureRate=${s.failureRate}); nothing was recorded, retry with the same Idempotency-Key`,
       );
     }
@@ -324,22 +203,6 @@ export const IdempotencyKeyHeaders = Type.Object({
   "idempotency-key": Type.String({ minLength: 1, maxLength: 255, description: "client-chosen unique key" }),
 });
 export type IdempotencyKeyHeaders = Static<typeof IdempotencyKeyHeaders>;
-
-/** JSON with object keys sorted recursively, so equal values always serialize identically. */
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
-  if (Array.isArray(value)) return `[${value.map((v) => canonicalJson(v)).join(",")}]`;
-  const obj = value as Record<string, unknown>;
-  const keys = Object.keys(obj)
-    .filter((k) => obj[k] !== undefined)
-    .sort();
-  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(",")}}`;
-}
-
-/** SHA-256 (hex) of the canonical JSON of `value`. */
-export function fingerprint(value: unknown): string {
-  return createHash("sha256").update(canonicalJson(value)).digest("hex");
-}
 
 /** A stored response for one (scope, idempotency key). */
 export interface IdempotencyRecord {

@@ -86,9 +86,13 @@ export function findNatsServerBinary(explicit?: string, opts: FindNatsServerOpti
   const dirs = (opts.path ?? process.env.PATH ?? "").split(delimiter).filter((d) => d !== "");
   let candidates: string[];
   if (explicit !== undefined && explicit !== "") {
-    candidates = explicit.includes(sep) || explicit.includes("/") ? [explicit] : dirs.map((d) => join(d, explicit));
+    const isPath = explicit.includes("/") || explicit.includes(sep);
+    candidates = isPath ? [explicit] : dirs.map((d) => join(d, explicit));
   } else {
-    candidates = [...dirs.map((d) => join(d, "nats-server")), ...(opts.fallbacks ?? DEFAULT_NATS_SERVER_LOCATIONS)];
+    candidates = [
+      ...dirs.map((d) => join(d, "nats-server")),
+      ...(opts.fallbacks ?? DEFAULT_NATS_SERVER_LOCATIONS),
+    ];
   }
   const found = candidates.find(isExecutableFile);
   if (found === undefined) throw new NatsServerNotFoundError(candidates);
@@ -280,7 +284,9 @@ export class NatsServer {
    * killed first). Throws `NATS_SERVER_START_FAILED` if already running.
    */
   async start(): Promise<void> {
-    if (this.running) throw new NatsServerError("NATS_SERVER_START_FAILED", `${this.serverName} is already running`);
+    if (this.running) {
+      throw new NatsServerError("NATS_SERVER_START_FAILED", `${this.serverName} is already running`);
+    }
     await mkdir(this.storeDir, { recursive: true });
     this.#runHead = [];
     this.#runLines = 0;
@@ -374,7 +380,9 @@ export class NatsServer {
 
   #spawn(): ProcessState {
     const child = spawn(this.binary, this.args, { stdio: ["ignore", "pipe", "pipe"] });
-    const log = this.#settings.logFile ? createWriteStream(this.#settings.logFile, { flags: "a" }) : undefined;
+    const log = this.#settings.logFile
+      ? createWriteStream(this.#settings.logFile, { flags: "a" })
+      : undefined;
     log?.on("error", (err) => this.#pushLine(`[launcher] cannot write log file: ${err.message}`));
     const state: ProcessState = { child, exited: false, closed: undefined as never };
     state.closed = new Promise((resolve) => {
@@ -479,7 +487,8 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
         return server;
       } catch (err) {
         await server.kill();
-        const inUse = err instanceof NatsServerError && err.output.some((l) => l.includes("address already in use"));
+        const inUse =
+          err instanceof NatsServerError && err.output.some((l) => l.includes("address already in use"));
         if (pickedPorts && inUse && attempt < 3) continue;
         throw err;
       }
@@ -527,7 +536,10 @@ export class NatsCluster {
   readonly #removeBaseDir: boolean;
 
   /** Wraps already-configured servers; use {@link startNatsCluster} rather than calling this. */
-  constructor(servers: readonly NatsServer[], opts: { name: string; baseDir: string; removeBaseDir: boolean }) {
+  constructor(
+    servers: readonly NatsServer[],
+    opts: { name: string; baseDir: string; removeBaseDir: boolean },
+  ) {
     this.servers = servers;
     this.name = opts.name;
     this.baseDir = opts.baseDir;
@@ -614,7 +626,9 @@ export class NatsCluster {
  */
 export async function startNatsCluster(opts: NatsClusterOptions = {}): Promise<NatsCluster> {
   const size = opts.size ?? 3;
-  if (!Number.isInteger(size) || size < 1) throw new RangeError(`cluster size must be a positive integer, got ${size}`);
+  if (!Number.isInteger(size) || size < 1) {
+    throw new RangeError(`cluster size must be a positive integer, got ${size}`);
+  }
   const binary = findNatsServerBinary(opts.binary);
   const name = opts.name ?? "shopstream";
   const ownDir = opts.baseDir === undefined;

@@ -50,7 +50,7 @@ async function exists(p: string): Promise<boolean> {
   );
 }
 
-describe("findNatsServerBinary", () => {
+void describe("findNatsServerBinary", () => {
   let dir: string;
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "find-nats-"));
@@ -59,7 +59,7 @@ describe("findNatsServerBinary", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it("explains how to get nats-server when an explicit path does not exist", () => {
+  void it("explains how to get nats-server when an explicit path does not exist", () => {
     const bogus = join(dir, "no-such-nats-server");
     assert.throws(
       () => findNatsServerBinary(bogus, { path: dir, fallbacks: [] }),
@@ -76,14 +76,15 @@ describe("findNatsServerBinary", () => {
     );
   });
 
-  it("throws the same advice when neither PATH nor the fallbacks have it", () => {
+  void it("throws the same advice when neither PATH nor the fallbacks have it", () => {
     assert.throws(() => findNatsServerBinary(undefined, { path: dir, fallbacks: [join(dir, "nope")] }), {
       name: "NatsServerNotFoundError",
-      message: /nats-server not found: install it .* or set NATS_SERVER_BIN, or point NATS_URL at a running server/,
+      message:
+        /nats-server not found: install it .* or set NATS_SERVER_BIN, or point NATS_URL at a running server/,
     });
   });
 
-  it("takes the first executable nats-server on PATH, skipping non-executable files", async () => {
+  void it("takes the first executable nats-server on PATH, skipping non-executable files", async () => {
     const plain = await mkdtemp(join(dir, "plain-"));
     const exec = await mkdtemp(join(dir, "exec-"));
     await writeFile(join(plain, "nats-server"), "not executable");
@@ -93,13 +94,13 @@ describe("findNatsServerBinary", () => {
     assert.equal(found, join(exec, "nats-server"));
   });
 
-  it("accepts an explicit path to a real binary", () => {
+  void it("accepts an explicit path to a real binary", () => {
     const real = findNatsServerBinary();
     assert.equal(findNatsServerBinary(real, { path: "", fallbacks: [] }), real);
   });
 });
 
-describe("a single nats-server", () => {
+void describe("a single nats-server", () => {
   let server: NatsServer;
   let nc: NatsConnection;
   let jsm: JetStreamManager;
@@ -114,7 +115,7 @@ describe("a single nats-server", () => {
     await server?.cleanup();
   });
 
-  it("starts on a free port with JetStream", async () => {
+  void it("starts on a free port with JetStream", async () => {
     assert.notEqual(server.port, 4222);
     assert.equal(server.url, `nats://127.0.0.1:${server.port}`);
     assert.ok(server.running);
@@ -126,7 +127,7 @@ describe("a single nats-server", () => {
     assert.equal(msg?.string(), "hello");
   });
 
-  it("keeps JetStream data across kill() and restart() on the same port", async () => {
+  void it("keeps JetStream data across kill() and restart() on the same port", async () => {
     const oldPid = server.pid;
     // Requests sent before the client has reconnected can be lost; wait for the reconnect itself.
     const reconnected = nextStatus(nc, "reconnect");
@@ -141,7 +142,7 @@ describe("a single nats-server", () => {
     assert.equal(msg?.string(), "hello");
   });
 
-  it("stop() shuts down gracefully and frees the port", async () => {
+  void it("stop() shuts down gracefully and frees the port", async () => {
     const exit = await server.stop();
     assert.equal(exit?.forced, false);
     assert.equal(exit?.signal, null, "exited by itself, not killed by a signal");
@@ -158,7 +159,7 @@ describe("a single nats-server", () => {
     assert.equal(info.state.messages, 1);
   });
 
-  it("cleanup() removes the temp store dir it created", async () => {
+  void it("cleanup() removes the temp store dir it created", async () => {
     const other = await startNatsServer({ jetstream: false });
     assert.ok(await exists(other.storeDir));
     await other.cleanup();
@@ -166,7 +167,7 @@ describe("a single nats-server", () => {
     assert.equal(await exists(other.storeDir), false);
   });
 
-  it("rejects with the server's output when it exits before it is ready", async () => {
+  void it("rejects with the server's output when it exits before it is ready", async () => {
     await assert.rejects(startNatsServer({ extraArgs: ["--no-such-flag"] }), (err: unknown) => {
       assert.ok(err instanceof NatsServerError);
       assert.equal(err.code, "NATS_SERVER_START_FAILED");
@@ -177,7 +178,7 @@ describe("a single nats-server", () => {
   });
 });
 
-describe("a 3-node nats-server cluster", () => {
+void describe("a 3-node nats-server cluster", () => {
   let cluster: NatsCluster;
   let nc: NatsConnection;
 
@@ -191,7 +192,7 @@ describe("a 3-node nats-server cluster", () => {
     await cluster?.cleanup();
   });
 
-  it("comes up with distinct servers and a JetStream meta leader", async () => {
+  void it("comes up with distinct servers and a JetStream meta leader", async () => {
     assert.equal(cluster.servers.length, 3);
     assert.equal(new Set(cluster.urls).size, 3);
     assert.equal(new Set(cluster.servers.map((s) => s.serverName)).size, 3);
@@ -202,7 +203,7 @@ describe("a 3-node nats-server cluster", () => {
     assert.equal(account.streams, 0);
   });
 
-  it("keeps an R3 stream writable with one node down, and the node catches up after restart", async () => {
+  void it("keeps an R3 stream writable with one node down, and the node catches up after restart", async () => {
     const jsm = await jetstreamManager(nc);
     const js = jetstream(nc);
     const created = await jsm.streams.add({ name: "R3", subjects: ["r3.>"], num_replicas: 3 });

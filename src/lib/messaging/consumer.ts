@@ -68,7 +68,10 @@ export interface RawMessage {
  * A handler that takes every message undecoded (audit of the DLQ, tools). It replaces `handlers`;
  * errors follow the same ack/nak/DLQ rules.
  */
-export type RawHandler = (msg: RawMessage, ctx: Omit<HandlerContext, "span"> & { span: Span }) => Promise<void>;
+export type RawHandler = (
+  msg: RawMessage,
+  ctx: Omit<HandlerContext, "span"> & { span: Span },
+) => Promise<void>;
 
 /** Options for {@link ConsumerRunner}. */
 export interface ConsumerRunnerOptions {

@@ -1,5 +1,11 @@
 import { headers as natsHeaders, errors as natsErrors, type MsgHdrs } from "@nats-io/transport-node";
-import { JetStreamApiError, JetStreamApiCodes, type JetStreamClient, type PubAck } from "@nats-io/jetstream";
+import {
+  JetStreamApiError,
+  JetStreamApiCodes,
+  JetStreamError,
+  type JetStreamClient,
+  type PubAck,
+} from "@nats-io/jetstream";
 import { ExponentialBackoff, handleWhen, retry } from "cockatiel";
 import { context, trace } from "@opentelemetry/api";
 import { RetryableError } from "../errors.js";
@@ -58,8 +64,13 @@ function isTransient(err: unknown): boolean {
   if (err instanceof natsErrors.RequestError)
     return err.isNoResponders() || err.cause instanceof natsErrors.TimeoutError;
   if (err instanceof natsErrors.ClosedConnectionError) return false;
-  // JetStream temporarily unavailable (e.g. leader election): 503 from the API.
-  return err instanceof JetStreamApiError && err.status === 503;
+  // JetStream temporarily unavailable (e.g. a stream leader election): 503 from the API, or the
+  // client's "jetstream is not enabled" while a stream has no leader.
+  if (err instanceof JetStreamApiError) return err.status === 503;
+  return (
+    (err instanceof JetStreamError && err.name === "JetStreamNotEnabled") ||
+    (err as Error)?.name === "JetStreamNotEnabled"
+  );
 }
 
 /**

@@ -120,10 +120,7 @@ export async function ensureStream(
   const want = streamConfig(spec, opts);
   try {
     const info = await jsm.streams.info(spec.name);
-    const diff = differences(
-      want,
-      info.config,
-    );
+    const diff = differences(want, info.config);
     if (diff.length > 0) {
       throw new TopologyError(
         `stream ${spec.name} exists with an incompatible configuration (not changed; migrate it by hand):\n  ${diff.join("\n  ")}`,
