@@ -17,3 +17,6 @@ export * from "./lifecycle.js";
 export * from "./service.js";
 export * from "./kv.js";
 export * from "./ports.js";
+export * from "./http/problem.js";
+export * from "./http/validation.js";
+export * from "./canonical.js";

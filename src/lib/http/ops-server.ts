@@ -1,6 +1,8 @@
 import Fastify, { type FastifyInstance } from "fastify";
 import { Counter, Histogram } from "prom-client";
 import type { Logger } from "../telemetry/logger.js";
+import { installProblemHandlers } from "./problem.js";
+import { installStrictValidation } from "./validation.js";
 import type { Metrics } from "../telemetry/metrics.js";
 
 /** A readiness check: returns true when ready, or a reason string when not. */
@@ -40,6 +42,10 @@ export function createOpsServer(opts: OpsServerOptions): OpsServer {
       disableRequestLogging: true,
       bodyLimit: opts.bodyLimit ?? 1024 * 1024,
     }) as unknown as FastifyInstance);
+  if (!opts.app) {
+    installProblemHandlers(app);
+    installStrictValidation(app);
+  }
   let draining = false;
   const requests = new Counter({
     name: "http_requests_total",

@@ -33,6 +33,20 @@ export class DeferError extends RetryableError {
   }
 }
 
+/**
+ * Thrown by a handler to have the message delivered again after `delayMs` — a durable timer (e.g. an
+ * order's timeout). Nak'd with that delay; not a failure, never dead-lettered for it, but each
+ * redelivery does count in the server's delivery count, so give such consumers a high `maxAttempts`.
+ */
+export class RedeliverLaterError extends RetryableError {
+  override readonly name = "RedeliverLaterError";
+  readonly delayMs: number;
+  constructor(delayMs: number, message = "not due yet") {
+    super("REDELIVER_LATER", message);
+    this.delayMs = Math.max(0, Math.round(delayMs));
+  }
+}
+
 /** What a handler gets besides the event. */
 export interface HandlerContext {
   /** Delivery attempt, 1 on first delivery. */
@@ -369,6 +383,11 @@ export class ConsumerRunner {
           this.#count(event.type, "ack", started);
           return;
         } catch (err) {
+          if (err instanceof RedeliverLaterError) {
+            m.nak(err.delayMs);
+            this.#count(event.type, "delayed", started);
+            return;
+          }
           const deferred = err instanceof DeferError;
           if (deferred || (this.#paused && !isNonRetryable(err))) {
             logger.debug({ err: describeError(err) }, "handler deferred; parking message");

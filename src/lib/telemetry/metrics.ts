@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
 /** Outcome of handling one message; the `outcome` label of the handler metrics. */
-export type HandlerOutcome = "ack" | "skipped" | "retry" | "dlq" | "handed_back";
+export type HandlerOutcome = "ack" | "skipped" | "retry" | "delayed" | "dlq" | "handed_back";
 
 /**
  * The Prometheus metrics of one service process, in its own registry (served on `/metrics`).

@@ -1,0 +1,20 @@
+import { Type } from "@sinclair/typebox";
+import { Env } from "../../lib/config.js";
+import { defaultPorts } from "../../lib/ports.js";
+
+/** Environment variables of the orders service (beside the common ones). */
+export const OrdersConfig = Type.Object({
+  PORT: Env.port(defaultPorts.orders, "orders HTTP port"),
+  ORDER_TIMEOUT_MS: Type.Integer({
+    minimum: 1_000,
+    default: 60_000,
+    description: "an order still PENDING this long after it was placed is cancelled with reason timeout",
+  }),
+  MAX_ORDER_LINES: Type.Integer({ minimum: 1, maximum: 100, default: 50, description: "lines per order" }),
+  DEFAULT_CURRENCY: Type.String({ pattern: "^[A-Z]{3}$", default: "EUR", description: "ISO 4217 code" }),
+  TIMEOUT_MAX_ACK_PENDING: Type.Integer({
+    minimum: 1_000,
+    default: 500_000,
+    description: "pending order timers the server may hold (peak orders/s × ORDER_TIMEOUT_MS/1000)",
+  }),
+});

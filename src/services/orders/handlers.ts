@@ -1,0 +1,88 @@
+import { RetryableError } from "../../lib/errors.js";
+import { makeEvent, type Envelope } from "../../lib/events/mod.js";
+import { RedeliverLaterError, type HandlerContext, type HandlerMap } from "../../lib/messaging/consumer.js";
+import { ConcurrencyError } from "../../lib/messaging/publisher.js";
+import { decide, type Decision } from "./order.js";
+import type { OrderStore } from "./store.js";
+
+export const SOURCE = "orders";
+
+/**
+ * Loads an order, decides, and appends the resulting event with optimistic concurrency. On a
+ * concurrency conflict it reloads and decides again: the order is then usually terminal and the
+ * decision a no-op. Idempotent: a redelivered outcome finds the order decided and changes nothing.
+ */
+export async function applyDecision(
+  store: OrderStore,
+  orderId: string,
+  decision: Decision,
+  cause: Envelope,
+  ctx: Pick<HandlerContext, "logger">,
+): Promise<void> {
+  for (let i = 0; i < 5; i++) {
+    const { order, version } = await store.load(orderId);
+    if (!order) {
+      // The outcome arrived but the order's first event is not readable yet (a lagging replica of a
+      // direct get); try again later, and after max attempts it goes to the DLQ with this reason.
+      throw new RetryableError("ORDER_NOT_FOUND", `order ${orderId} has no events`);
+    }
+    const out = decide(order, decision);
+    if (!out) {
+      ctx.logger.debug({ status: order.status, decision: decision.kind }, "order already decided");
+      return;
+    }
+    const event = makeEvent(out.type, out.data as never, { aggregateId: orderId, source: SOURCE, cause });
+    try {
+      await store.append(event, version);
+      ctx.logger.info(
+        {
+          status: out.type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED",
+          reason: decision.kind === "cancel" ? decision.reason : undefined,
+        },
+        out.type === "OrderConfirmed" ? "order confirmed" : "order cancelled",
+      );
+      return;
+    } catch (err) {
+      if (!(err instanceof ConcurrencyError)) throw err;
+    }
+  }
+  throw new RetryableError("ORDER_CONTENDED", `order ${orderId} kept changing while deciding`);
+}
+
+/** The saga's decisions on inventory and payment outcomes. */
+export function sagaHandlers(store: OrderStore): HandlerMap {
+  return {
+    StockRejected: (e, ctx) =>
+      applyDecision(
+        store,
+        e.data.orderId,
+        { kind: "cancel", reason: "out_of_stock", detail: e.data.reason },
+        e,
+        ctx,
+      ),
+    PaymentDeclined: (e, ctx) =>
+      applyDecision(
+        store,
+        e.data.orderId,
+        { kind: "cancel", reason: "payment_declined", detail: e.data.reason },
+        e,
+        ctx,
+      ),
+    PaymentCaptured: (e, ctx) =>
+      applyDecision(store, e.data.orderId, { kind: "confirm", paymentId: e.data.paymentId }, e, ctx),
+  };
+}
+
+/**
+ * The order timeout as a durable timer: OrderPlaced is redelivered when the order's deadline passes
+ * (a delayed nak), and an order still PENDING then is cancelled with reason `timeout`.
+ */
+export function timeoutHandlers(store: OrderStore, now: () => number = Date.now): HandlerMap {
+  return {
+    OrderPlaced: async (e, ctx) => {
+      const due = Date.parse(e.data.timeoutAt) - now();
+      if (due > 0) throw new RedeliverLaterError(due + 50, "order timeout not due yet");
+      await applyDecision(store, e.data.orderId, { kind: "cancel", reason: "timeout" }, e, ctx);
+    },
+  };
+}

@@ -1,0 +1,269 @@
+import { randomBytes } from "node:crypto";
+import type { FastifyInstance } from "fastify";
+import { Type, type Static } from "@sinclair/typebox";
+import { context, propagation, trace } from "@opentelemetry/api";
+import { fingerprint } from "../../lib/canonical.js";
+import { makeEvent, type EventData } from "../../lib/events/mod.js";
+import { ProblemError } from "../../lib/http/problem.js";
+import { SpanKind, SpanStatusCode, tracer } from "../../lib/telemetry/tracing.js";
+import type { Logger } from "../../lib/telemetry/logger.js";
+import { ConcurrencyError } from "../../lib/messaging/publisher.js";
+import type { CatalogView } from "./catalog.js";
+import { SOURCE } from "./handlers.js";
+import type { Order } from "./order.js";
+import type { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
+
+const Sku = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$", description: "catalog SKU" });
+
+/** Body of `POST /orders`. Prices are not accepted: they come from the catalog. */
+export function placeOrderBody(maxLines: number) {
+  return Type.Object(
+    {
+      customerId: Type.String({ minLength: 1, maxLength: 128, pattern: "^[^\\u0000-\\u001f]+$" }),
+      email: Type.String({ format: "email", maxLength: 254 }),
+      items: Type.Array(
+        Type.Object(
+          { sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: 1000 }) },
+          { additionalProperties: false },
+        ),
+        { minItems: 1, maxItems: maxLines },
+      ),
+      currency: Type.Optional(Type.String({ pattern: "^[A-Z]{3}$" })),
+    },
+    { additionalProperties: false },
+  );
+}
+type PlaceOrderBody = Static<ReturnType<typeof placeOrderBody>>;
+
+const OrderView = Type.Object({
+  orderId: Type.String(),
+  status: Type.Union([Type.Literal("PENDING"), Type.Literal("CONFIRMED"), Type.Literal("CANCELLED")]),
+  reason: Type.Optional(Type.String()),
+  customerId: Type.String(),
+  items: Type.Array(Type.Object({ sku: Type.String(), quantity: Type.Integer(), unitPrice: Type.Integer() })),
+  total: Type.Integer({ description: "minor units (cents)" }),
+  currency: Type.String(),
+  createdAt: Type.String({ format: "date-time" }),
+  updatedAt: Type.String({ format: "date-time" }),
+});
+const Problem = Type.Object(
+  { type: Type.String(), title: Type.String(), status: Type.Integer(), detail: Type.String() },
+  { additionalProperties: true },
+);
+const OrderIdParam = Type.Object({ id: Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" }) });
+
+/** A new order id: time-ordered (sorts by creation) and random, subject-token safe. */
+export function newOrderId(now = Date.now()): string {
+  return `ord_${now.toString(36).padStart(9, "0")}${randomBytes(8).toString("hex")}`;
+}
+
+function view(o: Order) {
+  return {
+    orderId: o.orderId,
+    status: o.status,
+    ...(o.reason ? { reason: o.reason } : {}),
+    customerId: o.customerId,
+    items: o.items,
+    total: o.total,
+    currency: o.currency,
+    createdAt: o.createdAt,
+    updatedAt: o.updatedAt,
+  };
+}
+
+/** Dependencies of the orders API. */
+export interface OrdersApiDeps {
+  store: OrderStore;
+  catalog: CatalogView;
+  idempotency: IdempotencyKeys;
+  customers: CustomerIndex;
+  logger: Logger;
+  timeoutMs: number;
+  maxLines: number;
+  defaultCurrency: string;
+}
+
+/** Registers the public order API: place an order, read one, list a customer's orders. */
+export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): void {
+  const body = placeOrderBody(d.maxLines);
+
+  app.post<{ Body: PlaceOrderBody; Headers: { "idempotency-key"?: string } }>(
+    "/orders",
+    {
+      schema: {
+        summary: "Place an order",
+        description:
+          "Validates the order, prices it from the catalog and appends OrderPlaced. The saga then reserves stock, charges the payment and confirms or cancels. An `Idempotency-Key` header makes retries safe.",
+        body,
+        headers: Type.Object({
+          "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+        }),
+        response: {
+          202: Type.Object({ orderId: Type.String(), status: Type.String() }),
+          400: Problem,
+          409: Problem,
+          413: Problem,
+          422: Problem,
+          503: Problem,
+        },
+      },
+    },
+    async (req, reply) => {
+      const parent = propagation.extract(context.active(), req.headers);
+      const span = tracer().startSpan(
+        "POST /orders",
+        { kind: SpanKind.SERVER, attributes: { "http.request.method": "POST", "http.route": "/orders" } },
+        parent,
+      );
+      try {
+        return await context.with(trace.setSpan(parent, span), async () => {
+          const b = req.body;
+          const currency = b.currency ?? d.defaultCurrency;
+          const skus = new Set<string>();
+          const problems: { pointer: string; message: string }[] = [];
+          const items: EventData<"OrderPlaced">["items"] = [];
+          b.items.forEach((line, i) => {
+            if (skus.has(line.sku))
+              problems.push({ pointer: `/body/items/${i}/sku`, message: `duplicate sku ${line.sku}` });
+            skus.add(line.sku);
+            const entry = d.catalog.get(line.sku);
+            if (!entry)
+              problems.push({ pointer: `/body/items/${i}/sku`, message: `unknown sku ${line.sku}` });
+            else if (entry.currency !== currency)
+              problems.push({
+                pointer: `/body/items/${i}/sku`,
+                message: `${line.sku} is priced in ${entry.currency}, not ${currency}`,
+              });
+            else items.push({ sku: line.sku, quantity: line.quantity, unitPrice: entry.price });
+          });
+          if (problems.length > 0) {
+            throw new ProblemError(
+              422,
+              "order-rejected",
+              "Unprocessable Content",
+              problems.map((p) => p.message).join("; "),
+              {
+                errors: problems,
+              },
+            );
+          }
+          const total = items.reduce((s, l) => s + l.unitPrice * l.quantity, 0);
+          let orderId = newOrderId();
+          let replayed = false;
+          const key = req.headers["idempotency-key"];
+          if (key) {
+            const fp = fingerprint(b);
+            const prior = await d.idempotency.claim(key, {
+              fingerprint: fp,
+              orderId,
+              at: new Date().toISOString(),
+            });
+            if (prior) {
+              if (prior.fingerprint !== fp) {
+                throw new ProblemError(
+                  422,
+                  "idempotency-key-reused",
+                  "Unprocessable Content",
+                  "this Idempotency-Key was used with a different request body",
+                );
+              }
+              orderId = prior.orderId;
+              replayed = true;
+            }
+          }
+          span.setAttribute("shopstream.order.id", orderId);
+          let status = "PENDING";
+          const existing = replayed ? (await d.store.load(orderId)).order : null;
+          if (existing) {
+            status = existing.status;
+          } else {
+            const now = new Date();
+            const event = makeEvent(
+              "OrderPlaced",
+              {
+                orderId,
+                customerId: b.customerId,
+                email: b.email,
+                items,
+                total,
+                currency,
+                placedAt: now.toISOString(),
+                timeoutAt: new Date(now.getTime() + d.timeoutMs).toISOString(),
+              },
+              { aggregateId: orderId, source: SOURCE, traceId: span.spanContext().traceId, now },
+            );
+            await d.customers.add(b.customerId, orderId);
+            try {
+              await d.store.append(event, 0);
+            } catch (err) {
+              // Already appended by an earlier attempt with this key (outside the duplicate window).
+              if (!(err instanceof ConcurrencyError)) throw err;
+            }
+            d.logger.info(
+              { order_id: orderId, trace_id: event.trace_id, total, lines: items.length },
+              "order placed",
+            );
+          }
+          if (replayed) void reply.header("idempotent-replayed", "true");
+          return reply.code(202).header("location", `/orders/${orderId}`).send({ orderId, status });
+        });
+      } catch (err) {
+        span.setStatus({ code: SpanStatusCode.ERROR });
+        throw err;
+      } finally {
+        span.end();
+      }
+    },
+  );
+
+  app.get<{ Params: Static<typeof OrderIdParam> }>(
+    "/orders/:id",
+    {
+      schema: {
+        summary: "Read an order",
+        params: OrderIdParam,
+        response: { 200: OrderView, 404: Problem },
+      },
+    },
+    async (req) => {
+      const { order } = await d.store.load(req.params.id);
+      if (!order) throw new ProblemError(404, "order-not-found", "Not Found", `no order ${req.params.id}`);
+      return view(order);
+    },
+  );
+
+  const ListQuery = Type.Object({
+    customerId: Type.String({ minLength: 1, maxLength: 128 }),
+    limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
+    after: Type.Optional(
+      Type.String({
+        pattern: "^[A-Za-z0-9_-]{1,64}$",
+        description: "cursor: the last orderId of the previous page",
+      }),
+    ),
+  });
+  app.get<{ Querystring: Static<typeof ListQuery> }>(
+    "/orders",
+    {
+      schema: {
+        summary: "List a customer's orders, newest first, paged",
+        querystring: ListQuery,
+        response: {
+          200: Type.Object({ orders: Type.Array(OrderView), next: Type.Union([Type.String(), Type.Null()]) }),
+        },
+      },
+    },
+    async (req) => {
+      const { customerId, limit, after } = req.query;
+      const ids = await d.customers.list(customerId);
+      const start = after ? ids.findIndex((id) => id < after) : 0;
+      const page = start < 0 ? [] : ids.slice(start, start + limit);
+      const loaded = await Promise.all(page.map((id) => d.store.load(id)));
+      const orders = loaded.flatMap((l) =>
+        l.order && l.order.customerId === customerId ? [view(l.order)] : [],
+      );
+      const next = start >= 0 && ids.length > start + limit ? (page[page.length - 1] ?? null) : null;
+      return { orders, next };
+    },
+  );
+}

@@ -1,0 +1,88 @@
+import swagger from "@fastify/swagger";
+import { Streams } from "../../lib/events/mod.js";
+import { openBucket } from "../../lib/kv.js";
+import type { ServiceDefinition } from "../../lib/service.js";
+import { CatalogView } from "./catalog.js";
+import { OrdersConfig } from "./config.js";
+import { sagaHandlers, timeoutHandlers } from "./handlers.js";
+import { registerOrderRoutes } from "./routes.js";
+import { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
+
+/**
+ * The orders service: the public order API, the event-sourced Order aggregate, the saga's decisions
+ * on inventory and payment outcomes, and order timeouts. Each call makes an independent instance.
+ */
+export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
+  const catalog = new CatalogView();
+  let store: OrderStore | undefined;
+  return {
+    name: "orders",
+    config: OrdersConfig,
+    bodyLimit: 64 * 1024,
+    async setup(ctx) {
+      const replicas = ctx.config.STREAM_REPLICAS;
+      const [catalogKv, requestsKv, customersKv] = await Promise.all([
+        openBucket(ctx.nc, "catalog", { replicas, description: "Catalog (owned by inventory)" }),
+        openBucket(ctx.nc, "order-requests", { replicas, description: "Idempotency-Keys of POST /orders" }),
+        openBucket(ctx.nc, "orders-by-customer", { replicas, description: "Order ids by customer" }),
+      ]);
+      await catalog.start(catalogKv, ctx.logger);
+      store = new OrderStore(ctx.jsm, ctx.publisher);
+      await ctx.app.register(swagger, {
+        openapi: {
+          openapi: "3.1.0",
+          info: {
+            title: "ShopStream orders API",
+            version: "1.0.0",
+            description: "Place and read orders. Errors are application/problem+json (RFC 9457).",
+          },
+        },
+      });
+      registerOrderRoutes(ctx.app, {
+        store,
+        catalog,
+        idempotency: new IdempotencyKeys(requestsKv),
+        customers: new CustomerIndex(customersKv),
+        logger: ctx.logger,
+        timeoutMs: ctx.config.ORDER_TIMEOUT_MS,
+        maxLines: ctx.config.MAX_ORDER_LINES,
+        defaultCurrency: ctx.config.DEFAULT_CURRENCY,
+      });
+      ctx.app.get("/openapi.json", { schema: { hide: true } }, async () => ctx.app.swagger());
+      return { close: async () => catalog.close() };
+    },
+    readiness: () => ({
+      catalog: () => (catalog.size > 0 ? true : "catalog is empty (is inventory running?)"),
+    }),
+    consumers: (ctx) => {
+      if (!store) throw new Error("orders: setup must run before consumers");
+      return [
+        {
+          spec: {
+            stream: Streams.INVENTORY,
+            durable: "orders-inventory",
+            filterSubject: "inventory.*.StockRejected",
+          },
+          handlers: sagaHandlers(store),
+        },
+        {
+          spec: { stream: Streams.PAYMENTS, durable: "orders-payments", filterSubject: "payments.*.*" },
+          handlers: sagaHandlers(store),
+        },
+        {
+          spec: {
+            stream: Streams.ORDERS,
+            durable: "orders-timeouts",
+            filterSubject: "orders.*",
+            maxAckPending: ctx.config.TIMEOUT_MAX_ACK_PENDING,
+          },
+          handlers: timeoutHandlers(store),
+          maxAttempts: 50,
+        },
+      ];
+    },
+  };
+}
+
+/** The orders service definition run by `main.ts`. */
+export const definition = createOrdersService();

@@ -1,0 +1,126 @@
+import { createHash } from "node:crypto";
+import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
+import { decodeEvent, Streams, subjectOf, type AnyEnvelope, type Envelope } from "../../lib/events/mod.js";
+import type { KV } from "../../lib/kv.js";
+import { ConcurrencyError, type Publisher } from "../../lib/messaging/publisher.js";
+import { evolve, type Order } from "./order.js";
+
+/** An order with the stream sequence of its last event: the expected version of the next append. */
+export interface LoadedOrder {
+  order: Order | null;
+  version: number;
+  events: AnyEnvelope[];
+}
+
+/**
+ * The event store of the Order aggregate: the ORDERS stream, one subject per order (`orders.<id>`).
+ * Loading reads the order's events in order; appending uses `Nats-Expected-Last-Subject-Sequence`, so
+ * two replicas or two workers deciding the same order never fork it: the second gets a
+ * {@link ConcurrencyError}, reloads, and finds the order already decided.
+ */
+export class OrderStore {
+  constructor(
+    private readonly jsm: JetStreamManager,
+    private readonly publisher: Publisher,
+  ) {}
+
+  /** Rebuilds an order from its events (null when it has none). */
+  async load(orderId: string): Promise<LoadedOrder> {
+    const subject = `orders.${orderId}`;
+    const events: AnyEnvelope[] = [];
+    let order: Order | null = null;
+    let version = 0;
+    let seq = 1;
+    for (;;) {
+      const m = await this.#next(subject, seq);
+      if (!m) break;
+      const e = decodeEvent(m.data);
+      events.push(e);
+      order = evolve(order, e);
+      version = m.seq;
+      seq = m.seq + 1;
+    }
+    return { order, version, events };
+  }
+
+  async #next(subject: string, seq: number): Promise<StoredMsg | null> {
+    try {
+      return await this.jsm.direct.getMessage(Streams.ORDERS, { seq, next_by_subj: subject });
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
+    }
+  }
+
+  /**
+   * Appends an event to its order if the order is still at `expectedVersion` (0 for a new order).
+   * A retry of the same event (same id) inside the duplicate window is accepted as already stored.
+   * @throws ConcurrencyError when another event was appended first.
+   */
+  async append(event: Envelope, expectedVersion: number): Promise<number> {
+    if (subjectOf(event) !== `orders.${event.aggregate_id}`)
+      throw new Error(`${event.type} is not an order event`);
+    const ack = await this.publisher.publish(event, { expectLastSubjectSequence: expectedVersion });
+    return ack.seq;
+  }
+}
+
+function isNotFound(err: unknown): boolean {
+  const e = err as { code?: number; status?: number; message?: string };
+  return e?.code === 10037 || e?.status === 404 || /not found/i.test(e?.message ?? "");
+}
+
+/** A request remembered under its Idempotency-Key. */
+export interface IdempotencyRecord {
+  fingerprint: string;
+  orderId: string;
+  at: string;
+}
+
+/**
+ * Remembers `Idempotency-Key`s of POST /orders in KV (`order-requests`), keyed by a hash of the key,
+ * with compare-and-set create so two concurrent requests with one key make one order.
+ */
+export class IdempotencyKeys {
+  constructor(private readonly kv: KV) {}
+
+  static keyOf(idempotencyKey: string): string {
+    return createHash("sha256").update(idempotencyKey).digest("hex");
+  }
+
+  /** Claims the key for `record`; returns the record already stored when the key was taken. */
+  async claim(idempotencyKey: string, record: IdempotencyRecord): Promise<IdempotencyRecord | null> {
+    const key = IdempotencyKeys.keyOf(idempotencyKey);
+    try {
+      await this.kv.create(key, JSON.stringify(record));
+      return null;
+    } catch (err) {
+      const e = await this.kv.get(key);
+      if (e && e.operation === "PUT") return e.json<IdempotencyRecord>();
+      throw err;
+    }
+  }
+}
+
+/** Index of orders by customer in KV (`orders-by-customer`): key `<hash(customerId)>.<orderId>`. */
+export class CustomerIndex {
+  constructor(private readonly kv: KV) {}
+
+  static prefix(customerId: string): string {
+    return createHash("sha256").update(customerId).digest("hex").slice(0, 32);
+  }
+
+  async add(customerId: string, orderId: string): Promise<void> {
+    await this.kv.put(`${CustomerIndex.prefix(customerId)}.${orderId}`, "");
+  }
+
+  /** Order ids of a customer, newest first (ids sort by creation time). */
+  async list(customerId: string): Promise<string[]> {
+    const ids: string[] = [];
+    const keys = await this.kv.keys(`${CustomerIndex.prefix(customerId)}.*`);
+    for await (const k of keys) ids.push(k.slice(k.indexOf(".") + 1));
+    return ids.sort().reverse();
+  }
+}
+
+export { ConcurrencyError };
