@@ -205,7 +205,7 @@ export class HttpDependency {
     return this.#call<T>("GET", path, undefined, {});
   }
 
-  /** Stops the half-open timer (service shutdown). */
+  /** Stops the half-open timer, which otherwise keeps the process alive until it fires (service shutdown). */
   close(): void {
     clearTimeout(this.#halfOpenTimer);
     this.#halfOpenTimer = undefined;
@@ -218,7 +218,12 @@ export class HttpDependency {
     headers: Record<string, string>,
   ): Promise<HttpResult<T>> {
     try {
-      return await this.#policy.execute(({ signal }) => this.#attempt<T>(method, path, body, headers, signal));
+      // A signal of its own per call: cockatiel's shared default signal would collect one abort listener
+      // per concurrent call (a MaxListenersExceededWarning beyond 10).
+      return await this.#policy.execute(
+        ({ signal }) => this.#attempt<T>(method, path, body, headers, signal),
+        new AbortController().signal,
+      );
     } catch (err) {
       if (err instanceof BrokenCircuitError) {
         throw new DeferError(`${this.name} circuit breaker is open`, this.#o.deferMs, err);
@@ -278,7 +283,11 @@ export class HttpDependency {
           httpStatus: res.status,
         });
       }
-      return { status: res.status, body: parsed as T, replayed: res.headers.get("idempotent-replayed") === "true" };
+      return {
+        status: res.status,
+        body: parsed as T,
+        replayed: res.headers.get("idempotent-replayed") === "true",
+      };
     }
     const detail = describeProblem(parsed) ?? text.slice(0, 200);
     const code =
@@ -300,7 +309,6 @@ export class HttpDependency {
         this.#halfOpenTimer = undefined;
         if (this.#breaker.state === CircuitState.Open) this.#setState("half-open");
       }, this.#o.halfOpenAfterMs + 20);
-      this.#halfOpenTimer.unref();
     }
     this.#setState(next);
   }
@@ -329,7 +337,10 @@ function describeProblem(body: unknown): string | undefined {
  * read at each change, so it may be bound before the runners exist (in a service's `setup`).
  * @returns a function that unbinds.
  */
-export function pauseWhileOpen(dep: HttpDependency, runners: () => Iterable<ConsumerRunner | undefined>): () => void {
+export function pauseWhileOpen(
+  dep: HttpDependency,
+  runners: () => Iterable<ConsumerRunner | undefined>,
+): () => void {
   const apply = (s: BreakerState) => {
     for (const r of runners()) {
       if (!r) continue;

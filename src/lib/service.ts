@@ -4,7 +4,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Env, parseConfig } from "./config.js";
 import { Streams } from "./events/catalog.js";
-import { createOpsServer, type ReadinessCheck } from "./http/ops-server.js";
+import { createOpsServer, type OpsServer, type ReadinessCheck } from "./http/ops-server.js";
 import { runShutdown, onTerminationSignal } from "./lifecycle.js";
 import { connectNats } from "./messaging/connection.js";
 import { ConsumerRunner, type HandlerMap, type RawHandler } from "./messaging/consumer.js";
@@ -139,67 +139,82 @@ export async function startService<S extends TObject>(
   const tracing = initTracing({ service: def.name, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const metrics = new Metrics(def.name);
   const nc = await connectNats({ servers: config.NATS_URL, name: def.name, logger });
-  const js = jetstream(nc);
-  const jsm = await jetstreamManager(nc);
-  for (const s of streamSpecs) await ensureStream(jsm, s, { replicas: config.STREAM_REPLICAS }, logger);
-  const publisher = new Publisher(js, { metrics });
-  const readiness: Record<string, ReadinessCheck> = { nats: () => (nc.isClosed() ? "closed" : true) };
-  const ops = createOpsServer({
-    service: def.name,
-    metrics,
-    logger,
-    readiness,
-    ...(def.bodyLimit ? { bodyLimit: def.bodyLimit } : {}),
-  });
+  // Everything after the connection is undone if start-up fails, so a failed start leaks nothing.
+  let ops: OpsServer | undefined;
+  let hooks: ServiceHooks = {};
   const runners = new Map<string, ConsumerRunner>();
-  const ctx: ServiceContext<C> = {
-    name: def.name,
-    config,
-    logger,
-    metrics,
-    tracing,
-    nc,
-    js,
-    jsm,
-    publisher,
-    app: ops.app,
-    runners,
-  };
-  const hooks = (await def.setup?.(ctx)) ?? {};
-  Object.assign(readiness, def.readiness?.(ctx) ?? {});
-  const consumers = def.consumers?.(ctx) ?? [];
-  for (const c of consumers) {
-    await ensureConsumer(jsm, c.spec, logger);
-    runners.set(
-      c.spec.durable,
-      new ConsumerRunner({
-        js,
-        spec: c.spec,
-        handlers: c.handlers,
-        raw: c.raw,
-        publisher,
-        logger,
-        metrics,
-        concurrency: c.concurrency ?? config.CONSUMER_CONCURRENCY,
-        maxAttempts: c.maxAttempts ?? config.MAX_ATTEMPTS,
-        backoff: { initialMs: config.RETRY_INITIAL_MS, maxMs: config.RETRY_MAX_MS, ...c.backoff },
-      }),
+  let address: string;
+  let ctx: ServiceContext<C>;
+  try {
+    const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
+    for (const s of streamSpecs) await ensureStream(jsm, s, { replicas: config.STREAM_REPLICAS }, logger);
+    const publisher = new Publisher(js, { metrics });
+    const readiness: Record<string, ReadinessCheck> = { nats: () => (nc.isClosed() ? "closed" : true) };
+    ops = createOpsServer({
+      service: def.name,
+      metrics,
+      logger,
+      readiness,
+      ...(def.bodyLimit ? { bodyLimit: def.bodyLimit } : {}),
+    });
+    ctx = {
+      name: def.name,
+      config,
+      logger,
+      metrics,
+      tracing,
+      nc,
+      js,
+      jsm,
+      publisher,
+      app: ops.app,
+      runners,
+    };
+    hooks = (await def.setup?.(ctx)) ?? {};
+    Object.assign(readiness, def.readiness?.(ctx) ?? {});
+    const consumers = def.consumers?.(ctx) ?? [];
+    for (const c of consumers) {
+      await ensureConsumer(jsm, c.spec, logger);
+      runners.set(
+        c.spec.durable,
+        new ConsumerRunner({
+          js,
+          spec: c.spec,
+          handlers: c.handlers,
+          raw: c.raw,
+          publisher,
+          logger,
+          metrics,
+          concurrency: c.concurrency ?? config.CONSUMER_CONCURRENCY,
+          maxAttempts: c.maxAttempts ?? config.MAX_ATTEMPTS,
+          backoff: { initialMs: config.RETRY_INITIAL_MS, maxMs: config.RETRY_MAX_MS, ...c.backoff },
+        }),
+      );
+    }
+    readiness["consumers"] = () => {
+      const notReady = [...runners.values()].filter((r) => !r.ready).map((r) => r.name);
+      return notReady.length === 0 ? true : `not bound: ${notReady.join(", ")}`;
+    };
+    collectConsumerGauges(
+      metrics,
+      jsm,
+      consumers.map((c) => c.spec),
     );
+    const port = (config as unknown as { PORT: number }).PORT;
+    address = await ops.app.listen({ host: config.HOST, port });
+    for (const r of runners.values()) await r.start();
+    await hooks.started?.();
+    logger.info({ url: address, consumers: [...runners.keys()] }, `${def.name} started`);
+  } catch (err) {
+    await Promise.all([...runners.values()].map((r) => r.stop(0))).catch(() => undefined);
+    await ops?.app.close().catch(() => undefined);
+    await hooks.close?.().catch(() => undefined);
+    await nc.close().catch(() => undefined);
+    await tracing.shutdown().catch(() => undefined);
+    throw err;
   }
-  readiness["consumers"] = () => {
-    const notReady = [...runners.values()].filter((r) => !r.ready).map((r) => r.name);
-    return notReady.length === 0 ? true : `not bound: ${notReady.join(", ")}`;
-  };
-  collectConsumerGauges(
-    metrics,
-    jsm,
-    consumers.map((c) => c.spec),
-  );
-  const port = (config as unknown as { PORT: number }).PORT;
-  const address = await ops.app.listen({ host: config.HOST, port });
-  for (const r of runners.values()) await r.start();
-  await hooks.started?.();
-  logger.info({ url: address, consumers: [...runners.keys()] }, `${def.name} started`);
+  const app = ops;
 
   let stopping: Promise<boolean> | undefined;
   const stop = () =>
@@ -208,7 +223,7 @@ export async function startService<S extends TObject>(
       const t0 = Date.now();
       const ok = await runShutdown(
         [
-          { name: "readiness false", run: () => ops.setDraining() },
+          { name: "readiness false", run: () => app.setDraining() },
           {
             name: "stop consumers",
             run: () =>
@@ -216,7 +231,7 @@ export async function startService<S extends TObject>(
                 [...runners.values()].map((r) => r.stop(Math.max(0, config.DRAIN_TIMEOUT_MS - 2_000))),
               ),
           },
-          { name: "close http", run: () => ops.app.close() },
+          { name: "close http", run: () => app.app.close() },
           { name: "service close", run: () => hooks.close?.() },
           { name: "drain nats", run: () => nc.drain() },
           { name: "flush traces", run: () => tracing.shutdown() },

@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance } from "fastify";
+import Fastify, { LogController, type FastifyInstance } from "fastify";
 import { Counter, Histogram } from "prom-client";
 import type { Logger } from "../telemetry/logger.js";
 import { installProblemHandlers } from "./problem.js";
@@ -39,7 +39,7 @@ export function createOpsServer(opts: OpsServerOptions): OpsServer {
     opts.app ??
     (Fastify({
       ...(opts.logger ? { loggerInstance: opts.logger } : {}),
-      disableRequestLogging: true,
+      logController: new LogController({ disableRequestLogging: true }),
       bodyLimit: opts.bodyLimit ?? 1024 * 1024,
     }) as unknown as FastifyInstance);
   if (!opts.app) {

@@ -1,0 +1,184 @@
+/**
+ * The inventory domain, pure: stock records and their moves, reservation records and their state machine.
+ * Nothing here does I/O; the store applies these functions inside compare-and-set updates, so each may run
+ * several times (on a fresh copy each time).
+ *
+ * Invariant I3, per SKU and at every stored revision: `initial = available + reserved + committed`,
+ * `available >= 0`, and `reserved` is the sum of the holds.
+ */
+import { Unchanged } from "../../lib/kv.js";
+
+/** Largest quantity of one line in the saga's events (the catalog's `StockLine.quantity`). */
+export const MAX_LINE_QUANTITY = 10_000;
+
+/** Stock of one SKU, stored in the `stock` bucket under the SKU. */
+export interface StockRecord {
+  sku: string;
+  initial: number;
+  available: number;
+  reserved: number;
+  committed: number;
+  /** Units held for each order with a live reservation of this SKU. */
+  holds: Record<string, number>;
+}
+
+/** A quantity of one SKU. */
+export interface StockLine {
+  sku: string;
+  quantity: number;
+}
+
+export type ReservationStatus = "reserving" | "reserved" | "rejected" | "committed" | "released";
+export type RejectReason = "out_of_stock" | "unknown_sku";
+
+/** The reservation of one order, stored in the `reservations` bucket under the order id. */
+export interface ReservationRecord {
+  status: ReservationStatus;
+  /** The order's lines, one per SKU (merged); empty for a tombstone (cancelled before reserved). */
+  items: StockLine[];
+  /** Why it was rejected (status `rejected` only). */
+  reason?: RejectReason;
+  /** The SKUs that could not be reserved (status `rejected` only). */
+  skus?: string[];
+}
+
+/**
+ * A move of one SKU's stock. It changes the record it is given in place (the store hands it a private copy,
+ * freshly read, and applies several moves to it in one compare-and-set write) and says what it did.
+ * `changed` must be true exactly when it changed the record.
+ */
+export type StockMove<R> = (s: StockRecord | null) => { changed: boolean; result: R };
+
+/** Applies a move to a copy of `s`: the new record (or {@link Unchanged}) and the move's result. */
+export function applyMove<R>(
+  s: StockRecord | null,
+  move: StockMove<R>,
+): { next: StockRecord | typeof Unchanged; result: R } {
+  const draft = s === null ? null : { ...s, holds: { ...s.holds } };
+  const { changed, result } = move(draft);
+  return { next: changed && draft !== null ? draft : Unchanged, result };
+}
+
+/** The stock record of a newly loaded SKU. */
+export function newStock(sku: string, initial: number): StockRecord {
+  return { sku, initial, available: initial, reserved: 0, committed: 0, holds: {} };
+}
+
+/** Merges lines of the same SKU (first appearance order kept), dropping other fields such as prices. */
+export function mergeLines(lines: readonly StockLine[]): StockLine[] {
+  const bySku = new Map<string, number>();
+  for (const l of lines) bySku.set(l.sku, (bySku.get(l.sku) ?? 0) + l.quantity);
+  return [...bySku].map(([sku, quantity]) => ({ sku, quantity }));
+}
+
+/** Outcome of trying to hold stock of one SKU for one order. */
+export type HoldResult = "held" | "already_held" | "insufficient" | "unknown";
+
+/** Holds `qty` units for `orderId` (available → reserved), unless it already has a hold or stock is short. */
+export function hold(orderId: string, qty: number): StockMove<HoldResult> {
+  return (s) => {
+    if (s === null) return { changed: false, result: "unknown" };
+    if (Object.hasOwn(s.holds, orderId)) return { changed: false, result: "already_held" };
+    if (s.available < qty) return { changed: false, result: "insufficient" };
+    s.available -= qty;
+    s.reserved += qty;
+    // defineProperty: an order id may be "__proto__", which plain assignment would not store.
+    Object.defineProperty(s.holds, orderId, {
+      value: qty,
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+    return { changed: true, result: "held" };
+  };
+}
+
+/** Gives the hold of `orderId` back to available (reserved → available). Result: units given back. */
+export function giveBack(orderId: string): StockMove<number> {
+  return (s) => {
+    const qty = s !== null && Object.hasOwn(s.holds, orderId) ? s.holds[orderId] : undefined;
+    if (s === null || qty === undefined) return { changed: false, result: 0 };
+    s.available += qty;
+    s.reserved -= qty;
+    delete s.holds[orderId];
+    return { changed: true, result: qty };
+  };
+}
+
+/** Turns the hold of `orderId` into a sale (reserved → committed). Result: units committed. */
+export function commitHold(orderId: string): StockMove<number> {
+  return (s) => {
+    const qty = s !== null && Object.hasOwn(s.holds, orderId) ? s.holds[orderId] : undefined;
+    if (s === null || qty === undefined) return { changed: false, result: 0 };
+    s.reserved -= qty;
+    s.committed += qty;
+    delete s.holds[orderId];
+    return { changed: true, result: qty };
+  };
+}
+
+/** Violations of I3 in one stock record (empty when it holds). */
+export function stockViolations(s: StockRecord): string[] {
+  const out: string[] = [];
+  if (s.available + s.reserved + s.committed !== s.initial)
+    out.push(
+      `${s.sku}: initial ${s.initial} != available ${s.available} + reserved ${s.reserved} + committed ${s.committed}`,
+    );
+  if (s.available < 0) out.push(`${s.sku}: available ${s.available} < 0`);
+  if (s.reserved < 0) out.push(`${s.sku}: reserved ${s.reserved} < 0`);
+  const held = Object.values(s.holds).reduce((a, b) => a + b, 0);
+  if (held !== s.reserved) out.push(`${s.sku}: holds sum to ${held}, reserved is ${s.reserved}`);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reservation state machine. Every decision is a compare-and-set on the order's record, taken before
+// the stock moves it implies, so concurrent or redelivered handlers agree on one outcome and a crash
+// between the decision and the moves is finished by the next delivery (the moves are idempotent).
+//
+//   (absent) ─OrderPlaced→ reserving ─→ reserved ─OrderConfirmed→ committed
+//                                   │          └─OrderCancelled→ released
+//                                   └─→ rejected
+//   (absent) ─OrderCancelled→ released (tombstone, items [])
+// ---------------------------------------------------------------------------------------------------
+
+/** Creates the record `reserving` with the order's lines, unless it exists. */
+export function beginReserve(
+  r: ReservationRecord | null,
+  items: StockLine[],
+): ReservationRecord | typeof Unchanged {
+  return r === null ? { status: "reserving", items } : Unchanged;
+}
+
+/** What reserving every line of an order came to. */
+export type ReserveOutcome = { ok: true } | { ok: false; reason: RejectReason; skus: string[] };
+
+/** Decides the outcome of a reservation still `reserving`; any other record is left as it is. */
+export function decideReserve(
+  r: ReservationRecord | null,
+  outcome: ReserveOutcome,
+): ReservationRecord | typeof Unchanged {
+  if (r?.status !== "reserving") return Unchanged;
+  return outcome.ok
+    ? { status: "reserved", items: r.items }
+    : { status: "rejected", items: r.items, reason: outcome.reason, skus: outcome.skus };
+}
+
+/** Marks a `reserved` record `committed` (stock already moved); any other record is left as it is. */
+export function decideCommit(r: ReservationRecord | null): ReservationRecord | typeof Unchanged {
+  return r?.status === "reserved" ? { status: "committed", items: r.items } : Unchanged;
+}
+
+/**
+ * Marks a `reserved` record `released`, or creates a `released` tombstone when there is no record (the order
+ * was cancelled before its OrderPlaced was handled); any other record is left as it is.
+ */
+export function decideRelease(r: ReservationRecord | null): ReservationRecord | typeof Unchanged {
+  if (r === null) return { status: "released", items: [] };
+  return r.status === "reserved" ? { status: "released", items: r.items } : Unchanged;
+}
+
+/** Statuses in which the order may hold no stock (any hold found is given back). */
+export function holdsForbidden(status: ReservationStatus): boolean {
+  return status === "rejected" || status === "released" || status === "committed";
+}

@@ -1,0 +1,81 @@
+/**
+ * The inventory HTTP API (read-only):
+ *
+ * - `GET /inventory` → `{items: [{sku, name, price, currency, initial, available, reserved, committed}]}`, by SKU;
+ * - `GET /inventory/:sku` → `{sku, name, price, currency, initial, available, reserved, committed}`, or 404;
+ * - `GET /inventory/reservations/:orderId` → `{status, items, reason?, skus?}`, or 404.
+ *
+ * Errors are RFC 9457 problem documents (`application/problem+json`, `{type, title, status, detail}`).
+ */
+import type { FastifyInstance, FastifyReply } from "fastify";
+import { OrderId } from "../../lib/events/catalog.js";
+import { ShopStreamError, describeError } from "../../lib/errors.js";
+import { isSkuId } from "./catalog.js";
+import type { InventoryStore } from "./store.js";
+
+export const PROBLEM_CONTENT_TYPE = "application/problem+json";
+const PROBLEM_BASE = "https://shopstream.dev/problems/inventory/";
+const orderIdRegExp = new RegExp(OrderId.pattern ?? "^[A-Za-z0-9_-]{1,64}$");
+
+/** An RFC 9457 problem document. */
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+}
+
+function sendProblem(reply: FastifyReply, status: number, slug: string, title: string, detail: string) {
+  const body: Problem = { type: PROBLEM_BASE + slug, title, status, detail };
+  return reply.code(status).type(PROBLEM_CONTENT_TYPE).send(body);
+}
+
+/** Adds the inventory routes to the service's HTTP server (in their own scope, with problem+json errors). */
+export function registerInventoryRoutes(app: FastifyInstance, getStore: () => InventoryStore): void {
+  void app.register(
+    async (api) => {
+      api.setNotFoundHandler((req, reply) =>
+        sendProblem(reply, 404, "not-found", "Not Found", `no route ${req.method} ${req.url}`),
+      );
+      api.setErrorHandler((err, _req, reply) => {
+        if (err instanceof ShopStreamError)
+          return sendProblem(reply, err.status, err.code.toLowerCase(), err.name, err.message);
+        const status = (err as { statusCode?: number }).statusCode ?? 500;
+        if (status < 500) return sendProblem(reply, status, "bad-request", "Bad Request", describeError(err));
+        api.log.error({ err: describeError(err) }, "inventory request failed");
+        return sendProblem(
+          reply,
+          503,
+          "unavailable",
+          "Service Unavailable",
+          "inventory state is not reachable",
+        );
+      });
+
+      api.get("/", async () => ({ items: await getStore().list() }));
+
+      api.get<{ Params: { sku: string } }>("/:sku", async (req, reply) => {
+        const { sku } = req.params;
+        const view = isSkuId(sku) ? await getStore().view(sku) : null;
+        if (!view)
+          return sendProblem(reply, 404, "sku-not-found", "SKU Not Found", `no SKU ${JSON.stringify(sku)}`);
+        return view;
+      });
+
+      api.get<{ Params: { orderId: string } }>("/reservations/:orderId", async (req, reply) => {
+        const { orderId } = req.params;
+        const record = orderIdRegExp.test(orderId) ? await getStore().getReservation(orderId) : null;
+        if (!record)
+          return sendProblem(
+            reply,
+            404,
+            "reservation-not-found",
+            "Reservation Not Found",
+            `no reservation for order ${JSON.stringify(orderId)}`,
+          );
+        return record;
+      });
+    },
+    { prefix: "/inventory" },
+  );
+}

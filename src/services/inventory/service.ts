@@ -1,0 +1,60 @@
+/**
+ * The inventory service: stock per SKU and reservations in JetStream KV, the `inventory-orders` consumer
+ * (reserve on OrderPlaced, commit on OrderConfirmed, release on OrderCancelled) and a read-only HTTP API.
+ */
+import { Streams } from "../../lib/events/catalog.js";
+import type { ServiceContext, ServiceDefinition } from "../../lib/service.js";
+import type { CommonConfig } from "../../lib/service.js";
+import { DEFAULT_CATALOG, loadCatalogFile } from "./catalog.js";
+import { InventoryConfig } from "./config.js";
+import { createHandlers } from "./handlers.js";
+import { registerInventoryRoutes } from "./routes.js";
+import { InventoryStore } from "./store.js";
+
+export const SERVICE_NAME = "inventory";
+/** The durable consumer of the ORDERS stream shared by every inventory replica. */
+export const ORDERS_CONSUMER = "inventory-orders";
+
+type Ctx = ServiceContext<InventoryConfig & CommonConfig>;
+
+/** The store of each running instance (several may run in one process, e.g. in tests). */
+const stores = new WeakMap<Ctx, InventoryStore>();
+
+/** The store of a running instance (set once its setup has opened the buckets). */
+export function storeOf(ctx: Ctx): InventoryStore {
+  const store = stores.get(ctx);
+  if (!store) throw new Error("inventory store is not open yet");
+  return store;
+}
+
+export const definition: ServiceDefinition<typeof InventoryConfig> = {
+  name: SERVICE_NAME,
+  config: InventoryConfig,
+  async setup(ctx) {
+    // Read the catalog source before touching state, so a bad file stops the service with nothing changed.
+    const file = ctx.config.CATALOG_FILE;
+    const items = file ? await loadCatalogFile(file) : DEFAULT_CATALOG;
+    const store = await InventoryStore.open(ctx.nc, { replicas: ctx.config.STREAM_REPLICAS });
+    const seeded = await store.seed(items, ctx.logger);
+    ctx.logger.info({ source: file ?? "default catalog", ...seeded }, "catalog loaded");
+    stores.set(ctx, store);
+    registerInventoryRoutes(ctx.app, () => storeOf(ctx));
+  },
+  readiness: (ctx) => ({ buckets: () => (stores.has(ctx) ? true : "KV buckets not open") }),
+  consumers: (ctx) => [
+    {
+      spec: {
+        stream: Streams.ORDERS,
+        durable: ORDERS_CONSUMER,
+        filterSubject: "orders.*",
+        description: "inventory: reserve on OrderPlaced, commit on OrderConfirmed, release on OrderCancelled",
+      },
+      handlers: createHandlers({
+        store: storeOf(ctx),
+        publisher: ctx.publisher,
+        jsm: ctx.jsm,
+        source: SERVICE_NAME,
+      }),
+    },
+  ],
+};

@@ -1,0 +1,217 @@
+/**
+ * Inventory state in JetStream KV: the `catalog`, `stock` and `reservations` buckets, every write a
+ * compare-and-set on the key's revision.
+ *
+ * Writes to one stock key from this process are coalesced: while one compare-and-set of a SKU is in flight,
+ * further moves of that SKU queue and are applied together in the next one (each move still sees the state
+ * the previous one left). A hot SKU then costs one KV round trip per batch instead of a storm of lost races
+ * between this process's own handlers; races with other replicas are settled by the compare-and-set.
+ */
+import type { NatsConnection } from "@nats-io/transport-node";
+import { Unchanged, casUpdate, openBucket, readJson, type KV, type Versioned } from "../../lib/kv.js";
+import type { Logger } from "../../lib/telemetry/logger.js";
+import { entryOf, type CatalogEntry, type CatalogSeedItem } from "./catalog.js";
+import { newStock, type ReservationRecord, type StockMove, type StockRecord } from "./inventory.js";
+
+export const Buckets = {
+  catalog: "catalog",
+  stock: "stock",
+  reservations: "reservations",
+} as const;
+
+/** Lost compare-and-set races tolerated per write before it fails (retryably). */
+const CAS_RETRIES = 200;
+/** Most moves applied in one stock write. */
+const MAX_BATCH = 256;
+
+interface QueuedMove {
+  apply: StockMove<unknown>;
+  resolve: (result: unknown) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Per-key write coalescing over {@link casUpdate}. */
+class StockWriter {
+  readonly #kv: KV;
+  readonly #queues = new Map<string, QueuedMove[]>();
+
+  constructor(kv: KV) {
+    this.#kv = kv;
+  }
+
+  /** Applies `move` to the stock of `sku` in a compare-and-set write; resolves with its result once stored. */
+  apply<R>(sku: string, move: StockMove<R>): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
+      const q = this.#queues.get(sku);
+      const entry: QueuedMove = { apply: move, resolve: resolve as (r: unknown) => void, reject };
+      if (q) {
+        q.push(entry);
+        return;
+      }
+      this.#queues.set(sku, [entry]);
+      void this.#drain(sku);
+    });
+  }
+
+  async #drain(sku: string): Promise<void> {
+    for (;;) {
+      const queue = this.#queues.get(sku);
+      if (!queue || queue.length === 0) {
+        this.#queues.delete(sku);
+        return;
+      }
+      const batch = queue.splice(0, MAX_BATCH);
+      let results: unknown[] = [];
+      try {
+        await casUpdate<StockRecord>(
+          this.#kv,
+          sku,
+          // `current` is freshly read (parsed) on every attempt, so the moves may change it in place.
+          (current) => {
+            results = [];
+            let changed = false;
+            for (const m of batch) {
+              const r = m.apply(current);
+              results.push(r.result);
+              changed ||= r.changed;
+            }
+            return changed && current !== null ? current : Unchanged;
+          },
+          { maxRetries: CAS_RETRIES },
+        );
+        batch.forEach((m, i) => m.resolve(results[i]));
+      } catch (err) {
+        for (const m of batch) m.reject(err);
+      }
+    }
+  }
+}
+
+/** Serialises async work per key within this process (e.g. every handler of one order). */
+export class KeyedLock {
+  readonly #tails = new Map<string, Promise<void>>();
+
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#tails.get(key) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = prev.then(() => mine);
+    this.#tails.set(key, tail);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.#tails.get(key) === tail) this.#tails.delete(key);
+    }
+  }
+}
+
+/** A catalog entry with its stock figures, as the HTTP API shows it. */
+export type StockView = CatalogEntry & Pick<StockRecord, "initial" | "available" | "reserved" | "committed">;
+
+/** The inventory's KV buckets and the operations on them. */
+export class InventoryStore {
+  readonly catalog: KV;
+  readonly stock: KV;
+  readonly reservations: KV;
+  readonly #writer: StockWriter;
+
+  private constructor(catalog: KV, stock: KV, reservations: KV) {
+    this.catalog = catalog;
+    this.stock = stock;
+    this.reservations = reservations;
+    this.#writer = new StockWriter(stock);
+  }
+
+  /** Opens (creating when absent) the three buckets with `replicas` replicas. Idempotent. */
+  static async open(nc: NatsConnection, opts: { replicas: number }): Promise<InventoryStore> {
+    const [catalog, stock, reservations] = await Promise.all([
+      openBucket(nc, Buckets.catalog, {
+        replicas: opts.replicas,
+        description: "ShopStream catalog: sku → {sku, name, price, currency}",
+      }),
+      openBucket(nc, Buckets.stock, {
+        replicas: opts.replicas,
+        description: "ShopStream stock: sku → {initial, available, reserved, committed, holds}",
+      }),
+      openBucket(nc, Buckets.reservations, {
+        replicas: opts.replicas,
+        description: "ShopStream reservations: orderId → {status, items}",
+      }),
+    ]);
+    return new InventoryStore(catalog, stock, reservations);
+  }
+
+  /**
+   * Loads SKUs that are not stored yet: stock first, then the catalog entry (a SKU becomes orderable only once
+   * its stock exists). Existing stock and entries are never overwritten, so a restart or a second replica
+   * changes nothing; an entry that differs from the source is reported and kept.
+   */
+  async seed(items: readonly CatalogSeedItem[], logger: Logger): Promise<{ created: number; kept: number }> {
+    let created = 0;
+    const differing: string[] = [];
+    await Promise.all(
+      items.map(async (item) => {
+        await casUpdate<StockRecord>(this.stock, item.sku, (cur) => cur ?? newStock(item.sku, item.stock));
+        const entry = entryOf(item);
+        const r = await casUpdate<CatalogEntry>(this.catalog, item.sku, (cur) => cur ?? entry);
+        if (r.changed) created++;
+        else if (JSON.stringify(r.value) !== JSON.stringify(entry)) differing.push(item.sku);
+      }),
+    );
+    if (differing.length > 0)
+      logger.warn(
+        { skus: differing.sort() },
+        "catalog entries differ from the catalog source; the stored entries are kept",
+      );
+    return { created, kept: items.length - created };
+  }
+
+  /** Applies a stock move of `sku` (compare-and-set, coalesced per SKU). */
+  moveStock<R>(sku: string, move: StockMove<R>): Promise<R> {
+    return this.#writer.apply(sku, move);
+  }
+
+  async getStock(sku: string): Promise<StockRecord | null> {
+    return (await readJson<StockRecord>(this.stock, sku)).value;
+  }
+
+  async getEntry(sku: string): Promise<CatalogEntry | null> {
+    return (await readJson<CatalogEntry>(this.catalog, sku)).value;
+  }
+
+  /** The catalog entry of `sku` with its stock, or null when either is absent. */
+  async view(sku: string): Promise<StockView | null> {
+    const [entry, stock] = await Promise.all([this.getEntry(sku), this.getStock(sku)]);
+    if (!entry || !stock) return null;
+    return {
+      ...entry,
+      initial: stock.initial,
+      available: stock.available,
+      reserved: stock.reserved,
+      committed: stock.committed,
+    };
+  }
+
+  /** Every catalog entry with its stock, by SKU. */
+  async list(): Promise<StockView[]> {
+    const skus: string[] = [];
+    for await (const k of await this.catalog.keys()) skus.push(k);
+    skus.sort();
+    const views = await Promise.all(skus.map((s) => this.view(s)));
+    return views.filter((v): v is StockView => v !== null);
+  }
+
+  async getReservation(orderId: string): Promise<ReservationRecord | null> {
+    return (await readJson<ReservationRecord>(this.reservations, orderId)).value;
+  }
+
+  /** Compare-and-set update of an order's reservation record; resolves with the record now stored. */
+  async updateReservation(
+    orderId: string,
+    mutate: (r: ReservationRecord | null) => ReservationRecord | typeof Unchanged,
+  ): Promise<Versioned<ReservationRecord> & { changed: boolean }> {
+    return casUpdate<ReservationRecord>(this.reservations, orderId, mutate);
+  }
+}

@@ -1,0 +1,44 @@
+import type { NatsConnection } from "@nats-io/transport-node";
+import { casUpdate, openBucket, readJson, type KV, type Unchanged } from "../../lib/kv.js";
+import type { Payment } from "./payment.js";
+
+/** Name of the KV bucket holding one {@link Payment} per order id. */
+export const PAYMENTS_BUCKET = "payments";
+
+/**
+ * The payments of every order, in the `payments` KV bucket (key = order id). Writes are compare-and-set,
+ * so two replicas (or a redelivery racing a retry) never both win a transition.
+ */
+export class PaymentStore {
+  readonly #kv: KV;
+
+  constructor(kv: KV) {
+    this.#kv = kv;
+  }
+
+  /** Opens (creating when absent) the bucket. */
+  static async open(nc: NatsConnection, replicas = 1): Promise<PaymentStore> {
+    const kv = await openBucket(nc, PAYMENTS_BUCKET, {
+      replicas,
+      description: "Payment state per order (payments service)",
+    });
+    return new PaymentStore(kv);
+  }
+
+  async get(orderId: string): Promise<Payment | null> {
+    return (await readJson<Payment>(this.#kv, orderId)).value;
+  }
+
+  /**
+   * Applies a pure transition with compare-and-set.
+   * @returns the payment now stored (the current one when the transition did not apply) and whether it
+   * was this call that changed it.
+   */
+  async update(
+    orderId: string,
+    transition: (cur: Payment | null) => Payment | typeof Unchanged,
+  ): Promise<{ payment: Payment | null; changed: boolean }> {
+    const r = await casUpdate<Payment>(this.#kv, orderId, transition);
+    return { payment: r.value, changed: r.changed };
+  }
+}

@@ -1,0 +1,232 @@
+/**
+ * The whole ShopStream system for end-to-end tests: a real nats-server on free ports with a temp dir,
+ * the two simulators, and the five services started in this process through their real
+ * `startService` composition roots (each with its own NATS connection, KV buckets, consumers and HTTP
+ * server). Audit stores in PostgreSQL when `DATABASE_URL` is set (a fresh schema per system), else in
+ * PGlite under the temp dir.
+ */
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { FastifyInstance } from "fastify";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { startService, type RunningService } from "../../src/lib/service.js";
+import { startNatsServer, type NatsServer } from "../../src/stack/nats-server.js";
+import { buildPaymentGateway } from "../../src/simulators/payment-gateway/app.js";
+import { buildMailProvider } from "../../src/simulators/mail-provider/app.js";
+import { createOrdersService } from "../../src/services/orders/service.js";
+import { definition as inventory } from "../../src/services/inventory/service.js";
+import { definition as payments } from "../../src/services/payments/service.js";
+import { definition as notifications } from "../../src/services/notifications/service.js";
+import { definition as audit } from "../../src/services/audit/service.js";
+import { checkInvariants, formatReport, type CheckReport } from "../../src/checker/checker.js";
+import { decodeEvent } from "../../src/lib/events/codec.js";
+import { connectTo } from "./nats.js";
+
+export interface SystemOptions {
+  /** Catalog items replacing the default catalog. */
+  catalog?: { sku: string; name: string; price: number; currency: string; stock: number }[];
+  /** Extra env for every service. */
+  env?: Record<string, string>;
+  orderTimeoutMs?: number;
+}
+
+export interface OrderBody {
+  customerId: string;
+  email: string;
+  items: { sku: string; quantity: number }[];
+  currency?: string;
+}
+
+export interface System {
+  nats: NatsServer;
+  nc: NatsConnection;
+  gateway: FastifyInstance;
+  mail: FastifyInstance;
+  urls: { orders: string; inventory: string; payments: string; notifications: string; audit: string; gateway: string; mail: string };
+  services: Record<"orders" | "inventory" | "payments" | "notifications" | "audit", RunningService<never>>;
+  /** Orders answered 202. */
+  accepted: Set<string>;
+  placeOrder(body: OrderBody | unknown, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>;
+  /** Resolves with the order's terminal view (CONFIRMED or CANCELLED), awaiting its terminal event. */
+  waitForTerminal(orderId: string, timeoutMs?: number): Promise<any>;
+  /** Polls `cond` until it is truthy (for state that has no event to await, e.g. metrics). */
+  until<T>(what: string, cond: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs?: number): Promise<T>;
+  setGatewayFaults(f: { outage?: boolean; failureRate?: number; latencyMs?: number }): Promise<void>;
+  setMailFaults(f: { outage?: boolean; failureRate?: number; latencyMs?: number }): Promise<void>;
+  check(): Promise<CheckReport>;
+  /** Runs the checker and throws with the formatted report when an invariant is violated. */
+  assertInvariants(): Promise<CheckReport>;
+  stop(): Promise<void>;
+}
+
+async function getJson(url: string): Promise<any> {
+  const r = await fetch(url);
+  return r.json();
+}
+
+export async function startSystem(opts: SystemOptions = {}): Promise<System> {
+  const dir = await mkdtemp(join(tmpdir(), "shopstream-e2e-"));
+  const nats = await startNatsServer();
+  const nc = await connectTo(nats);
+  const gateway = buildPaymentGateway({ logger: false });
+  const mail = buildMailProvider({ logger: false });
+  const gatewayUrl = await gateway.listen({ host: "127.0.0.1", port: 0 });
+  const mailUrl = await mail.listen({ host: "127.0.0.1", port: 0 });
+  let catalogFile: string | undefined;
+  if (opts.catalog) {
+    catalogFile = join(dir, "catalog.json");
+    await writeFile(catalogFile, JSON.stringify({ items: opts.catalog }));
+  }
+  const schema = `e2e_${Date.now().toString(36)}_${Math.floor(Math.random() * 1e6)}`;
+  const env: Record<string, string> = {
+    NATS_URL: nats.url,
+    PORT: "0",
+    LOG_LEVEL: process.env["TEST_LOG_LEVEL"] ?? "silent",
+    PAYMENT_GATEWAY_URL: gatewayUrl,
+    MAIL_PROVIDER_URL: mailUrl,
+    DATA_DIR: join(dir, "data"),
+    AUDIT_SCHEMA: schema,
+    ORDER_TIMEOUT_MS: String(opts.orderTimeoutMs ?? 60_000),
+    RETRY_INITIAL_MS: "100",
+    BREAKER_HALF_OPEN_MS: "1000",
+    ...(process.env["DATABASE_URL"] ? { DATABASE_URL: process.env["DATABASE_URL"] } : {}),
+    ...(catalogFile ? { CATALOG_FILE: catalogFile } : {}),
+    ...opts.env,
+  };
+  const started: RunningService<never>[] = [];
+  const start = async (def: unknown) => {
+    const s = (await startService(def as never, env)) as RunningService<never>;
+    started.push(s);
+    return s;
+  };
+  const svc = {
+    inventory: await start(inventory),
+    audit: await start(audit),
+    payments: await start(payments),
+    notifications: await start(notifications),
+    orders: await start(createOrdersService()),
+  };
+  const urls = {
+    orders: svc.orders.url,
+    inventory: svc.inventory.url,
+    payments: svc.payments.url,
+    notifications: svc.notifications.url,
+    audit: svc.audit.url,
+    gateway: gatewayUrl,
+    mail: mailUrl,
+  };
+  const accepted = new Set<string>();
+
+  const until: System["until"] = async (what, cond, timeoutMs = 30_000) => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const v = await cond();
+      if (v) return v;
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  // Terminal events of every order, as they are published (core subscription on the ORDERS subjects).
+  const terminal = new Map<string, string>();
+  const waiters = new Map<string, (() => void)[]>();
+  const sub: Subscription = nc.subscribe("orders.*");
+  void (async () => {
+    for await (const m of sub) {
+      try {
+        const e = decodeEvent(m.data);
+        if (e.type === "OrderConfirmed" || e.type === "OrderCancelled") {
+          terminal.set(e.aggregate_id, e.type);
+          for (const w of waiters.get(e.aggregate_id) ?? []) w();
+          waiters.delete(e.aggregate_id);
+        }
+      } catch {
+        /* poison published by a test */
+      }
+    }
+  })();
+  await nc.flush();
+
+  const system: System = {
+    nats,
+    nc,
+    gateway,
+    mail,
+    urls,
+    services: svc,
+    accepted,
+    async placeOrder(body, headers = {}) {
+      const res = await fetch(`${urls.orders}/orders`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: typeof body === "string" ? body : JSON.stringify(body),
+      });
+      const text = await res.text();
+      let parsed: any = text;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        /* not JSON */
+      }
+      if (res.status === 202) accepted.add(parsed.orderId);
+      return { status: res.status, body: parsed, headers: res.headers };
+    },
+    async waitForTerminal(orderId, timeoutMs = 30_000) {
+      if (!terminal.has(orderId)) {
+        const current = await getJson(`${urls.orders}/orders/${orderId}`);
+        if (current.status !== "CONFIRMED" && current.status !== "CANCELLED") {
+          await new Promise<void>((resolve, reject) => {
+            const t = setTimeout(() => reject(new Error(`order ${orderId} not terminal after ${timeoutMs} ms`)), timeoutMs);
+            const list = waiters.get(orderId) ?? [];
+            list.push(() => {
+              clearTimeout(t);
+              resolve();
+            });
+            waiters.set(orderId, list);
+            if (terminal.has(orderId)) list[list.length - 1]!();
+          });
+        }
+      }
+      return getJson(`${urls.orders}/orders/${orderId}`);
+    },
+    until,
+    async setGatewayFaults(f) {
+      await fetch(`${gatewayUrl}/admin/faults`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify(f) });
+    },
+    async setMailFaults(f) {
+      await fetch(`${mailUrl}/admin/faults`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify(f) });
+    },
+    async check() {
+      return checkInvariants({
+        nc,
+        inventoryUrl: urls.inventory,
+        auditUrl: urls.audit,
+        gatewayUrl,
+        mailUrl,
+        acceptedOrderIds: accepted,
+      });
+    },
+    async assertInvariants() {
+      // Let the trailing effects (commits, e-mails, audit rows) of terminal orders land first.
+      let report = await system.check();
+      const deadline = Date.now() + 30_000;
+      while (!report.ok && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 250));
+        report = await system.check();
+      }
+      if (!report.ok) throw new Error(`invariants violated:\n${formatReport(report)}`);
+      return report;
+    },
+    async stop() {
+      sub.unsubscribe();
+      for (const s of started.reverse()) await s.stop();
+      await gateway.close();
+      await mail.close();
+      await nc.close();
+      await nats.cleanup();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  return system;
+}

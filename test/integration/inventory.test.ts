@@ -1,0 +1,753 @@
+/**
+ * The inventory service against a real nats-server: reserve, reject (all or nothing, unknown SKU), commit,
+ * release, tombstones, duplicates, invariant breaches, a 200-order race on one SKU across two replicas, the
+ * catalog loaded once across restarts, and a bad CATALOG_FILE.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { after, before, describe, it } from "node:test";
+import {
+  jetstream,
+  jetstreamManager,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { readJson, type KV } from "../../src/lib/kv.js";
+import { decodeEvent, encodeEvent } from "../../src/lib/events/codec.js";
+import type { EventData, EventType } from "../../src/lib/events/catalog.js";
+import { makeEvent, subjectOf, type AnyEnvelope, type Envelope } from "../../src/lib/events/envelope.js";
+import { Hdr } from "../../src/lib/messaging/headers.js";
+import { Publisher } from "../../src/lib/messaging/publisher.js";
+import { startService, type CommonConfig, type RunningService } from "../../src/lib/service.js";
+import type { CatalogEntry } from "../../src/services/inventory/catalog.js";
+import type { InventoryConfig } from "../../src/services/inventory/config.js";
+import {
+  stockViolations,
+  type ReservationRecord,
+  type StockRecord,
+} from "../../src/services/inventory/inventory.js";
+import { ORDERS_CONSUMER, definition } from "../../src/services/inventory/service.js";
+import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
+
+const WAIT_MS = 15_000;
+
+/** Polls `fn` until it stops throwing, or throws its last error after `timeoutMs` (a condition, not a sleep). */
+async function eventually<T>(fn: () => Promise<T>, timeoutMs = WAIT_MS): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() >= deadline) throw err;
+      await new Promise((r) => setTimeout(r, 25)); // poll interval
+    }
+  }
+}
+
+/** Every event on the INVENTORY stream, as it arrives (a JetStream ordered consumer). */
+class Outcomes {
+  readonly events: AnyEnvelope[] = [];
+  readonly #waiters = new Set<() => void>();
+  #messages: ConsumerMessages | undefined;
+
+  static async start(js: JetStreamClient): Promise<Outcomes> {
+    const o = new Outcomes();
+    const consumer = await js.consumers.get("INVENTORY");
+    const messages = await consumer.consume();
+    o.#messages = messages;
+    void (async () => {
+      for await (const m of messages) {
+        o.events.push(decodeEvent(m.data));
+        for (const w of [...o.#waiters]) w();
+      }
+    })();
+    return o;
+  }
+
+  of<T extends EventType>(orderId: string, type: T): Envelope<T>[] {
+    return this.events.filter((e) => e.aggregate_id === orderId && e.type === type) as Envelope<T>[];
+  }
+
+  /** Resolves with `check()`'s first defined value, re-checked as events arrive. */
+  waitFor<R>(what: string, check: () => R | undefined, timeoutMs = WAIT_MS): Promise<R> {
+    const now = check();
+    if (now !== undefined) return Promise.resolve(now);
+    return new Promise((resolve, reject) => {
+      const waiter = () => {
+        const v = check();
+        if (v === undefined) return;
+        clearTimeout(timer);
+        this.#waiters.delete(waiter);
+        resolve(v);
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(waiter);
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
+      }, timeoutMs);
+      this.#waiters.add(waiter);
+    });
+  }
+
+  /** The first event of `type` for `orderId`. */
+  next<T extends EventType>(orderId: string, type: T): Promise<Envelope<T>> {
+    return this.waitFor(`${type} of ${orderId}`, () => this.of(orderId, type)[0]);
+  }
+
+  async stop(): Promise<void> {
+    await this.#messages?.close();
+  }
+}
+
+function item(sku: string, stock: number, price = 1000) {
+  return { sku, name: `Test ${sku}`, price, currency: "EUR", stock };
+}
+
+const testCatalog = {
+  items: [
+    item("T-RES-A", 10),
+    item("T-RES-B", 3),
+    item("T-AON-A", 5),
+    item("T-AON-B", 1),
+    item("T-UNK", 4),
+    item("T-COMMIT", 6),
+    item("T-REL", 6),
+    item("T-TOMB", 2),
+    item("T-DUP", 5),
+    item("T-BREACH", 3),
+    item("T-RACE", 50),
+    item("T-CRASH-A", 5),
+    item("T-CRASH-B", 5),
+    item("T-WAIT", 4),
+  ],
+};
+
+void describe("inventory service", () => {
+  let server: NatsServer;
+  let dir: string;
+  let catalogFile: string;
+  let nc: NatsConnection;
+  let js: JetStreamClient;
+  let jsm: JetStreamManager;
+  let publisher: Publisher;
+  let stockKv: KV;
+  let catalogKv: KV;
+  let reservationsKv: KV;
+  let outcomes: Outcomes;
+  let svc: RunningService<InventoryConfig & CommonConfig> | undefined;
+
+  const env = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => ({
+    NATS_URL: server.url,
+    PORT: "0",
+    // The service's logs are quiet unless asked for (the invariant-breach test logs expected errors).
+    LOG_LEVEL: process.env["TEST_LOG_LEVEL"] ?? "silent",
+    RETRY_INITIAL_MS: "50",
+    RETRY_MAX_MS: "500",
+    MAX_ATTEMPTS: "20",
+    DRAIN_TIMEOUT_MS: "5000",
+    ...extra,
+  });
+
+  before(async () => {
+    server = await startNatsServer();
+    dir = await mkdtemp(join(tmpdir(), "inventory-it-"));
+    catalogFile = join(dir, "catalog.json");
+    await writeFile(catalogFile, JSON.stringify(testCatalog));
+    svc = await startService(definition, env({ CATALOG_FILE: catalogFile }));
+    nc = await connectTo(server);
+    js = jetstream(nc);
+    jsm = await jetstreamManager(nc);
+    publisher = new Publisher(js);
+    const kvm = new Kvm(nc);
+    [stockKv, catalogKv, reservationsKv] = await Promise.all([
+      kvm.open("stock"),
+      kvm.open("catalog"),
+      kvm.open("reservations"),
+    ]);
+    outcomes = await Outcomes.start(js);
+  });
+
+  after(async () => {
+    await outcomes?.stop();
+    await svc?.stop();
+    await nc?.close();
+    await server?.cleanup();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  // ---- helpers ------------------------------------------------------------------------------------
+
+  function placedEvent(orderId: string, lines: [string, number][]): Envelope<"OrderPlaced"> {
+    const items = lines.map(([sku, quantity]) => ({ sku, quantity, unitPrice: 1000 }));
+    const now = new Date();
+    return makeEvent(
+      "OrderPlaced",
+      {
+        orderId,
+        customerId: `cust-${orderId}`,
+        email: "buyer@example.com",
+        items,
+        total: items.reduce((t, l) => t + l.quantity * l.unitPrice, 0),
+        currency: "EUR",
+        placedAt: now.toISOString(),
+        timeoutAt: new Date(now.getTime() + 30_000).toISOString(),
+      },
+      { aggregateId: orderId, source: "test" },
+    );
+  }
+
+  async function publish<T extends EventType>(type: T, data: EventData<T> & { orderId: string }) {
+    const ev = makeEvent(type, data, { aggregateId: data.orderId, source: "test" });
+    return { ev, seq: (await publisher.publish(ev)).seq };
+  }
+
+  async function place(orderId: string, lines: [string, number][]) {
+    const ev = placedEvent(orderId, lines);
+    return { ev, seq: (await publisher.publish(ev)).seq };
+  }
+
+  const confirm = (orderId: string) =>
+    publish("OrderConfirmed", { orderId, paymentId: `pay-${orderId}`, total: 1000, currency: "EUR" });
+  const cancel = (orderId: string) => publish("OrderCancelled", { orderId, reason: "payment_declined" });
+
+  /** Publishes the same event again under another message id (a duplicate the server does not drop). */
+  async function duplicate(ev: Envelope, n = 1): Promise<number> {
+    const ack = await js.publish(subjectOf(ev), encodeEvent(ev), { msgID: `${ev.id}:dup-${n}` });
+    assert.equal(ack.duplicate, false);
+    return ack.seq;
+  }
+
+  /** Resolves once the inventory consumer has acknowledged every ORDERS message up to `seq`. */
+  async function processed(seq: number): Promise<void> {
+    await eventually(async () => {
+      const info = await jsm.consumers.info("ORDERS", ORDERS_CONSUMER);
+      assert.ok(info.ack_floor.stream_seq >= seq, `ack floor ${info.ack_floor.stream_seq} < ${seq}`);
+    });
+  }
+
+  async function stock(sku: string): Promise<StockRecord> {
+    const s = (await readJson<StockRecord>(stockKv, sku)).value;
+    assert.ok(s, `no stock for ${sku}`);
+    return s;
+  }
+
+  async function figures(sku: string) {
+    const { available, reserved, committed } = await stock(sku);
+    return { available, reserved, committed };
+  }
+
+  async function reservation(orderId: string): Promise<ReservationRecord | null> {
+    return (await readJson<ReservationRecord>(reservationsKv, orderId)).value;
+  }
+
+  /** Events stored on the INVENTORY stream for `orderId`, by type (authoritative, not what we received). */
+  async function stored(orderId: string): Promise<Record<string, number>> {
+    const info = await jsm.streams.info("INVENTORY", { subjects_filter: `inventory.${orderId}.>` });
+    const out: Record<string, number> = {};
+    for (const [subject, n] of Object.entries(info.state.subjects ?? {})) out[subject.split(".")[2]!] = n;
+    return out;
+  }
+
+  async function get(path: string): Promise<{ status: number; type: string | null; body: unknown }> {
+    const res = await fetch(svc!.url + path);
+    return { status: res.status, type: res.headers.get("content-type"), body: await res.json() };
+  }
+
+  async function allStockViolations(): Promise<string[]> {
+    const out: string[] = [];
+    for await (const k of await stockKv.keys()) out.push(...stockViolations(await stock(k)));
+    return out;
+  }
+
+  // ---- tests --------------------------------------------------------------------------------------
+
+  void it("loads the catalog file into the catalog and stock buckets", async () => {
+    const entry = (await readJson<CatalogEntry>(catalogKv, "T-RES-A")).value;
+    assert.deepEqual(entry, { sku: "T-RES-A", name: "Test T-RES-A", price: 1000, currency: "EUR" });
+    assert.deepEqual(await stock("T-RES-A"), {
+      sku: "T-RES-A",
+      initial: 10,
+      available: 10,
+      reserved: 0,
+      committed: 0,
+      holds: {},
+    });
+    assert.equal(
+      (await readJson(catalogKv, "SKU-LIMITED")).value,
+      null,
+      "a file replaces the default catalog",
+    );
+    const ready = await fetch(svc!.url + "/ready");
+    assert.equal(ready.status, 200);
+  });
+
+  void it("reserves every line (duplicate SKU lines merged) and publishes StockReserved", async () => {
+    const { ev } = await place("o-res-1", [
+      ["T-RES-A", 2],
+      ["T-RES-B", 3],
+      ["T-RES-A", 1],
+    ]);
+    const reserved = await outcomes.next("o-res-1", "StockReserved");
+    assert.deepEqual(reserved.data, {
+      orderId: "o-res-1",
+      customerId: "cust-o-res-1",
+      items: [
+        { sku: "T-RES-A", quantity: 3 },
+        { sku: "T-RES-B", quantity: 3 },
+      ],
+      total: 6000,
+      currency: "EUR",
+    });
+    assert.equal(reserved.id, "o-res-1:StockReserved");
+    assert.equal(reserved.causation_id, ev.id);
+    assert.equal(reserved.trace_id, ev.trace_id);
+    assert.equal(reserved.source, "inventory");
+    assert.deepEqual(await stock("T-RES-A"), {
+      sku: "T-RES-A",
+      initial: 10,
+      available: 7,
+      reserved: 3,
+      committed: 0,
+      holds: { "o-res-1": 3 },
+    });
+    assert.deepEqual(await figures("T-RES-B"), { available: 0, reserved: 3, committed: 0 });
+    assert.deepEqual(await reservation("o-res-1"), { status: "reserved", items: reserved.data.items });
+
+    // The HTTP API shows the same.
+    const one = await get("/inventory/T-RES-A");
+    assert.equal(one.status, 200);
+    assert.deepEqual(one.body, {
+      sku: "T-RES-A",
+      name: "Test T-RES-A",
+      price: 1000,
+      currency: "EUR",
+      available: 7,
+      reserved: 3,
+      committed: 0,
+    });
+    const list = await get("/inventory");
+    const items = (list.body as { items: { sku: string }[] }).items;
+    assert.deepEqual(
+      items.map((i) => i.sku),
+      testCatalog.items.map((i) => i.sku).sort(),
+    );
+    assert.deepEqual(
+      items.find((i) => i.sku === "T-RES-B"),
+      {
+        sku: "T-RES-B",
+        name: "Test T-RES-B",
+        price: 1000,
+        currency: "EUR",
+        available: 0,
+        reserved: 3,
+        committed: 0,
+      },
+    );
+    const rec = await get("/inventory/reservations/o-res-1");
+    assert.equal(rec.status, 200);
+    assert.deepEqual(rec.body, { status: "reserved", items: reserved.data.items });
+  });
+
+  void it("answers 404 problem documents for unknown SKUs and reservations", async () => {
+    for (const [path, type] of [
+      ["/inventory/NOPE", "sku-not-found"],
+      ["/inventory/bad.sku", "sku-not-found"],
+      ["/inventory/reservations/o-none", "reservation-not-found"],
+    ] as const) {
+      const r = await get(path);
+      assert.equal(r.status, 404, path);
+      assert.match(r.type ?? "", /^application\/problem\+json/);
+      const body = r.body as Record<string, unknown>;
+      assert.equal(body["type"], `https://shopstream.dev/problems/inventory/${type}`);
+      assert.equal(body["status"], 404);
+      assert.equal(typeof body["title"], "string");
+      assert.equal(typeof body["detail"], "string");
+    }
+  });
+
+  void it("rejects a whole order when one line is short, leaving stock untouched", async () => {
+    await place("o-aon-1", [
+      ["T-AON-A", 2],
+      ["T-AON-B", 3],
+    ]);
+    const rejected = await outcomes.next("o-aon-1", "StockRejected");
+    assert.deepEqual(rejected.data, { orderId: "o-aon-1", reason: "out_of_stock", skus: ["T-AON-B"] });
+    assert.deepEqual(await stock("T-AON-A"), {
+      sku: "T-AON-A",
+      initial: 5,
+      available: 5,
+      reserved: 0,
+      committed: 0,
+      holds: {},
+    });
+    assert.deepEqual(await figures("T-AON-B"), { available: 1, reserved: 0, committed: 0 });
+    assert.deepEqual(await reservation("o-aon-1"), {
+      status: "rejected",
+      items: [
+        { sku: "T-AON-A", quantity: 2 },
+        { sku: "T-AON-B", quantity: 3 },
+      ],
+      reason: "out_of_stock",
+      skus: ["T-AON-B"],
+    });
+    // The saga then cancels it: nothing was held, so nothing is released.
+    await cancel("o-aon-1");
+    const released = await outcomes.next("o-aon-1", "StockReleased");
+    assert.deepEqual(released.data, { orderId: "o-aon-1", items: [] });
+    assert.equal((await reservation("o-aon-1"))?.status, "rejected");
+    assert.deepEqual(await figures("T-AON-A"), { available: 5, reserved: 0, committed: 0 });
+  });
+
+  void it("rejects an order with an unknown SKU", async () => {
+    await place("o-unk-1", [
+      ["T-UNK", 1],
+      ["NO-SUCH-SKU", 1],
+    ]);
+    const rejected = await outcomes.next("o-unk-1", "StockRejected");
+    assert.deepEqual(rejected.data, { orderId: "o-unk-1", reason: "unknown_sku", skus: ["NO-SUCH-SKU"] });
+    assert.deepEqual(await figures("T-UNK"), { available: 4, reserved: 0, committed: 0 });
+    assert.deepEqual((await stock("T-UNK")).holds, {});
+  });
+
+  void it("commits a reservation on OrderConfirmed, once", async () => {
+    await place("o-com-1", [["T-COMMIT", 4]]);
+    await outcomes.next("o-com-1", "StockReserved");
+    const { ev } = await confirm("o-com-1");
+    const committed = await outcomes.next("o-com-1", "StockCommitted");
+    assert.deepEqual(committed.data, { orderId: "o-com-1", items: [{ sku: "T-COMMIT", quantity: 4 }] });
+    assert.equal(committed.causation_id, ev.id);
+    const after = await stock("T-COMMIT");
+    assert.deepEqual(after, {
+      sku: "T-COMMIT",
+      initial: 6,
+      available: 2,
+      reserved: 0,
+      committed: 4,
+      holds: {},
+    });
+    assert.equal((await reservation("o-com-1"))?.status, "committed");
+
+    // A redelivered OrderConfirmed changes nothing and publishes nothing new.
+    await processed(await duplicate(ev));
+    assert.deepEqual(await stock("T-COMMIT"), after);
+    assert.deepEqual(await stored("o-com-1"), { StockReserved: 1, StockCommitted: 1 });
+  });
+
+  void it("releases a reservation on OrderCancelled, once", async () => {
+    await place("o-rel-1", [["T-REL", 5]]);
+    await outcomes.next("o-rel-1", "StockReserved");
+    assert.deepEqual(await figures("T-REL"), { available: 1, reserved: 5, committed: 0 });
+    const { ev } = await cancel("o-rel-1");
+    const released = await outcomes.next("o-rel-1", "StockReleased");
+    assert.deepEqual(released.data, { orderId: "o-rel-1", items: [{ sku: "T-REL", quantity: 5 }] });
+    assert.deepEqual(await stock("T-REL"), {
+      sku: "T-REL",
+      initial: 6,
+      available: 6,
+      reserved: 0,
+      committed: 0,
+      holds: {},
+    });
+    assert.deepEqual(await reservation("o-rel-1"), {
+      status: "released",
+      items: [{ sku: "T-REL", quantity: 5 }],
+    });
+
+    await processed(await duplicate(ev));
+    assert.deepEqual(await figures("T-REL"), { available: 6, reserved: 0, committed: 0 });
+    assert.deepEqual(await stored("o-rel-1"), { StockReserved: 1, StockReleased: 1 });
+  });
+
+  void it("leaves a tombstone when cancelled before reserved, so a late OrderPlaced reserves nothing", async () => {
+    await cancel("o-tomb-1");
+    const released = await outcomes.next("o-tomb-1", "StockReleased");
+    assert.deepEqual(released.data, { orderId: "o-tomb-1", items: [] });
+    assert.deepEqual(await reservation("o-tomb-1"), { status: "released", items: [] });
+
+    const { seq } = await place("o-tomb-1", [["T-TOMB", 1]]);
+    await processed(seq);
+    assert.deepEqual(await stock("T-TOMB"), {
+      sku: "T-TOMB",
+      initial: 2,
+      available: 2,
+      reserved: 0,
+      committed: 0,
+      holds: {},
+    });
+    assert.deepEqual(await reservation("o-tomb-1"), { status: "released", items: [] });
+    assert.deepEqual(await stored("o-tomb-1"), { StockReleased: 1 });
+  });
+
+  void it("handles duplicated and redelivered OrderPlaced events once", async () => {
+    const { ev } = await place("o-dup-1", [["T-DUP", 2]]);
+    // Two more copies right away (possibly handled concurrently with the first) and one later.
+    const seqs = await Promise.all([duplicate(ev, 1), duplicate(ev, 2)]);
+    await outcomes.next("o-dup-1", "StockReserved");
+    await processed(Math.max(...seqs));
+    await processed(await duplicate(ev, 3));
+    assert.deepEqual(await stock("T-DUP"), {
+      sku: "T-DUP",
+      initial: 5,
+      available: 3,
+      reserved: 2,
+      committed: 0,
+      holds: { "o-dup-1": 2 },
+    });
+    assert.deepEqual(await stored("o-dup-1"), { StockReserved: 1 });
+
+    // The same for a rejected order: one rejection, nothing held.
+    const rej = await place("o-dup-2", [["T-DUP", 4]]);
+    await outcomes.next("o-dup-2", "StockRejected");
+    await processed(await duplicate(rej.ev));
+    assert.deepEqual(await figures("T-DUP"), { available: 3, reserved: 2, committed: 0 });
+    assert.deepEqual(await stored("o-dup-2"), { StockRejected: 1 });
+  });
+
+  void it("finishes the work of a handler that crashed at any step", async () => {
+    const put = async (kv: KV, key: string, value: unknown) => {
+      await kv.put(key, JSON.stringify(value));
+    };
+    const lines = [
+      { sku: "T-CRASH-A", quantity: 2 },
+      { sku: "T-CRASH-B", quantity: 1 },
+    ];
+    const asPairs = (ls: typeof lines) => ls.map((l): [string, number] => [l.sku, l.quantity]);
+
+    // Crashed mid-reserve: record `reserving`, first line already held.
+    await put(reservationsKv, "o-crash-1", { status: "reserving", items: lines });
+    await put(stockKv, "T-CRASH-A", {
+      sku: "T-CRASH-A",
+      initial: 5,
+      available: 3,
+      reserved: 2,
+      committed: 0,
+      holds: { "o-crash-1": 2 },
+    });
+    await place("o-crash-1", asPairs(lines));
+    assert.deepEqual((await outcomes.next("o-crash-1", "StockReserved")).data.items, lines);
+    assert.deepEqual((await stock("T-CRASH-A")).holds, { "o-crash-1": 2 });
+    assert.deepEqual(await figures("T-CRASH-A"), { available: 3, reserved: 2, committed: 0 });
+    assert.deepEqual(await figures("T-CRASH-B"), { available: 4, reserved: 1, committed: 0 });
+
+    // Crashed after deciding a rejection, before giving the holds back.
+    await put(reservationsKv, "o-crash-2", {
+      status: "rejected",
+      items: [{ sku: "T-CRASH-A", quantity: 3 }],
+      reason: "out_of_stock",
+      skus: ["T-CRASH-A"],
+    });
+    const a = await stock("T-CRASH-A");
+    await put(stockKv, "T-CRASH-A", {
+      ...a,
+      available: a.available - 1,
+      reserved: a.reserved + 1,
+      holds: { ...a.holds, "o-crash-2": 1 },
+    });
+    await place("o-crash-2", [["T-CRASH-A", 3]]);
+    const rejected = await outcomes.next("o-crash-2", "StockRejected");
+    assert.deepEqual(rejected.data, { orderId: "o-crash-2", reason: "out_of_stock", skus: ["T-CRASH-A"] });
+    assert.deepEqual((await stock("T-CRASH-A")).holds, { "o-crash-1": 2 });
+    assert.deepEqual(await figures("T-CRASH-A"), { available: 3, reserved: 2, committed: 0 });
+
+    // Crashed after recording `reserved`, before publishing: a redelivery publishes it.
+    await put(reservationsKv, "o-crash-3", {
+      status: "reserved",
+      items: [{ sku: "T-CRASH-B", quantity: 1 }],
+    });
+    const b = await stock("T-CRASH-B");
+    await put(stockKv, "T-CRASH-B", {
+      ...b,
+      available: b.available - 1,
+      reserved: b.reserved + 1,
+      holds: { ...b.holds, "o-crash-3": 1 },
+    });
+    await place("o-crash-3", [["T-CRASH-B", 1]]);
+    assert.deepEqual((await outcomes.next("o-crash-3", "StockReserved")).data.items, [
+      { sku: "T-CRASH-B", quantity: 1 },
+    ]);
+    assert.deepEqual(await figures("T-CRASH-B"), { available: 3, reserved: 2, committed: 0 });
+
+    // Crashed mid-release: record `released`, hold not given back yet.
+    await put(reservationsKv, "o-crash-3", {
+      status: "released",
+      items: [{ sku: "T-CRASH-B", quantity: 1 }],
+    });
+    await cancel("o-crash-3");
+    assert.deepEqual((await outcomes.next("o-crash-3", "StockReleased")).data.items, [
+      { sku: "T-CRASH-B", quantity: 1 },
+    ]);
+    assert.deepEqual((await stock("T-CRASH-B")).holds, { "o-crash-1": 1 });
+    assert.deepEqual(await figures("T-CRASH-B"), { available: 4, reserved: 1, committed: 0 });
+  });
+
+  void it("makes a cancellation wait (retry) while the order is still being reserved", async () => {
+    // A reservation under way (as another replica would leave it mid-reserve).
+    await reservationsKv.put(
+      "o-wait-1",
+      JSON.stringify({ status: "reserving", items: [{ sku: "T-WAIT", quantity: 3 }] }),
+    );
+    const retries = async () => {
+      const m = await svc!.ctx.metrics.handled.get();
+      return m.values
+        .filter((v) => v.labels["type"] === "OrderCancelled" && v.labels["outcome"] === "retry")
+        .reduce((n, v) => n + v.value, 0);
+    };
+    const retriesBefore = await retries();
+    await cancel("o-wait-1");
+    // The cancellation is tried and retried, not dead-lettered and not applied.
+    await eventually(async () => assert.ok((await retries()) > retriesBefore));
+    assert.equal((await reservation("o-wait-1"))?.status, "reserving");
+    // The reservation finishes (its OrderPlaced is redelivered), then the cancellation goes through.
+    await place("o-wait-1", [["T-WAIT", 3]]);
+    await outcomes.next("o-wait-1", "StockReserved");
+    const released = await outcomes.next("o-wait-1", "StockReleased");
+    assert.deepEqual(released.data.items, [{ sku: "T-WAIT", quantity: 3 }]);
+    assert.deepEqual(await figures("T-WAIT"), { available: 4, reserved: 0, committed: 0 });
+    assert.equal((await reservation("o-wait-1"))?.status, "released");
+  });
+
+  void it("dead-letters confirmations and cancellations that would break the saga's invariants", async () => {
+    const dlqEntry = async (eventId: string) =>
+      eventually(async () => {
+        const info = await jsm.streams.info("DLQ");
+        for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+          const m = await jsm.streams.getMessage("DLQ", { seq });
+          if (m && m.subject === `dlq.${ORDERS_CONSUMER}` && decodeEvent(m.data).id === eventId) return m;
+        }
+        throw new Error(`no DLQ entry for ${eventId}`);
+      });
+
+    // Confirmed without any reservation.
+    const ghost = await confirm("o-ghost-1");
+    const e1 = await dlqEntry(ghost.ev.id);
+    assert.equal(e1.header.get(Hdr.DlqCode), "INVARIANT_BREACH");
+    assert.match(e1.header.get(Hdr.DlqError), /o-ghost-1 was confirmed but its reservation does not exist/);
+
+    // Cancelled after it was committed: the stock stays sold.
+    await place("o-breach-1", [["T-BREACH", 1]]);
+    await outcomes.next("o-breach-1", "StockReserved");
+    await confirm("o-breach-1");
+    await outcomes.next("o-breach-1", "StockCommitted");
+    const late = await cancel("o-breach-1");
+    const e2 = await dlqEntry(late.ev.id);
+    assert.equal(e2.header.get(Hdr.DlqCode), "INVARIANT_BREACH");
+    assert.deepEqual(await figures("T-BREACH"), { available: 2, reserved: 0, committed: 1 });
+    assert.equal((await reservation("o-breach-1"))?.status, "committed");
+  });
+
+  void it(
+    "never oversells: 200 concurrent orders for 50 units across two replicas",
+    { timeout: 60_000 },
+    async () => {
+      const svc2 = await startService(definition, env({ CATALOG_FILE: catalogFile }));
+      const seen: StockRecord[] = [];
+      const watch = await stockKv.watch({ key: "T-RACE" });
+      const watching = (async () => {
+        for await (const e of watch) if (e.operation === "PUT") seen.push(e.json<StockRecord>());
+      })();
+      try {
+        const ids = Array.from({ length: 200 }, (_, i) => `o-race-${i}`);
+        await Promise.all(ids.map((id) => place(id, [["T-RACE", 1]])));
+        const decided = () =>
+          ids.filter(
+            (id) => outcomes.of(id, "StockReserved").length + outcomes.of(id, "StockRejected").length > 0,
+          );
+        await outcomes.waitFor(
+          "an outcome for all 200 orders",
+          () => (decided().length === ids.length ? true : undefined),
+          45_000,
+        );
+        const reserved = ids.filter((id) => outcomes.of(id, "StockReserved").length > 0);
+        const rejected = ids.filter((id) => outcomes.of(id, "StockRejected").length > 0);
+        assert.equal(reserved.length, 50);
+        assert.equal(rejected.length, 150);
+        assert.equal(reserved.filter((id) => rejected.includes(id)).length, 0, "no order has both outcomes");
+        const final = await stock("T-RACE");
+        assert.deepEqual(
+          { available: final.available, reserved: final.reserved, committed: final.committed },
+          { available: 0, reserved: 50, committed: 0 },
+        );
+        assert.deepEqual(Object.keys(final.holds).sort(), [...reserved].sort());
+        assert.deepEqual(stockViolations(final), []);
+        const records = await Promise.all(ids.map((id) => reservation(id)));
+        assert.equal(records.filter((r) => r?.status === "reserved").length, 50);
+        assert.equal(records.filter((r) => r?.status === "rejected").length, 150);
+        // I3 held at every revision the watcher saw, up to the final one.
+        await eventually(async () => assert.ok(seen.some((s) => s.available === 0 && s.reserved === 50)));
+        assert.ok(seen.length > 1);
+        for (const s of seen) assert.deepEqual(stockViolations(s), []);
+      } finally {
+        watch.stop();
+        await watching;
+        await svc2.stop();
+      }
+    },
+  );
+
+  void it("keeps I3 for every SKU", async () => {
+    assert.deepEqual(await allStockViolations(), []);
+  });
+
+  void it(
+    "loads the catalog once: a restart never overwrites stock or entries",
+    { timeout: 60_000 },
+    async () => {
+      const before = await stock("T-RES-A");
+      const entryBefore = (await readJson<CatalogEntry>(catalogKv, "T-RES-A")).value;
+      await svc!.stop();
+      svc = undefined;
+      // Same SKU with other stock and price, plus a new one.
+      await writeFile(catalogFile, JSON.stringify({ items: [item("T-RES-A", 999, 1), item("T-NEW", 7)] }));
+      svc = await startService(definition, env({ CATALOG_FILE: catalogFile }));
+      assert.deepEqual(await stock("T-RES-A"), before);
+      assert.deepEqual((await readJson<CatalogEntry>(catalogKv, "T-RES-A")).value, entryBefore);
+      assert.deepEqual(await figures("T-NEW"), { available: 7, reserved: 0, committed: 0 });
+      // The restarted service goes on consuming.
+      await place("o-new-1", [["T-NEW", 2]]);
+      await outcomes.next("o-new-1", "StockReserved");
+      assert.deepEqual(await figures("T-NEW"), { available: 5, reserved: 2, committed: 0 });
+
+      // Without CATALOG_FILE the default catalog's SKUs are added; existing ones are kept.
+      await svc.stop();
+      svc = await startService(definition, env());
+      assert.deepEqual(await figures("SKU-LIMITED"), { available: 5, reserved: 0, committed: 0 });
+      assert.deepEqual(await stock("T-RES-A"), before);
+      assert.deepEqual(await figures("T-NEW"), { available: 5, reserved: 2, committed: 0 });
+    },
+  );
+
+  void it(
+    "stops at start-up with a clear message when CATALOG_FILE is invalid",
+    { timeout: 60_000 },
+    async () => {
+      const bad = join(dir, "bad-catalog.json");
+      await writeFile(
+        bad,
+        JSON.stringify({ items: [item("T-BAD-NEW", 3), { ...item("T-BAD-2", 1), price: -5 }] }),
+      );
+      const main = fileURLToPath(new URL("../../src/services/inventory/main.ts", import.meta.url));
+      const child = spawn(process.execPath, ["--import", "tsx", main], {
+        env: { ...process.env, ...env({ CATALOG_FILE: bad, LOG_LEVEL: "silent" }) },
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      let stderr = "";
+      child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+      const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+      assert.equal(code, 1, stderr);
+      assert.match(
+        stderr,
+        new RegExp(
+          `inventory: failed to start: CATALOG_FILE ${bad.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: `,
+        ),
+      );
+      assert.match(stderr, /\/items\/1\/price: Expected integer to be greater or equal to 0/);
+      assert.equal((await readJson(catalogKv, "T-BAD-NEW")).value, null, "nothing was loaded");
+    },
+  );
+});

@@ -1,0 +1,288 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import fc from "fast-check";
+import { Unchanged } from "../../src/lib/kv.js";
+import { ConfigError } from "../../src/lib/errors.js";
+import {
+  DEFAULT_CATALOG,
+  catalogFileProblems,
+  isSkuId,
+  loadCatalogFile,
+} from "../../src/services/inventory/catalog.js";
+import {
+  applyMove,
+  beginReserve,
+  commitHold,
+  decideCommit,
+  decideRelease,
+  decideReserve,
+  giveBack,
+  hold,
+  mergeLines,
+  newStock,
+  stockViolations,
+  type ReservationRecord,
+  type StockRecord,
+} from "../../src/services/inventory/inventory.js";
+import { KeyedLock } from "../../src/services/inventory/store.js";
+
+function apply(s: StockRecord, next: StockRecord | typeof Unchanged): StockRecord {
+  return next === Unchanged ? s : next;
+}
+
+void describe("inventory domain: stock moves", () => {
+  void it("merges lines of the same SKU, keeping first-appearance order and dropping prices", () => {
+    assert.deepEqual(
+      mergeLines([
+        { sku: "B", quantity: 1 },
+        { sku: "A", quantity: 2 },
+        { sku: "B", quantity: 3 },
+      ]),
+      [
+        { sku: "B", quantity: 4 },
+        { sku: "A", quantity: 2 },
+      ],
+    );
+    const priced = [{ sku: "A", quantity: 1, unitPrice: 100 }];
+    assert.deepEqual(mergeLines(priced), [{ sku: "A", quantity: 1 }]);
+  });
+
+  void it("holds stock once per order and refuses what is not available", () => {
+    const s0 = newStock("A", 5);
+    const h1 = applyMove(s0, hold("o1", 3));
+    assert.equal(h1.result, "held");
+    const s1 = apply(s0, h1.next);
+    assert.deepEqual(s1, { sku: "A", initial: 5, available: 2, reserved: 3, committed: 0, holds: { o1: 3 } });
+    assert.deepEqual(s0.holds, {}, "input not mutated");
+    assert.deepEqual(applyMove(s1, hold("o1", 3)), { next: Unchanged, result: "already_held" });
+    assert.deepEqual(applyMove(s1, hold("o2", 3)), { next: Unchanged, result: "insufficient" });
+    assert.deepEqual(applyMove(null, hold("o2", 1)), { next: Unchanged, result: "unknown" });
+  });
+
+  void it("gives back and commits holds idempotently", () => {
+    const s1 = apply(newStock("A", 5), applyMove(newStock("A", 5), hold("o1", 2)).next);
+    const back = applyMove(s1, giveBack("o1"));
+    assert.equal(back.result, 2);
+    assert.deepEqual(apply(s1, back.next), newStock("A", 5));
+    assert.deepEqual(applyMove(apply(s1, back.next), giveBack("o1")), { next: Unchanged, result: 0 });
+    const sold = applyMove(s1, commitHold("o1"));
+    assert.equal(sold.result, 2);
+    const s2 = apply(s1, sold.next);
+    assert.deepEqual(s2, { sku: "A", initial: 5, available: 3, reserved: 0, committed: 2, holds: {} });
+    assert.deepEqual(applyMove(s2, commitHold("o1")), { next: Unchanged, result: 0 });
+    assert.deepEqual(applyMove(null, giveBack("o1")), { next: Unchanged, result: 0 });
+  });
+
+  void it("stores holds of any valid order id, even one named like an Object.prototype member", () => {
+    let s = newStock("A", 5);
+    for (const id of ["__proto__", "constructor", "toString"]) {
+      assert.deepEqual(applyMove(s, giveBack(id)), { next: Unchanged, result: 0 }, id);
+      const h = applyMove(s, hold(id, 1));
+      assert.equal(h.result, "held", id);
+      s = apply(s, h.next);
+      assert.ok(Object.hasOwn(s.holds, id), id);
+    }
+    const roundTripped = JSON.parse(JSON.stringify(s)) as StockRecord;
+    assert.deepEqual(Object.keys(roundTripped.holds).sort(), ["__proto__", "constructor", "toString"]);
+    assert.deepEqual(stockViolations(roundTripped), []);
+    const back = applyMove(roundTripped, giveBack("__proto__"));
+    assert.equal(back.result, 1);
+    assert.deepEqual(stockViolations(apply(roundTripped, back.next)), []);
+  });
+
+  void it("keeps I3 under any sequence of moves (property)", () => {
+    const op = fc.record({
+      kind: fc.constantFrom("hold", "giveBack", "commit"),
+      order: fc.constantFrom("o1", "o2", "o3", "o4"),
+      qty: fc.integer({ min: 1, max: 6 }),
+    });
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 10 }), fc.array(op, { maxLength: 60 }), (initial, ops) => {
+        let s = newStock("P", initial);
+        for (const o of ops) {
+          const m =
+            o.kind === "hold"
+              ? applyMove(s, hold(o.order, o.qty))
+              : o.kind === "giveBack"
+                ? applyMove(s, giveBack(o.order))
+                : applyMove(s, commitHold(o.order));
+          s = apply(s, m.next);
+          assert.deepEqual(stockViolations(s), []);
+        }
+      }),
+    );
+  });
+
+  void it("reports I3 violations", () => {
+    const bad: StockRecord = {
+      sku: "X",
+      initial: 5,
+      available: -1,
+      reserved: 2,
+      committed: 3,
+      holds: { o: 1 },
+    };
+    const v = stockViolations(bad);
+    assert.equal(v.length, 3);
+    assert.match(v.join("\n"), /initial 5 != available -1 \+ reserved 2 \+ committed 3/);
+  });
+});
+
+void describe("inventory domain: reservation state machine", () => {
+  const items = [{ sku: "A", quantity: 1 }];
+  const rec = (status: ReservationRecord["status"]): ReservationRecord => ({ status, items });
+
+  void it("begins a reservation only when there is no record", () => {
+    assert.deepEqual(beginReserve(null, items), { status: "reserving", items });
+    for (const s of ["reserving", "reserved", "rejected", "committed", "released"] as const)
+      assert.equal(beginReserve(rec(s), items), Unchanged);
+  });
+
+  void it("decides a reservation only while reserving", () => {
+    assert.deepEqual(decideReserve(rec("reserving"), { ok: true }), rec("reserved"));
+    assert.deepEqual(decideReserve(rec("reserving"), { ok: false, reason: "out_of_stock", skus: ["A"] }), {
+      status: "rejected",
+      items,
+      reason: "out_of_stock",
+      skus: ["A"],
+    });
+    for (const s of ["reserved", "rejected", "committed", "released"] as const)
+      assert.equal(decideReserve(rec(s), { ok: true }), Unchanged);
+    assert.equal(decideReserve(null, { ok: true }), Unchanged);
+  });
+
+  void it("commits only a reserved record", () => {
+    assert.deepEqual(decideCommit(rec("reserved")), rec("committed"));
+    for (const s of ["reserving", "rejected", "committed", "released"] as const)
+      assert.equal(decideCommit(rec(s)), Unchanged);
+    assert.equal(decideCommit(null), Unchanged);
+  });
+
+  void it("releases a reserved record, or leaves a tombstone when there is none", () => {
+    assert.deepEqual(decideRelease(rec("reserved")), rec("released"));
+    assert.deepEqual(decideRelease(null), { status: "released", items: [] });
+    for (const s of ["reserving", "rejected", "committed", "released"] as const)
+      assert.equal(decideRelease(rec(s)), Unchanged);
+  });
+});
+
+void describe("KeyedLock", () => {
+  void it("runs work of one key one at a time, other keys in parallel", async () => {
+    const lock = new KeyedLock();
+    const log: string[] = [];
+    let releaseFirst!: () => void;
+    const gate = new Promise<void>((r) => (releaseFirst = r));
+    const a1 = lock.run("a", async () => {
+      log.push("a1 start");
+      await gate;
+      log.push("a1 end");
+    });
+    const a2 = lock.run("a", async () => {
+      log.push("a2");
+    });
+    const b = lock.run("b", async () => {
+      log.push("b");
+    });
+    await b;
+    assert.deepEqual(log, ["a1 start", "b"]);
+    releaseFirst();
+    await Promise.all([a1, a2]);
+    assert.deepEqual(log, ["a1 start", "b", "a1 end", "a2"]);
+    await assert.rejects(
+      lock.run("a", () => Promise.reject(new Error("boom"))),
+      /boom/,
+    );
+    assert.equal(await lock.run("a", async () => 42), 42, "a failure does not block the key");
+  });
+});
+
+void describe("catalog", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "inventory-catalog-"));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  async function file(name: string, content: string): Promise<string> {
+    const p = join(dir, name);
+    await writeFile(p, content);
+    return p;
+  }
+
+  void it("has a valid default catalog with load stock and small demo SKUs", () => {
+    assert.deepEqual(catalogFileProblems({ items: DEFAULT_CATALOG }), []);
+    assert.ok(DEFAULT_CATALOG.length >= 10);
+    assert.equal(DEFAULT_CATALOG.find((i) => i.sku === "SKU-LIMITED")?.stock, 5);
+    assert.ok(DEFAULT_CATALOG.filter((i) => i.stock >= 1_000_000).length >= 10);
+    assert.ok(DEFAULT_CATALOG.every((i) => i.currency === "EUR" && Number.isInteger(i.price)));
+  });
+
+  void it("accepts only KV-key-safe SKU ids", () => {
+    assert.ok(isSkuId("SKU-1_a"));
+    for (const bad of ["", "a.b", "a b", "a*", "a>", "x".repeat(65), "ä"]) assert.ok(!isSkuId(bad), bad);
+  });
+
+  void it("loads a valid file", async () => {
+    const p = await file(
+      "ok.json",
+      JSON.stringify({ items: [{ sku: "X-1", name: "X", price: 100, currency: "EUR", stock: 3 }] }),
+    );
+    assert.deepEqual(await loadCatalogFile(p), [
+      { sku: "X-1", name: "X", price: 100, currency: "EUR", stock: 3 },
+    ]);
+  });
+
+  const cases: [string, string, RegExp][] = [
+    ["missing.json", "", /cannot be read: ENOENT/],
+    ["notjson.json", "{ items: ", /is not valid JSON/],
+    ["shape.json", JSON.stringify([{ sku: "A" }]), /is not a valid catalog[\s\S]*\/: Expected object/],
+    [
+      "badsku.json",
+      JSON.stringify({ items: [{ sku: "a.b", name: "A", price: 1, currency: "EUR", stock: 1 }] }),
+      /\/items\/0\/sku: Expected string to match/,
+    ],
+    [
+      "badprice.json",
+      JSON.stringify({ items: [{ sku: "A", name: "A", price: 1.5, currency: "eur", stock: -1 }] }),
+      /\/items\/0\/price: Expected integer[\s\S]*\/items\/0\/currency[\s\S]*\/items\/0\/stock/,
+    ],
+    [
+      "extra.json",
+      JSON.stringify({
+        items: [{ sku: "A", name: "A", price: 1, currency: "EUR", stock: 1, colour: "red" }],
+      }),
+      /\/items\/0\/colour: Unexpected property/,
+    ],
+    [
+      "empty.json",
+      JSON.stringify({ items: [] }),
+      /\/items: Expected array length to be greater or equal to 1/,
+    ],
+    [
+      "dup.json",
+      JSON.stringify({
+        items: [
+          { sku: "A", name: "A", price: 1, currency: "EUR", stock: 1 },
+          { sku: "A", name: "A2", price: 2, currency: "EUR", stock: 1 },
+        ],
+      }),
+      /\/items\/1\/sku: duplicate SKU "A" \(also at \/items\/0\)/,
+    ],
+  ];
+  for (const [name, content, expected] of cases) {
+    void it(`rejects ${name} with a message naming the file and the problem`, async () => {
+      const p = name === "missing.json" ? join(dir, name) : await file(name, content);
+      await assert.rejects(loadCatalogFile(p), (err: unknown) => {
+        assert.ok(err instanceof ConfigError);
+        assert.ok(err.message.startsWith(`CATALOG_FILE ${p}: `), err.message);
+        assert.match(err.message, expected);
+        return true;
+      });
+    });
+  }
+});

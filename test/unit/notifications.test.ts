@@ -1,0 +1,139 @@
+/**
+ * Notifications: the e-mail content (pure) and the handler's idempotency and PII hygiene, with fakes
+ * for the store, the mail provider, the publisher and the ORDERS stream.
+ */
+import assert from "node:assert/strict";
+import { Writable } from "node:stream";
+import { describe, it } from "node:test";
+import type { JetStreamManager } from "@nats-io/jetstream";
+import { trace } from "@opentelemetry/api";
+import { encodeEvent } from "../../src/lib/events/codec.js";
+import { makeEvent, type Envelope } from "../../src/lib/events/envelope.js";
+import type { EventData } from "../../src/lib/events/catalog.js";
+import type { HandlerContext } from "../../src/lib/messaging/consumer.js";
+import type { Publisher } from "../../src/lib/messaging/publisher.js";
+import { createLogger } from "../../src/lib/telemetry/logger.js";
+import { notificationHandlers } from "../../src/services/notifications/handlers.js";
+import type { Mailer } from "../../src/services/notifications/mailer.js";
+import {
+  cancelledMail,
+  confirmedMail,
+  formatAmount,
+  kindOf,
+  mailKey,
+  type SentNotification,
+} from "../../src/services/notifications/notification.js";
+import type { NotificationStore } from "../../src/services/notifications/store.js";
+
+const placed: EventData<"OrderPlaced"> = {
+  orderId: "o1",
+  customerId: "cus_1",
+  email: "ada@example.com",
+  items: [{ sku: "sku-1", quantity: 2, unitPrice: 625 }],
+  total: 1250,
+  currency: "EUR",
+  placedAt: "2030-01-01T00:00:00.000Z",
+  timeoutAt: "2030-01-01T00:00:30.000Z",
+};
+
+void describe("notification content", () => {
+  void it("maps events to kinds and keys", () => {
+    assert.equal(kindOf("OrderConfirmed"), "order_confirmed");
+    assert.equal(kindOf("OrderCancelled"), "order_cancelled");
+    assert.equal(mailKey("o1", "order_cancelled"), "o1:order_cancelled");
+  });
+
+  void it("formats amounts in minor units", () => {
+    assert.equal(formatAmount(1250, "EUR"), "12.50 EUR");
+    assert.equal(formatAmount(5, "USD"), "0.05 USD");
+    assert.equal(formatAmount(100_000, "GBP"), "1000.00 GBP");
+  });
+
+  void it("builds deterministic e-mails without the address", () => {
+    const c = confirmedMail(placed, { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" });
+    assert.deepEqual(
+      c,
+      confirmedMail(placed, { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" }),
+    );
+    assert.match(c.subject, /o1 is confirmed/);
+    assert.match(c.text, /2 × sku-1/);
+    assert.match(c.text, /12\.50 EUR/);
+    const x = cancelledMail(placed, { orderId: "o1", reason: "out_of_stock" });
+    assert.match(x.subject, /o1 was cancelled/);
+    assert.match(x.text, /out of stock/);
+    for (const m of [c, x]) assert.doesNotMatch(m.subject + m.text, /ada@example\.com/);
+  });
+});
+
+void describe("notifications handler", () => {
+  function harness() {
+    const records = new Map<string, SentNotification>();
+    const sends: { to: string; key: string }[] = [];
+    const published: Envelope[] = [];
+    const lines: string[] = [];
+    const store = {
+      get: async (o: string, k: string) => records.get(`${o}.${k}`) ?? null,
+      record: async (n: SentNotification) => {
+        const key = `${n.orderId}.${n.kind}`;
+        if (!records.has(key)) records.set(key, n);
+        return records.get(key)!;
+      },
+    } as unknown as NotificationStore;
+    const mailer = {
+      send: async (to: string, orderId: string, kind: "order_confirmed" | "order_cancelled") => {
+        sends.push({ to, key: mailKey(orderId, kind) });
+        return "msg_1";
+      },
+    } as unknown as Mailer;
+    const publisher = { publish: async (e: Envelope) => void published.push(e) } as unknown as Publisher;
+    const orderPlaced = makeEvent("OrderPlaced", placed, { aggregateId: "o1", source: "orders" });
+    const jsm = {
+      direct: {
+        getMessage: async (stream: string, q: { seq: number; next_by_subj: string }) => {
+          assert.deepEqual([stream, q], ["ORDERS", { seq: 1, next_by_subj: "orders.o1" }]);
+          return { data: encodeEvent(orderPlaced) };
+        },
+      },
+    } as unknown as JetStreamManager;
+    const logger = createLogger({
+      service: "notifications",
+      level: "debug",
+      destination: new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          lines.push(chunk.toString());
+          cb();
+        },
+      }),
+    });
+    const handlers = notificationHandlers({ store, mailer, publisher, jsm, source: "notifications" });
+    const ctx: HandlerContext = {
+      attempt: 1,
+      subject: "orders.o1",
+      streamSequence: 2,
+      logger: logger.child({ order_id: "o1" }),
+      span: trace.getTracer("test").startSpan("t"),
+      working: () => undefined,
+    };
+    return { handlers, ctx, sends, published, lines };
+  }
+
+  void it("sends once, publishes NotificationSent each time, and never logs the address", async () => {
+    const h = harness();
+    const event = makeEvent(
+      "OrderConfirmed",
+      { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" },
+      { aggregateId: "o1", source: "orders" },
+    );
+    await h.handlers.OrderConfirmed!(event, h.ctx);
+    await h.handlers.OrderConfirmed!(event, h.ctx);
+    assert.deepEqual(h.sends, [{ to: "ada@example.com", key: "o1:order_confirmed" }]);
+    assert.equal(h.published.length, 2);
+    for (const e of h.published) {
+      assert.equal(e.id, "o1:NotificationSent:order_confirmed");
+      assert.deepEqual(e.data, { orderId: "o1", kind: "order_confirmed", messageId: "msg_1" });
+      assert.equal(e.causation_id, event.id);
+    }
+    assert.ok(h.lines.length > 0);
+    assert.doesNotMatch(h.lines.join(""), /ada@example\.com/);
+  });
+});

@@ -1,0 +1,195 @@
+/**
+ * The resilient HTTP client shared by payments and notifications (`src/lib/http-client.ts`), against a
+ * scripted fetch: error mapping, retries, timeouts, breaker and the pause/resume wiring of runners.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Registry } from "prom-client";
+import { DeferError, type ConsumerRunner } from "../../src/lib/messaging/consumer.js";
+import {
+  HttpDependency,
+  UpstreamError,
+  UpstreamErrorCode,
+  breakerGauge,
+  pauseWhileOpen,
+  type BreakerState,
+  type HttpDependencyOptions,
+} from "../../src/lib/http-client.js";
+import { isNonRetryable } from "../../src/lib/errors.js";
+
+type Step = { status: number; body?: unknown; headers?: Record<string, string> } | "hang" | "refuse";
+
+/** A fetch that answers from a script (the last step repeats) and records the requests. */
+function scriptedFetch(steps: Step[]) {
+  const calls: { url: string; init: RequestInit }[] = [];
+  const fn = (async (url: string | URL | Request, init?: RequestInit) => {
+    calls.push({ url: url instanceof Request ? url.url : url.toString(), init: init ?? {} });
+    const step = steps[Math.min(calls.length - 1, steps.length - 1)]!;
+    if (step === "refuse") throw new TypeError("fetch failed", { cause: new Error("ECONNREFUSED") });
+    if (step === "hang") {
+      return new Promise<Response>((_, reject) => {
+        init?.signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+      });
+    }
+    return new Response(step.body === undefined ? "" : JSON.stringify(step.body), {
+      status: step.status,
+      headers: { "content-type": "application/json", ...step.headers },
+    });
+  }) as typeof fetch;
+  return { fn, calls };
+}
+
+function client(steps: Step[], o: Partial<HttpDependencyOptions> = {}) {
+  const f = scriptedFetch(steps);
+  const dep = new HttpDependency({
+    name: "gw",
+    baseUrl: "http://gw.test/",
+    timeoutMs: 200,
+    retries: 2,
+    retryInitialDelayMs: 1,
+    retryMaxDelayMs: 5,
+    breakerThreshold: 3,
+    halfOpenAfterMs: 100,
+    fetch: f.fn,
+    ...o,
+  });
+  return { dep, calls: f.calls };
+}
+
+/** Resolves with the next breaker state `dep` reports. */
+function nextState(dep: HttpDependency): Promise<BreakerState> {
+  return new Promise((resolve) => {
+    const off = dep.onStateChange((s) => {
+      off();
+      resolve(s);
+    });
+  });
+}
+
+void describe("HttpDependency", () => {
+  void it("posts JSON with the idempotency key and reports replays", async () => {
+    const { dep, calls } = client([
+      { status: 200, body: { id: "ch_1" }, headers: { "idempotent-replayed": "true" } },
+    ]);
+    const res = await dep.post<{ id: string }>("/v1/charges", { amount: 1 }, { idempotencyKey: "charge:o1" });
+    assert.deepEqual(res, { status: 200, body: { id: "ch_1" }, replayed: true });
+    assert.equal(calls.length, 1);
+    assert.equal(calls[0]!.url, "http://gw.test/v1/charges");
+    const h = calls[0]!.init.headers as Record<string, string>;
+    assert.equal(h["idempotency-key"], "charge:o1");
+    assert.equal(h["content-type"], "application/json");
+    assert.equal(calls[0]!.init.body, '{"amount":1}');
+  });
+
+  void it("retries 5xx with the same key until it succeeds", async () => {
+    const { dep, calls } = client([{ status: 503 }, { status: 500 }, { status: 201, body: { id: "x" } }]);
+    const res = await dep.post("/p", {}, { idempotencyKey: "k" });
+    assert.equal(res.status, 201);
+    assert.equal(calls.length, 3);
+    assert.ok(calls.every((c) => (c.init.headers as Record<string, string>)["idempotency-key"] === "k"));
+  });
+
+  void it("gives up after the retries with a retryable UPSTREAM_UNAVAILABLE", async () => {
+    const { dep, calls } = client(
+      [{ status: 503, body: { title: "Service Unavailable", detail: "simulated outage" } }],
+      { breakerThreshold: 10 },
+    );
+    const err = await dep.post("/p", {}, { idempotencyKey: "k" }).catch((e: unknown) => e);
+    assert.ok(err instanceof UpstreamError);
+    assert.equal(err.code, UpstreamErrorCode.Unavailable);
+    assert.equal(err.retryable, true);
+    assert.equal(err.httpStatus, 503);
+    assert.match(err.message, /simulated outage/);
+    assert.equal(calls.length, 3);
+  });
+
+  void it("maps a 4xx to a non-retryable UPSTREAM_REJECTED without retrying", async () => {
+    const { dep, calls } = client([{ status: 422, body: { title: "Idempotency key reused" } }]);
+    const err = await dep.post("/p", {}, { idempotencyKey: "k" }).catch((e: unknown) => e);
+    assert.ok(err instanceof UpstreamError);
+    assert.equal(err.code, UpstreamErrorCode.Rejected);
+    assert.ok(isNonRetryable(err));
+    assert.equal(calls.length, 1);
+  });
+
+  void it("treats 429 as retryable", async () => {
+    const { dep, calls } = client([{ status: 429 }, { status: 200, body: {} }]);
+    await dep.post("/p", {}, { idempotencyKey: "k" });
+    assert.equal(calls.length, 2);
+  });
+
+  void it("aborts an attempt at the timeout and retries it", async () => {
+    const { dep, calls } = client(["hang", { status: 200, body: { ok: true } }], { timeoutMs: 50 });
+    const res = await dep.post("/p", {}, { idempotencyKey: "k" });
+    assert.deepEqual(res.body, { ok: true });
+    assert.equal(calls.length, 2);
+    assert.equal(calls[0]!.init.signal?.aborted, true);
+  });
+
+  void it("reports timeouts and refused connections as retryable errors", async () => {
+    const t = client(["hang"], { timeoutMs: 20, retries: 0 });
+    const te = await t.dep.post("/p", {}, { idempotencyKey: "k" }).catch((e: unknown) => e);
+    assert.ok(te instanceof UpstreamError && te.code === UpstreamErrorCode.Timeout && te.retryable);
+    const r = client(["refuse"], { retries: 0 });
+    const re = await r.dep.post("/p", {}, { idempotencyKey: "k" }).catch((e: unknown) => e);
+    assert.ok(re instanceof UpstreamError && re.code === UpstreamErrorCode.Unreachable && re.retryable);
+    assert.match(re.message, /ECONNREFUSED/);
+  });
+
+  void it("opens after consecutive failed attempts, defers calls, then half-opens and closes", async () => {
+    const { dep, calls } = client([
+      { status: 503 },
+      { status: 503 },
+      { status: 503 },
+      { status: 200, body: {} },
+    ]);
+    const states: BreakerState[] = [];
+    dep.onStateChange((s) => states.push(s));
+    const opened = nextState(dep);
+    const err = await dep.post("/p", {}, { idempotencyKey: "k" }).catch((e: unknown) => e);
+    // Three attempts, each a failure: the third opens the breaker.
+    assert.ok(err instanceof UpstreamError);
+    assert.equal(await opened, "open");
+    assert.equal(dep.state, "open");
+    const deferred = await dep.post("/p", {}, { idempotencyKey: "k" }).catch((e: unknown) => e);
+    assert.ok(deferred instanceof DeferError, "an open breaker defers");
+    assert.equal(calls.length, 3, "nothing sent while open");
+    assert.equal(await nextState(dep), "half-open");
+    const res = await dep.post("/p", {}, { idempotencyKey: "k" });
+    assert.equal(res.status, 200);
+    assert.equal(dep.state, "closed");
+    assert.deepEqual(states, ["open", "half-open", "closed"]);
+    dep.close();
+  });
+
+  void it("does not count 4xx answers against the breaker", async () => {
+    const { dep } = client([{ status: 400, body: {} }], { breakerThreshold: 1 });
+    for (let i = 0; i < 3; i++) await dep.post("/p", {}, { idempotencyKey: "k" }).catch(() => undefined);
+    assert.equal(dep.state, "closed");
+  });
+
+  void it("pauses runners while open, resumes them on half-open, and exports the state", async () => {
+    const { dep } = client([{ status: 503 }, { status: 200, body: {} }], { breakerThreshold: 1, retries: 0 });
+    const log: string[] = [];
+    const runner = (name: string) =>
+      ({
+        pause: () => log.push(`${name}:pause`),
+        resume: () => log.push(`${name}:resume`),
+      }) as unknown as ConsumerRunner;
+    const runners = [runner("a"), runner("b"), undefined];
+    pauseWhileOpen(dep, () => runners);
+    const registry = new Registry();
+    breakerGauge(dep, registry, "gw_breaker_state");
+    const value = async () => (await registry.getSingleMetric("gw_breaker_state")!.get()).values[0]!.value;
+    assert.equal(await value(), 0);
+    await dep.post("/p", {}, { idempotencyKey: "k" }).catch(() => undefined);
+    assert.deepEqual(log, ["a:pause", "b:pause"]);
+    assert.equal(await value(), 1);
+    assert.equal(await nextState(dep), "half-open");
+    assert.deepEqual(log, ["a:pause", "b:pause", "a:resume", "b:resume"]);
+    assert.equal(await value(), 2);
+    await dep.post("/p", {}, { idempotencyKey: "k" });
+    assert.equal(await value(), 0);
+    dep.close();
+  });
+});
