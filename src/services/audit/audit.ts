@@ -1,0 +1,401 @@
+/**
+ * The audit log's domain: what a row is, how rows are chained and verified, how an order's timeline is
+ * ordered. Pure functions, no I/O.
+ *
+ * The hash chain (a persistent format: changing it invalidates every stored chain):
+ *
+ *     hash(row) = hex(SHA-256(prev_hash + canonical(row without hash)))
+ *
+ * where `prev_hash` is the previous row's hash (64 zeros for position 1) and `canonical` is the JSON of an
+ * object whose keys are the column names, sorted: `causation_id, event_id, event_type, occurred_at,
+ * order_id, payload, position, prev_hash, recorded_at, source, stream, stream_seq, subject, trace_id`.
+ * Numbers are JSON numbers, timestamps ISO-8601 UTC with milliseconds (`2024-01-01T00:00:00.000Z`),
+ * absent values `null`, and `payload` the stored text itself (a JSON string value).
+ */
+import { createHash } from "node:crypto";
+import type { AnyEnvelope } from "../../lib/events/envelope.js";
+import { Hdr } from "../../lib/messaging/headers.js";
+
+/** `prev_hash` of the first row. */
+export const GENESIS_HASH = "0".repeat(64);
+
+/** `event_type` of a row recording a DLQ entry. */
+export const DEAD_LETTER_TYPE = "DeadLetter";
+
+/** One event to record, before the store gives it a position and chains it. Values are as stored. */
+export interface AuditEntry {
+  /** Unique key: the envelope id, or `dlq:<DLQ sequence>` for a DLQ entry. */
+  eventId: string;
+  stream: string;
+  streamSeq: number | null;
+  subject: string | null;
+  eventType: string;
+  orderId: string | null;
+  /** The publishing service (for a DLQ entry: the consumer that gave up). */
+  source: string | null;
+  traceId: string | null;
+  causationId: string | null;
+  /** When the event happened (ISO, UTC, ms), or null when it carried no usable timestamp. */
+  occurredAt: string | null;
+  /** Canonical JSON text of the whole envelope (or of the DLQ entry's description). */
+  payload: string;
+}
+
+/** A stored row: an entry with its position in the log and its link in the chain. */
+export interface AuditRow extends AuditEntry {
+  position: number;
+  recordedAt: string;
+  prevHash: string;
+  hash: string;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// canonical JSON, sanitising, hashing
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * JSON with object keys sorted (by UTF-16 code units) at every level and `undefined` members left out,
+ * so one value always has one text. Strings are escaped as `JSON.stringify` does (lone surrogates as
+ * `\udxxx`), so the text is always valid UTF-8 once encoded.
+ * @throws TypeError for values JSON cannot represent faithfully (non-finite numbers, bigint, functions).
+ */
+export function canonicalJson(value: unknown): string {
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return JSON.stringify(value);
+    case "number":
+      if (!Number.isFinite(value)) throw new TypeError(`canonicalJson: ${value} is not a JSON number`);
+      return JSON.stringify(value);
+    case "object": {
+      if (value === null) return "null";
+      if (Array.isArray(value))
+        return `[${value.map((v) => (v === undefined ? "null" : canonicalJson(v))).join(",")}]`;
+      const obj = value as Record<string, unknown>;
+      const keys = Object.keys(obj)
+        .filter((k) => obj[k] !== undefined)
+        .sort();
+      return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(",")}}`;
+    }
+    default:
+      throw new TypeError(`canonicalJson: cannot represent a ${typeof value}`);
+  }
+}
+
+// eslint-disable-next-line no-control-regex -- NUL is exactly what must be replaced
+const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/**
+ * A string PostgreSQL can store in a `text` column exactly as given: NUL characters and lone surrogates
+ * (which would be rejected, or silently changed on the way to UTF-8) become U+FFFD. The payload keeps
+ * the original, escaped.
+ */
+export function storableText(s: string): string {
+  return s.replace(UNSTORABLE, "\ufffd");
+}
+
+function storableOrNull(s: unknown): string | null {
+  return typeof s === "string" ? storableText(s) : null;
+}
+
+/**
+ * A timestamp as stored in a `timestamptz` column and hashed: ISO-8601 UTC with milliseconds, or null
+ * when `value` is not a date or lies outside years 1–9999.
+ */
+export function normalizeTimestamp(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  const d = value instanceof Date ? value : typeof value === "string" ? new Date(value) : null;
+  if (d === null || Number.isNaN(d.getTime())) return null;
+  const year = d.getUTCFullYear();
+  if (year < 1 || year > 9999) return null;
+  return d.toISOString();
+}
+
+/** The object whose canonical JSON is hashed (every column but `hash`). */
+export function hashedFields(row: Omit<AuditRow, "hash">): Record<string, unknown> {
+  return {
+    causation_id: row.causationId,
+    event_id: row.eventId,
+    event_type: row.eventType,
+    occurred_at: row.occurredAt,
+    order_id: row.orderId,
+    payload: row.payload,
+    position: row.position,
+    prev_hash: row.prevHash,
+    recorded_at: row.recordedAt,
+    source: row.source,
+    stream: row.stream,
+    stream_seq: row.streamSeq,
+    subject: row.subject,
+    trace_id: row.traceId,
+  };
+}
+
+/** The hash of a row: SHA-256 over `prev_hash` followed by the canonical JSON of its other fields. */
+export function rowHash(row: Omit<AuditRow, "hash">): string {
+  return createHash("sha256")
+    .update(row.prevHash)
+    .update(canonicalJson(hashedFields(row)))
+    .digest("hex");
+}
+
+/**
+ * Chains new entries after the row at (`lastPosition`, `lastHash`): consecutive positions, each row's
+ * `prev_hash` the hash of the one before.
+ */
+export function chainEntries(
+  entries: readonly AuditEntry[],
+  last: { position: number; hash: string },
+  recordedAt: string,
+): AuditRow[] {
+  let position = last.position;
+  let prevHash = last.hash;
+  return entries.map((e) => {
+    position++;
+    const unhashed = { ...e, position, recordedAt, prevHash };
+    const row: AuditRow = { ...unhashed, hash: rowHash(unhashed) };
+    prevHash = row.hash;
+    return row;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// verification
+// ---------------------------------------------------------------------------------------------------
+
+/** Outcome of verifying the whole chain. */
+export interface VerifyResult {
+  ok: boolean;
+  /** Rows read. */
+  rows: number;
+  /** Position of the first row that breaks the chain (absent when ok). */
+  firstBadPosition?: number;
+  /** What is wrong with that row. */
+  reason?: string;
+  /** Hash of the last row (64 zeros for an empty log): anchor it elsewhere to detect truncation. */
+  lastHash: string;
+}
+
+/**
+ * Verifies rows fed in position order, one page at a time: positions 1, 2, 3… without gaps, each
+ * `prev_hash` equal to the previous row's stored hash, each stored hash equal to the recomputed one.
+ * After a bad row it goes on from that row's stored values, so only the first break is reported.
+ */
+export class ChainVerifier {
+  #rows = 0;
+  #expectedPosition = 1;
+  #prevHash = GENESIS_HASH;
+  #firstBad: { position: number; reason: string } | undefined;
+
+  push(row: AuditRow): void {
+    this.#rows++;
+    let reason: string | undefined;
+    if (row.position !== this.#expectedPosition)
+      reason = `position ${row.position} where ${this.#expectedPosition} was expected (rows missing)`;
+    else if (row.prevHash !== this.#prevHash) reason = "prev_hash is not the previous row's hash";
+    else if (rowHash(row) !== row.hash) reason = "hash does not match the row's contents";
+    if (reason !== undefined && this.#firstBad === undefined)
+      this.#firstBad = { position: row.position, reason };
+    this.#expectedPosition = row.position + 1;
+    this.#prevHash = row.hash;
+  }
+
+  get lastPosition(): number {
+    return this.#expectedPosition - 1;
+  }
+
+  result(): VerifyResult {
+    const r: VerifyResult = { ok: this.#firstBad === undefined, rows: this.#rows, lastHash: this.#prevHash };
+    if (this.#firstBad) {
+      r.firstBadPosition = this.#firstBad.position;
+      r.reason = this.#firstBad.reason;
+    }
+    return r;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// entries from events and dead letters
+// ---------------------------------------------------------------------------------------------------
+
+/** The entry recording an event delivered on `stream`. */
+export function entryFromEvent(
+  event: AnyEnvelope,
+  at: { stream: string; subject: string; streamSeq: number },
+): AuditEntry {
+  return {
+    eventId: storableText(event.id),
+    stream: at.stream,
+    streamSeq: at.streamSeq,
+    subject: storableText(at.subject),
+    eventType: event.type,
+    orderId: storableText(event.aggregate_id),
+    source: storableText(event.source),
+    traceId: event.trace_id,
+    causationId: storableOrNull(event.causation_id),
+    occurredAt: normalizeTimestamp(event.timestamp),
+    payload: canonicalJson(event),
+  };
+}
+
+/** A DLQ message as the audit sees it. */
+export interface DeadLetterMessage {
+  stream: string;
+  subject: string;
+  /** The DLQ stream sequence: the entry's identity. */
+  sequence: number;
+  data: Uint8Array;
+  /** Headers, first value of each. */
+  headers: Record<string, string>;
+  /** When the DLQ stored it. */
+  storedAt: Date;
+}
+
+const ORDER_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const ORDER_SUBJECT = /^(?:orders|inventory|payments|notifications)\.([A-Za-z0-9_-]{1,64})(?:\.|$)/;
+const TRACE_PARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/;
+const TRACE_ID = /^[0-9a-f]{32}$/;
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+function str(o: unknown, k: string): string | undefined {
+  if (o === null || typeof o !== "object" || Array.isArray(o)) return undefined;
+  const v = (o as Record<string, unknown>)[k];
+  return typeof v === "string" && v !== "" ? v : undefined;
+}
+
+function int(s: string | undefined): number | null {
+  if (s === undefined || !/^\d{1,15}$/.test(s)) return null;
+  return Number(s);
+}
+
+/**
+ * The entry recording a DLQ message, whatever its body: `event_id` is `dlq:<DLQ sequence>`, the type
+ * `DeadLetter`, the order id taken from the body when it parses (`aggregate_id`, else `data.orderId`),
+ * else from the original subject. The payload holds the DLQ headers (consumer, code, error, attempts,
+ * original stream, subject and sequence, time), every other header, and the body: parsed when it is
+ * JSON, as text when it is UTF-8, else base64.
+ */
+export function entryFromDeadLetter(m: DeadLetterMessage): AuditEntry {
+  const h = (k: string): string | undefined => {
+    const v = m.headers[k];
+    return v === undefined || v === "" ? undefined : v;
+  };
+  let text: string | undefined;
+  let body: unknown;
+  let parsed = false;
+  try {
+    text = utf8.decode(m.data);
+    body = JSON.parse(text);
+    parsed = true;
+  } catch {
+    /* not UTF-8 or not JSON: recorded as it is */
+  }
+  const data =
+    parsed && typeof body === "object" && body !== null ? (body as { data?: unknown }).data : undefined;
+  const originalSubject = h(Hdr.DlqSubject);
+  const orderId =
+    (parsed ? (str(body, "aggregate_id") ?? str(data, "orderId")) : undefined) ??
+    (originalSubject ? ORDER_SUBJECT.exec(originalSubject)?.[1] : undefined) ??
+    ORDER_SUBJECT.exec(m.subject)?.[1];
+  const bodyTrace = parsed ? str(body, "trace_id") : undefined;
+  const traceId =
+    (bodyTrace && TRACE_ID.test(bodyTrace) ? bodyTrace : undefined) ??
+    TRACE_PARENT.exec(h(Hdr.TraceParent) ?? "")?.[1] ??
+    null;
+  const dlq = {
+    consumer: h(Hdr.DlqConsumer) ?? null,
+    code: h(Hdr.DlqCode) ?? null,
+    error: h(Hdr.DlqError) ?? null,
+    attempts: int(h(Hdr.DlqAttempts)),
+    stream: h(Hdr.DlqStream) ?? null,
+    subject: originalSubject ?? null,
+    sequence: int(h(Hdr.DlqSequence)),
+    at: h(Hdr.DlqAt) ?? null,
+  };
+  const payload: Record<string, unknown> = {
+    dlq,
+    headers: m.headers,
+    size: m.data.length,
+  };
+  if (parsed) payload["body"] = body;
+  else if (text !== undefined) payload["body_text"] = text;
+  else payload["body_base64"] = Buffer.from(m.data).toString("base64");
+  return {
+    eventId: `dlq:${m.sequence}`,
+    stream: m.stream,
+    streamSeq: m.sequence,
+    subject: storableText(m.subject),
+    eventType: DEAD_LETTER_TYPE,
+    orderId: orderId !== undefined ? storableText(orderId) : null,
+    source: dlq.consumer !== null ? storableText(dlq.consumer) : null,
+    traceId,
+    causationId: parsed ? storableOrNull(str(body, "id")) : null,
+    occurredAt: normalizeTimestamp(dlq.at) ?? normalizeTimestamp(m.storedAt),
+    payload: canonicalJson(payload),
+  };
+}
+
+/** Is `s` a well-formed order id (the subject-safe form every saga event uses)? */
+export function isOrderId(s: string): boolean {
+  return ORDER_ID.test(s);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// timelines
+// ---------------------------------------------------------------------------------------------------
+
+/** The fields that order a timeline. */
+export interface TimelineItem {
+  position: number;
+  eventId: string;
+  causationId: string | null;
+  occurredAt: string | null;
+  recordedAt: string;
+}
+
+/**
+ * Orders one order's rows as they happened: every event after the event that caused it (when that
+ * one is in the timeline too), otherwise by event time, then by position. Rows are recorded in the
+ * order consumers of different streams reach them, so positions alone can put an effect before its
+ * cause. A causation cycle (only forged data has one) falls back to time order.
+ */
+export function orderTimeline<T extends TimelineItem>(rows: readonly T[]): T[] {
+  const time = (r: T) => r.occurredAt ?? r.recordedAt;
+  const before = (a: T, b: T) => time(a) < time(b) || (time(a) === time(b) && a.position < b.position);
+  const sorted = [...rows].sort((a, b) => (before(a, b) ? -1 : before(b, a) ? 1 : 0));
+  const ids = new Set(sorted.map((r) => r.eventId));
+  const children = new Map<string, T[]>();
+  const waiting = new Map<T, number>();
+  for (const r of sorted) {
+    const cause = r.causationId;
+    if (cause !== null && cause !== r.eventId && ids.has(cause)) {
+      const list = children.get(cause) ?? [];
+      list.push(r);
+      children.set(cause, list);
+      waiting.set(r, 1);
+    }
+  }
+  const out: T[] = [];
+  const done = new Set<T>();
+  // `ready` stays sorted; timelines are small, so insertion into an array is fine.
+  const ready: T[] = sorted.filter((r) => !waiting.has(r));
+  const insert = (r: T) => {
+    let i = ready.length;
+    while (i > 0 && before(r, ready[i - 1]!)) i--;
+    ready.splice(i, 0, r);
+  };
+  while (out.length < sorted.length) {
+    let next = ready.shift();
+    if (next === undefined) next = sorted.find((r) => !done.has(r))!; // a cycle: break it by time
+    if (done.has(next)) continue;
+    done.add(next);
+    out.push(next);
+    for (const child of children.get(next.eventId) ?? []) {
+      if (done.has(child)) continue;
+      const w = (waiting.get(child) ?? 1) - 1;
+      waiting.set(child, w);
+      if (w === 0) insert(child);
+    }
+  }
+  return out;
+}

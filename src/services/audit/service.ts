@@ -1,0 +1,153 @@
+/**
+ * The audit service: records every event of every stream, and every DLQ entry, exactly once in an
+ * append-only, hash-chained log (PostgreSQL, or embedded PGlite without `DATABASE_URL`), and serves
+ * order timelines, chain verification and a paged listing over HTTP.
+ */
+import type { Static } from "@sinclair/typebox";
+import { ConfigError, describeError } from "../../lib/errors.js";
+import type { CommonConfig, ServiceContext, ServiceDefinition } from "../../lib/service.js";
+import { AuditConfig } from "./config.js";
+import { auditConsumers } from "./handlers.js";
+import { registerAuditRoutes } from "./routes.js";
+import { AuditStore, openDb, type SqlDb } from "./store.js";
+import { AuditWriter } from "./writer.js";
+
+type Config = Static<typeof AuditConfig> & CommonConfig;
+type Ctx = ServiceContext<Config>;
+
+interface AuditState {
+  store: AuditStore;
+  writer: AuditWriter;
+}
+
+const states = new WeakMap<object, AuditState>();
+
+/** The store of a running audit service (tests and tools: direct SQL through `store.db`). */
+export function auditStoreOf(ctx: object): AuditStore | undefined {
+  return states.get(ctx)?.store;
+}
+
+/** The writer of a running audit service (its `stats` count batches, inserts and duplicates). */
+export function auditWriterOf(ctx: object): AuditWriter | undefined {
+  return states.get(ctx)?.writer;
+}
+
+/** Options for {@link createAuditDefinition}. */
+export interface AuditDefinitionOptions {
+  /**
+   * A database handle to use instead of opening one from the configuration; the service does not close
+   * it. Lets several in-process replicas share one PGlite instance in tests.
+   */
+  db?: SqlDb;
+}
+
+const PING_TIMEOUT_MS = 2_000;
+
+async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Opens the configured database and prepares the table. PostgreSQL is retried with backoff for up to
+ * DATABASE_CONNECT_TIMEOUT_MS (it may start after us); PGlite errors are final.
+ */
+async function openStore(
+  ctx: Ctx,
+  injected: SqlDb | undefined,
+): Promise<{ store: AuditStore; owned: boolean }> {
+  const c = ctx.config;
+  const opts = { schema: c.AUDIT_SCHEMA, table: c.AUDIT_TABLE };
+  if (injected) {
+    const store = new AuditStore(injected, opts);
+    await store.ensureSchema();
+    return { store, owned: false };
+  }
+  const deadline = Date.now() + c.DATABASE_CONNECT_TIMEOUT_MS;
+  for (let attempt = 1; ; attempt++) {
+    let db: SqlDb | undefined;
+    try {
+      db = await openDb({
+        databaseUrl: c.DATABASE_URL,
+        dataDir: c.DATA_DIR,
+        poolMax: c.DATABASE_POOL_MAX,
+        logger: ctx.logger,
+      });
+      const store = new AuditStore(db, opts);
+      await store.ensureSchema();
+      return { store, owned: true };
+    } catch (err) {
+      await db?.close().catch(() => undefined);
+      if (!c.DATABASE_URL || Date.now() >= deadline) {
+        throw new Error(`audit database unavailable: ${describeError(err)}`, { cause: err });
+      }
+      const delay = Math.min(2_000, 100 * 2 ** Math.min(attempt, 5));
+      ctx.logger.warn(
+        { err: describeError(err), attempt, retry_in_ms: delay },
+        "audit database not reachable yet",
+      );
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+/** The audit service's definition; `opts.db` injects a shared database handle. */
+export function createAuditDefinition(
+  opts: AuditDefinitionOptions = {},
+): ServiceDefinition<typeof AuditConfig> {
+  return {
+    name: "audit",
+    config: AuditConfig,
+    async setup(ctx) {
+      const c = ctx.config;
+      if (c.AUDIT_MAX_ACK_PENDING <= c.AUDIT_CONCURRENCY) {
+        throw new ConfigError(
+          `invalid configuration:\n  AUDIT_MAX_ACK_PENDING (${c.AUDIT_MAX_ACK_PENDING}) must exceed AUDIT_CONCURRENCY (${c.AUDIT_CONCURRENCY})`,
+        );
+      }
+      const { store, owned } = await openStore(ctx, opts.db);
+      const writer = new AuditWriter(store, {
+        maxBatch: c.AUDIT_BATCH_MAX,
+        maxDelayMs: c.AUDIT_BATCH_DELAY_MS,
+        logger: ctx.logger,
+        registry: ctx.metrics.registry,
+      });
+      states.set(ctx, { store, writer });
+      registerAuditRoutes(ctx.app, store);
+      ctx.logger.info({ storage: store.db.kind, table: store.qualified }, "audit log ready");
+      return {
+        close: async () => {
+          // Consumers have stopped: write what they queued, then let go of the database.
+          await writer.close();
+          if (owned) await store.db.close();
+        },
+      };
+    },
+    readiness: (ctx) => ({
+      database: async () => {
+        const store = states.get(ctx)?.store;
+        if (!store) return "not open";
+        await withTimeout(store.ping(), PING_TIMEOUT_MS, "audit database");
+        return true;
+      },
+    }),
+    consumers: (ctx) => {
+      const state = states.get(ctx);
+      if (!state) throw new Error("audit: consumers requested before setup");
+      return auditConsumers(state.writer, {
+        concurrency: ctx.config.AUDIT_CONCURRENCY,
+        maxAckPending: ctx.config.AUDIT_MAX_ACK_PENDING,
+      });
+    },
+  };
+}
+
+/** The audit service. */
+export const definition = createAuditDefinition();
