@@ -102,7 +102,7 @@ export interface ConsumerRunnerOptions {
   /** Failed attempts before a message goes to the DLQ (default 5). */
   maxAttempts?: number;
   backoff?: Partial<BackoffOptions>;
-  /** Longest a pull request waits for messages (default 2 s, minimum 1 s). Bounds stop latency. */
+  /** Longest a pull request waits for messages (default and minimum 1 s). Bounds stop latency. */
   fetchExpiresMs?: number;
   /** Interval of automatic `working()` while a handler runs or a message is parked (default ack wait / 3). */
   heartbeatMs?: number;
@@ -143,6 +143,13 @@ export class ConsumerRunner {
   #idle: (() => void) | undefined;
   #consumer: Consumer | undefined;
   #currentFetch: { close(): Promise<void | Error> } | undefined;
+  /** The one stop in progress or done: concurrent and repeated stop() calls share it. */
+  #stopping: Promise<{ abandoned: number }> | undefined;
+  /** Wakes handlers waiting out a DeferError when stop() begins, so their messages are handed back. */
+  readonly #onStop = new Set<() => void>();
+  /** Messages handed back while our last fetch may still be open; nak'd when the pull loop has ended. */
+  readonly #heldBack: JsMsg[] = [];
+  #loopEnded = false;
 
   constructor(opts: ConsumerRunnerOptions) {
     this.name = opts.spec.durable;
@@ -152,7 +159,7 @@ export class ConsumerRunner {
       concurrency: Math.max(1, opts.concurrency ?? 16),
       maxAttempts: Math.max(1, opts.maxAttempts ?? 5),
       backoff: { ...defaultBackoff, ...opts.backoff },
-      fetchExpiresMs: Math.max(1_000, opts.fetchExpiresMs ?? 2_000),
+      fetchExpiresMs: Math.max(1_000, opts.fetchExpiresMs ?? 1_000),
       heartbeatMs: opts.heartbeatMs ?? Math.max(100, Math.floor(ackWait / 3)),
     };
   }
@@ -197,10 +204,15 @@ export class ConsumerRunner {
   /**
    * Graceful stop: stop pulling, hand back (nak without delay) messages not yet started or parked, and
    * wait for in-flight handlers to finish and ack, at most `timeoutMs`.
+   * Concurrent and repeated calls share the one stop and its result.
    * @returns how many handlers were still running when the timeout hit (their messages are redelivered
    * after the ack wait).
    */
-  async stop(timeoutMs = 10_000): Promise<{ abandoned: number }> {
+  stop(timeoutMs = 10_000): Promise<{ abandoned: number }> {
+    return (this.#stopping ??= this.#stop(timeoutMs));
+  }
+
+  async #stop(timeoutMs: number): Promise<{ abandoned: number }> {
     if (this.#state === "idle") {
       this.#state = "stopped";
       return { abandoned: 0 };
@@ -208,6 +220,7 @@ export class ConsumerRunner {
     if (this.#state === "stopped") return { abandoned: 0 };
     this.#state = "stopping";
     this.#kick();
+    for (const wake of [...this.#onStop]) wake();
     const deadline = Date.now() + timeoutMs;
     const idle = new Promise<void>((resolve) => {
       if (this.#inFlight === 0) resolve();
@@ -280,6 +293,15 @@ export class ConsumerRunner {
         if (this.#state === "running") await this.#sleep(Math.min(5_000, 100 * 2 ** Math.min(failures, 6)));
       }
     }
+    // No fetch of ours is open any more: hand back what stop() held.
+    this.#loopEnded = true;
+    for (const m of this.#heldBack.splice(0)) {
+      try {
+        m.nak();
+      } catch {
+        // Connection closed: the server redelivers it after the ack wait.
+      }
+    }
   }
 
   #settled(): void {
@@ -295,7 +317,14 @@ export class ConsumerRunner {
   }
 
   #handBack(m: JsMsg): void {
-    m.nak();
+    if (this.#loopEnded) {
+      m.nak();
+    } else {
+      // Our fetch may still be open: nak'd now, the message would come straight back to it, again and again,
+      // each time using up a delivery attempt. Keep it (alive) until the pull loop has ended.
+      m.working();
+      this.#heldBack.push(m);
+    }
     this.#count(m.headers?.get(Hdr.Type) || "unknown", "handed_back", 0);
   }
 
@@ -369,6 +398,24 @@ export class ConsumerRunner {
       span,
       working: () => m.working(),
     };
+    await this.#run(m, event.type, attempt, logger, span, started, () =>
+      context.with(trace.setSpan(parent, span), () => handler(event, ctx)),
+    );
+  }
+
+  /**
+   * Runs a handler under the runner's policy — ack on success; nak with backoff, DLQ, park or delayed
+   * redelivery on failure (see the class contract) — with `working()` heartbeats while it runs.
+   */
+  async #run(
+    m: JsMsg,
+    type: string,
+    attempt: number,
+    logger: Logger,
+    span: Span,
+    started: number,
+    invoke: () => Promise<void>,
+  ): Promise<void> {
     const heartbeat = setInterval(() => m.working(), this.#o.heartbeatMs);
     try {
       for (;;) {
@@ -378,32 +425,32 @@ export class ConsumerRunner {
           return;
         }
         try {
-          await context.with(trace.setSpan(parent, span), () => handler(event, ctx));
+          await invoke();
           m.ack();
-          this.#count(event.type, "ack", started);
+          this.#count(type, "ack", started);
           return;
         } catch (err) {
           if (err instanceof RedeliverLaterError) {
             m.nak(err.delayMs);
-            this.#count(event.type, "delayed", started);
+            this.#count(type, "delayed", started);
             return;
           }
           const deferred = err instanceof DeferError;
           if (deferred || (this.#paused && !isNonRetryable(err))) {
             logger.debug({ err: describeError(err) }, "handler deferred; parking message");
-            if (deferred) await this.#delay(err.retryAfterMs);
+            if (deferred) await this.#delayUnlessStopping(err.retryAfterMs);
             continue;
           }
           span.recordException(err as Error);
           span.setStatus({ code: SpanStatusCode.ERROR, message: describeError(err) });
           if (isNonRetryable(err) || attempt >= this.#o.maxAttempts) {
-            await this.#deadLetter(m, err, attempt, event.type, started);
+            await this.#deadLetter(m, err, attempt, type, started);
             return;
           }
           const delay = backoffDelay(attempt, this.#o.backoff);
           logger.warn({ err: describeError(err), attempt, retry_in_ms: delay }, "handler failed; will retry");
           m.nak(delay);
-          this.#count(event.type, "retry", started);
+          this.#count(type, "retry", started);
           return;
         }
       }
@@ -426,7 +473,6 @@ export class ConsumerRunner {
       },
     });
     const logger = this.#o.logger.child({ consumer: this.name, subject: m.subject, seq: m.seq });
-    const heartbeat = setInterval(() => m.working(), this.#o.heartbeatMs);
     const msg: RawMessage = {
       subject: m.subject,
       stream: m.info.stream,
@@ -435,34 +481,35 @@ export class ConsumerRunner {
       headers: m.headers,
       timestamp: new Date(Math.floor(m.info.timestampNanos / 1e6)),
     };
-    try {
-      await raw(msg, {
-        attempt: m.info.deliveryCount,
-        subject: m.subject,
-        streamSequence: m.seq,
-        logger,
-        span,
-        working: () => m.working(),
-      });
-      m.ack();
-      this.#count(type, "ack", started);
-    } catch (err) {
-      if (isNonRetryable(err) || m.info.deliveryCount >= this.#o.maxAttempts) {
-        await this.#deadLetter(m, err, m.info.deliveryCount, type, started);
-      } else {
-        m.nak(backoffDelay(m.info.deliveryCount, this.#o.backoff));
-        this.#count(type, "retry", started);
-        logger.warn({ err: describeError(err) }, "raw handler failed; will retry");
-      }
-    } finally {
-      clearInterval(heartbeat);
-      span.end();
-    }
+    const attempt = m.info.deliveryCount;
+    const ctx = {
+      attempt,
+      subject: m.subject,
+      streamSequence: m.seq,
+      logger,
+      span,
+      working: () => m.working(),
+    };
+    await this.#run(m, type, attempt, logger, span, started, () => raw(msg, ctx));
   }
 
   /** Waits (the message kept alive by the heartbeat) until resumed or stopping. */
   async #parked(_m: JsMsg): Promise<void> {
     while (this.#paused && this.#state === "running") await this.#delay(250);
+  }
+
+  /** Like {@link #delay}, but resolves at once when the runner is stopping. */
+  #delayUnlessStopping(ms: number): Promise<void> {
+    if (this.#state !== "running") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#onStop.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#onStop.add(done);
+    });
   }
 
   #delay(ms: number): Promise<void> {
@@ -479,7 +526,9 @@ export class ConsumerRunner {
         error: describeError(err),
         attempts: attempt,
       });
-      m.term(`${code}: dead-lettered`);
+      // A bare +TERM: nats-server < 2.10 ignores "+TERM <reason>" entirely (it compares the whole payload), so
+      // the message would stay pending and come back every ack wait. The reason is in the DLQ entry anyway.
+      m.term();
       this.#o.metrics?.deadLettered.inc({ consumer: this.name, code });
       this.#count(type, "dlq", started);
       logger.error({ err: describeError(err), code, attempt }, "message dead-lettered");

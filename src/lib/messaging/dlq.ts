@@ -1,8 +1,8 @@
-import { headers as natsHeaders } from "@nats-io/transport-node";
-import type { JetStreamManager, JsMsg, StoredMsg } from "@nats-io/jetstream";
+import { errors as natsErrors, headers as natsHeaders } from "@nats-io/transport-node";
+import { JetStreamApiError, type JetStreamManager, type JsMsg, type StoredMsg } from "@nats-io/jetstream";
 import { Streams } from "../events/catalog.js";
 import { Hdr } from "./headers.js";
-import type { Publisher } from "./publisher.js";
+import { PublishError, type Publisher } from "./publisher.js";
 
 /** Subject prefix of the DLQ stream; a dead letter of consumer C lands on `dlq.C`. */
 export const DLQ_SUBJECT_PREFIX = "dlq";
@@ -27,6 +27,10 @@ export interface DeadLetterReason {
  * sequence in headers (the body and original headers kept as they were). The DLQ message id is
  * `<stream>:<seq>:<consumer>`, so copying the same delivery twice (a crash before `term`) stores it once.
  * The caller `term`s the original only after this resolves.
+ *
+ * A message close to the size limit does not fit once the DLQ headers are added; its entry is then stored
+ * without the body and with `Shopstream-Dlq-Body-Omitted: <size>` — the body stays in its own stream at the
+ * recorded sequence, where {@link redriveDeadLetter} reads it back. It is never retried for that.
  */
 export async function deadLetter(publisher: Publisher, msg: JsMsg, reason: DeadLetterReason): Promise<void> {
   const h = natsHeaders();
@@ -44,11 +48,24 @@ export async function deadLetter(publisher: Publisher, msg: JsMsg, reason: DeadL
   h.set(Hdr.DlqSubject, msg.subject);
   h.set(Hdr.DlqSequence, String(msg.seq));
   h.set(Hdr.DlqAt, new Date().toISOString());
-  await publisher.publishRaw(`${DLQ_SUBJECT_PREFIX}.${reason.consumer}`, msg.data, {
-    msgID: `${msg.info.stream}:${msg.seq}:${reason.consumer}`,
-    headers: h,
-    stream: Streams.DLQ,
-  });
+  const subject = `${DLQ_SUBJECT_PREFIX}.${reason.consumer}`;
+  const msgID = `${msg.info.stream}:${msg.seq}:${reason.consumer}`;
+  try {
+    await publisher.publishRaw(subject, msg.data, { msgID, headers: h, stream: Streams.DLQ });
+  } catch (err) {
+    if (!isTooLarge(err)) throw err;
+    h.set(Hdr.DlqBodyOmitted, String(msg.data.length));
+    await publisher.publishRaw(subject, new Uint8Array(0), { msgID, headers: h, stream: Streams.DLQ });
+  }
+}
+
+/** Was a publish refused because the message exceeds the server's max_payload or the stream's max_msg_size? */
+function isTooLarge(err: unknown): boolean {
+  const cause = err instanceof PublishError ? err.cause : err;
+  return (
+    (cause instanceof natsErrors.InvalidArgumentError && cause.message.includes("max_payload")) ||
+    (cause instanceof JetStreamApiError && cause.code === 10054) // message size exceeds maximum allowed
+  );
 }
 
 /** One DLQ entry as listed/inspected by operators. */
@@ -63,7 +80,10 @@ export interface DeadLetter {
   sequence: number;
   at: string;
   type: string | undefined;
+  /** The body; empty when `bodyOmitted` (then it is in `stream` at `sequence`). */
   data: Uint8Array;
+  /** True when the entry was stored without the body because the copy would have been too large. */
+  bodyOmitted: boolean;
 }
 
 function toDeadLetter(m: StoredMsg): DeadLetter {
@@ -80,6 +100,7 @@ function toDeadLetter(m: StoredMsg): DeadLetter {
     at: g(Hdr.DlqAt),
     type: g(Hdr.Type) || undefined,
     data: m.data,
+    bodyOmitted: m.header.has(Hdr.DlqBodyOmitted),
   };
 }
 
@@ -119,7 +140,8 @@ export async function inspectDeadLetter(
  * Redrives a DLQ entry: republishes its body and headers to the original subject (with message id
  * `redrive:<dlqSequence>` so it is not taken for a duplicate of the original, and a
  * `Shopstream-Redrive` header), then removes the entry from the DLQ. Every consumer of that subject
- * sees the event again; handlers are idempotent, so only the one that failed has work to do.
+ * sees the event again; handlers are idempotent, so only the one that failed has work to do. An entry
+ * stored without its body (too large to copy) is redriven with the body read from the original stream.
  */
 export async function redriveDeadLetter(
   jsm: JetStreamManager,
@@ -135,7 +157,17 @@ export async function redriveDeadLetter(
     for (const v of m.header.values(k)) h.append(k, v);
   }
   h.set(Hdr.Redrive, String(dlqSequence));
-  const ack = await publisher.publishRaw(dl.subject, m.data, {
+  let data = m.data;
+  if (dl.bodyOmitted) {
+    const original = await jsm.streams.getMessage(dl.stream, { seq: dl.sequence }).catch(() => null);
+    if (!original) {
+      throw new Error(
+        `DLQ entry ${dlqSequence} has no body and ${dl.stream} no longer has sequence ${dl.sequence}`,
+      );
+    }
+    data = original.data;
+  }
+  const ack = await publisher.publishRaw(dl.subject, data, {
     msgID: `redrive:${dlqSequence}`,
     headers: h,
     stream: dl.stream,

@@ -14,4 +14,6 @@ export const Hdr = {
   DlqSequence: "Shopstream-Dlq-Sequence",
   DlqConsumer: "Shopstream-Dlq-Consumer",
   DlqAt: "Shopstream-Dlq-At",
+  /** Set on a DLQ entry stored without the body because the copy would not fit: the body's size in bytes. */
+  DlqBodyOmitted: "Shopstream-Dlq-Body-Omitted",
 } as const;
