@@ -48,7 +48,11 @@ export function createSimulatorServer(name: string, opts: SimulatorOptions = {})
   const ajv = { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: true } } as const;
   const app: FastifyInstance =
     typeof opts.logger === "object"
-      ? (Fastify({ loggerInstance: opts.logger, ajv, forceCloseConnections: true }) as unknown as FastifyInstance)
+      ? (Fastify({
+          loggerInstance: opts.logger,
+          ajv,
+          forceCloseConnections: true,
+        }) as unknown as FastifyInstance)
       : Fastify({ logger: opts.logger ?? false, ajv, forceCloseConnections: true });
 
   installProblemHandlers(app);

@@ -43,15 +43,30 @@ export interface System {
   nc: NatsConnection;
   gateway: FastifyInstance;
   mail: FastifyInstance;
-  urls: { orders: string; inventory: string; payments: string; notifications: string; audit: string; gateway: string; mail: string };
+  urls: {
+    orders: string;
+    inventory: string;
+    payments: string;
+    notifications: string;
+    audit: string;
+    gateway: string;
+    mail: string;
+  };
   services: Record<"orders" | "inventory" | "payments" | "notifications" | "audit", RunningService<never>>;
   /** Orders answered 202. */
   accepted: Set<string>;
-  placeOrder(body: OrderBody | unknown, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>;
+  placeOrder(
+    body: unknown,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; body: any; headers: Headers }>;
   /** Resolves with the order's terminal view (CONFIRMED or CANCELLED), awaiting its terminal event. */
   waitForTerminal(orderId: string, timeoutMs?: number): Promise<any>;
   /** Polls `cond` until it is truthy (for state that has no event to await, e.g. metrics). */
-  until<T>(what: string, cond: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs?: number): Promise<T>;
+  until<T>(
+    what: string,
+    cond: () => Promise<T | undefined | false> | T | undefined | false,
+    timeoutMs?: number,
+  ): Promise<T>;
   setGatewayFaults(f: { outage?: boolean; failureRate?: number; latencyMs?: number }): Promise<void>;
   setMailFaults(f: { outage?: boolean; failureRate?: number; latencyMs?: number }): Promise<void>;
   check(): Promise<CheckReport>;
@@ -60,7 +75,8 @@ export interface System {
   stop(): Promise<void>;
 }
 
-async function getJson(url: string): Promise<any> {
+/** GET a URL and parse its JSON body (untyped: tests assert on the shape). */
+export async function getJson(url: string): Promise<any> {
   const r = await fetch(url);
   return r.json();
 }
@@ -177,7 +193,10 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
         const current = await getJson(`${urls.orders}/orders/${orderId}`);
         if (current.status !== "CONFIRMED" && current.status !== "CANCELLED") {
           await new Promise<void>((resolve, reject) => {
-            const t = setTimeout(() => reject(new Error(`order ${orderId} not terminal after ${timeoutMs} ms`)), timeoutMs);
+            const t = setTimeout(
+              () => reject(new Error(`order ${orderId} not terminal after ${timeoutMs} ms`)),
+              timeoutMs,
+            );
             const list = waiters.get(orderId) ?? [];
             list.push(() => {
               clearTimeout(t);
@@ -192,10 +211,18 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     },
     until,
     async setGatewayFaults(f) {
-      await fetch(`${gatewayUrl}/admin/faults`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify(f) });
+      await fetch(`${gatewayUrl}/admin/faults`, {
+        method: "PUT",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(f),
+      });
     },
     async setMailFaults(f) {
-      await fetch(`${mailUrl}/admin/faults`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify(f) });
+      await fetch(`${mailUrl}/admin/faults`, {
+        method: "PUT",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(f),
+      });
     },
     async check() {
       return checkInvariants({

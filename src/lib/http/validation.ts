@@ -15,7 +15,9 @@ export function installStrictValidation(app: FastifyInstance): void {
     const check = TypeCompiler.Compile(schema as TSchema);
     const convert = httpPart !== "body";
     return (data: unknown) => {
-      const value = convert ? Value.Convert(schema as TSchema, Value.Default(schema as TSchema, data ?? {})) : data;
+      const value = convert
+        ? Value.Convert(schema as TSchema, Value.Default(schema as TSchema, data ?? {}))
+        : data;
       if (check.Check(value)) return { value };
       const errors = [...check.Errors(value)].slice(0, 20).map((e) => ({
         instancePath: e.path,

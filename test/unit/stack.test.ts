@@ -1,0 +1,208 @@
+/**
+ * The local stack (`npm start`) as a user runs it: a real child process that starts a real nats-server and every
+ * process of the table whose entry point exists, on free ports with a temp data dir.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { type Server, createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { stackProcesses } from "../../src/stack/processes.js";
+import { READY_MESSAGE } from "../../src/stack/supervisor.js";
+import { freePort } from "../helpers/nats.js";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const MAIN = join(ROOT, "src", "stack", "main.ts");
+
+interface RunningStack {
+  pid: number;
+  out: () => string;
+  err: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves once stdout matches `re`; rejects if the stack exits first or after `timeoutMs`. */
+  waitForOutput(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
+  signal(sig: NodeJS.Signals): void;
+}
+
+/** Runs `node --import tsx src/stack/main.ts` with the test's environment plus `env`. */
+function startStack(env: Record<string, string>): RunningStack {
+  const base = { ...process.env };
+  // The stack must start its own NATS and everything in the table, whatever the caller's shell has set.
+  for (const k of ["NATS_URL", "NATS_SERVER_BIN", "STACK_ONLY", "STACK_MODE", "PORT", "DATABASE_URL"])
+    delete base[k];
+  const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
+    cwd: ROOT,
+    env: { ...base, LOG_LEVEL: "warn", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
+  child.stderr.setEncoding("utf8").on("data", (c: string) => (err += c));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
+    child.once("close", (code, signal) => res({ code, signal })),
+  );
+  return {
+    pid: child.pid!,
+    out: () => out,
+    err: () => err,
+    exited,
+    signal: (sig) => child.kill(sig),
+    async waitForOutput(re, timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      let done = false;
+      void exited.then(() => (done = true));
+      for (;;) {
+        const m = out.match(re);
+        if (m) return m;
+        if (done || Date.now() > deadline) {
+          throw new Error(`stack output never matched ${re}\n--- stdout ---\n${out}\n--- stderr ---\n${err}`);
+        }
+        await new Promise((r) => setTimeout(r, 100)); // poll interval for the output buffer
+      }
+    },
+  };
+}
+
+async function exitOf(stack: RunningStack, timeoutMs: number) {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, rej) => {
+    timer = setTimeout(() => rej(new Error(`stack did not exit within ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([stack.exited, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((res) => {
+    const srv = createServer();
+    srv.once("error", () => res(false));
+    srv.listen(port, "127.0.0.1", () => srv.close(() => res(true)));
+  });
+}
+
+/** `<NAME>_PORT` → a free port for every process, plus `NATS_PORT`. */
+async function freePorts(): Promise<Record<string, string>> {
+  const env: Record<string, string> = { NATS_PORT: String(await freePort()) };
+  for (const p of stackProcesses) env[p.portEnv] = String(await freePort());
+  return env;
+}
+
+void describe("npm start (src/stack/main.ts)", { timeout: 60_000 }, () => {
+  let dataDir: string;
+  const running: RunningStack[] = [];
+  before(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), "stack-test-"));
+  });
+  after(async () => {
+    for (const s of running) {
+      s.signal("SIGTERM");
+      await exitOf(s, 40_000).catch(() => s.signal("SIGKILL"));
+    }
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  void it("starts every process, each answers /health (services /ready), and SIGTERM stops all with exit 0", async () => {
+    const env = await freePorts();
+    const stack = startStack({ ...env, DATA_DIR: join(dataDir, "full") });
+    running.push(stack);
+    await stack.waitForOutput(new RegExp(READY_MESSAGE), 45_000);
+    const started = stackProcesses.filter((p) => existsSync(join(ROOT, p.source)));
+    const monitor = await stack.waitForOutput(
+      /nats-server\s+nats:\/\/127\.0\.0\.1:(\d+)\s+http:\/\/127\.0\.0\.1:(\d+)\//,
+      1,
+    );
+    assert.equal(monitor[1], env["NATS_PORT"], "nats-server on NATS_PORT");
+    const monitorPort = Number(monitor[2]);
+
+    assert.equal((await fetch(`http://127.0.0.1:${monitorPort}/healthz`)).status, 200);
+    for (const p of started) {
+      const url = `http://127.0.0.1:${env[p.portEnv]}`;
+      const health = await fetch(`${url}/health`);
+      assert.equal(health.status, 200, `${p.name} /health`);
+      if (p.kind === "service") {
+        const ready = await fetch(`${url}/ready`);
+        assert.equal(ready.status, 200, `${p.name} /ready: ${await ready.text()}`);
+      }
+    }
+    for (const p of stackProcesses.filter((q) => !started.includes(q))) {
+      assert.match(stack.err(), new RegExp(`skipping ${p.name}: ${p.source} not found`));
+    }
+
+    stack.signal("SIGTERM");
+    const exit = await exitOf(stack, 40_000);
+    assert.deepEqual(exit, { code: 0, signal: null }, stack.err());
+    assert.match(stack.out(), /all stopped/);
+    // Orders stops before the other services, the simulators after them.
+    const stopOrder = [...stack.out().matchAll(/^stack\s+\| (\S+) stopped/gm)]
+      .map((m) => m[1])
+      .filter((name) => name !== "all");
+    if (stopOrder.includes("orders")) assert.equal(stopOrder[0], "orders", stopOrder.join(", "));
+    assert.equal(stopOrder.at(-1), "nats-server");
+    const ports = [Number(env["NATS_PORT"]), monitorPort, ...started.map((p) => Number(env[p.portEnv]))];
+    for (const port of ports)
+      assert.equal(await canListen(port), true, `port ${port} still in use after stop`);
+    assert.equal(
+      existsSync(join(dataDir, "full", "nats", "jetstream")),
+      true,
+      "JetStream data kept in DATA_DIR",
+    );
+    assert.equal(existsSync(join(dataDir, "full", "stack.pid")), false);
+  });
+
+  void it("exits 1 with how to install nats-server when it is missing", async () => {
+    const stack = startStack({ ...(await freePorts()), NATS_SERVER_BIN: "/nonexistent", DATA_DIR: dataDir });
+    const exit = await exitOf(stack, 20_000);
+    assert.equal(exit.code, 1);
+    assert.match(
+      stack.err(),
+      /nats-server not found: install it \(Debian\/Ubuntu: `sudo apt-get install nats-server`/,
+    );
+    assert.doesNotMatch(stack.out(), new RegExp(READY_MESSAGE));
+  });
+
+  void it("exits 1 naming the process, port and variable when a port is taken, and starts nothing", async () => {
+    const env = await freePorts();
+    const squatter: Server = createServer();
+    await new Promise<void>((res) => squatter.listen(0, "127.0.0.1", res));
+    const taken = (squatter.address() as { port: number }).port;
+    try {
+      const stack = startStack({ ...env, ORDERS_PORT: String(taken), DATA_DIR: dataDir });
+      const exit = await exitOf(stack, 20_000);
+      assert.equal(exit.code, 1);
+      assert.match(
+        stack.err(),
+        new RegExp(
+          `orders cannot start: port ${taken} on 127\\.0\\.0\\.1 is already in use; .*set ORDERS_PORT`,
+        ),
+      );
+      assert.equal(await canListen(Number(env["NATS_PORT"])), true, "nats-server was not started");
+    } finally {
+      await new Promise((res) => squatter.close(res));
+    }
+  });
+
+  void it("exits 1 with the process's last output when it dies during start-up, and stops the rest", async () => {
+    const env = await freePorts();
+    // The payment gateway refuses a non-numeric SEED (docs/simulators.md: invalid configuration exits 1).
+    const stack = startStack({
+      ...env,
+      STACK_ONLY: "payment-gateway",
+      SEED: "not-a-number",
+      DATA_DIR: dataDir,
+    });
+    const exit = await exitOf(stack, 30_000);
+    assert.equal(exit.code, 1);
+    assert.match(stack.err(), /payment-gateway exited during start-up \(exit code 1\); its last output:/);
+    assert.match(stack.err(), /SEED/);
+    assert.match(stack.out(), /nats-server stopped/);
+    assert.equal(await canListen(Number(env["NATS_PORT"])), true);
+  });
+});
