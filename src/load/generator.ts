@@ -1,0 +1,225 @@
+/**
+ * A load generator for ShopStream: drives `POST /orders` open-loop (at a fixed rate, latency measured
+ * from each order's *scheduled* send time, so a slow system cannot hide its queueing) or closed-loop (N
+ * clients, each sending its next order when the previous one is answered), and tracks every accepted
+ * order to its terminal event on the bus. Used by the benchmark and the chaos harness.
+ */
+import http from "node:http";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { Hdr } from "../lib/messaging/headers.js";
+
+/** The body of one order. */
+export interface OrderBody {
+  customerId: string;
+  email: string;
+  items: { sku: string; quantity: number }[];
+  currency?: string;
+}
+
+/** What happened to one order the generator sent. */
+export interface OrderRecord {
+  /** Index in the run. */
+  i: number;
+  /** When it was meant to be sent (open loop) or was sent (closed loop), ms since epoch. */
+  scheduledAt: number;
+  /** When the HTTP answer came. */
+  answeredAt?: number;
+  httpStatus?: number;
+  orderId?: string;
+  /** Transport error (connection refused, reset, timeout) — the client does not know the outcome. */
+  error?: string;
+  terminal?: "CONFIRMED" | "CANCELLED";
+  terminalAt?: number;
+}
+
+/** Follows terminal order events on the bus (a core subscription on `orders.*`; no JSON decoding). */
+export class TerminalTracker {
+  readonly terminals = new Map<string, { status: "CONFIRMED" | "CANCELLED"; at: number; count: number }>();
+  #sub: Subscription | undefined;
+  readonly #waiters = new Map<string, () => void>();
+
+  constructor(private readonly nc: NatsConnection) {}
+
+  async start(): Promise<void> {
+    this.#sub = this.nc.subscribe("orders.*");
+    void (async () => {
+      for await (const m of this.#sub!) {
+        const type = m.headers?.get(Hdr.Type);
+        if (type !== "OrderConfirmed" && type !== "OrderCancelled") continue;
+        const id = m.subject.slice("orders.".length);
+        const prior = this.terminals.get(id);
+        if (prior) prior.count++;
+        else this.terminals.set(id, { status: type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED", at: Date.now(), count: 1 });
+        this.#waiters.get(id)?.();
+      }
+    })();
+    await this.nc.flush();
+  }
+
+  /** Resolves when every id has a terminal event, or at the deadline; returns the ids still open. */
+  async waitAll(ids: Iterable<string>, timeoutMs: number): Promise<string[]> {
+    const open = new Set([...ids].filter((id) => !this.terminals.has(id)));
+    if (open.size === 0) return [];
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      for (const id of open) {
+        this.#waiters.set(id, () => {
+          this.#waiters.delete(id);
+          open.delete(id);
+          if (open.size === 0) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+      }
+    });
+    for (const id of open) this.#waiters.delete(id);
+    return [...open];
+  }
+
+  stop(): void {
+    this.#sub?.unsubscribe();
+  }
+}
+
+/** How to drive the load. */
+export type LoadMode =
+  | { kind: "open"; ratePerSec: number; durationMs: number }
+  | { kind: "closed"; concurrency: number; durationMs: number };
+
+export interface LoadOptions {
+  ordersUrl: string;
+  mode: LoadMode;
+  /** The order to send as number `i` (default: one line of a default-catalog SKU). */
+  body?: (i: number) => OrderBody;
+  /** HTTP timeout per request (default 10 s). */
+  timeoutMs?: number;
+  /** Called once per second with the counts so far. */
+  onTick?: (s: { elapsedMs: number; sent: number; accepted: number; failed: number }) => void;
+  /** Stops early when aborted. */
+  signal?: AbortSignal;
+  /** Max sockets to the orders service (default 256). */
+  maxSockets?: number;
+}
+
+const defaultSkus = ["SKU-TSHIRT", "SKU-MUG", "SKU-HOODIE", "SKU-CAP", "SKU-STICKERS"];
+/** A default order: one or two lines of the default catalog's high-stock SKUs. */
+export function defaultOrder(i: number): OrderBody {
+  const a = defaultSkus[i % defaultSkus.length]!;
+  const items = [{ sku: a, quantity: 1 + (i % 3) }];
+  if (i % 4 === 0) items.push({ sku: defaultSkus[(i + 2) % defaultSkus.length]!, quantity: 1 });
+  return { customerId: `load-${i % 1000}`, email: `load-${i % 1000}@example.com`, items };
+}
+
+/** Sends one order over a keep-alive agent; resolves with status and body (never rejects). */
+function post(
+  agent: http.Agent,
+  url: URL,
+  body: string,
+  timeoutMs: number,
+): Promise<{ status?: number; body?: string; error?: string }> {
+  return new Promise((resolve) => {
+    const req = http.request(
+      {
+        agent,
+        host: url.hostname,
+        port: url.port,
+        path: "/orders",
+        method: "POST",
+        headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+        timeout: timeoutMs,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
+        res.on("error", (err) => resolve({ error: err.message }));
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", (err) => resolve({ error: err.message }));
+    req.end(body);
+  });
+}
+
+/**
+ * Runs the load and returns a record per order sent. Accepted orders have `orderId`; pair the run with
+ * a {@link TerminalTracker} started before it to learn their outcomes.
+ */
+export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
+  const url = new URL(o.ordersUrl);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: o.maxSockets ?? 256 });
+  const make = o.body ?? defaultOrder;
+  const timeoutMs = o.timeoutMs ?? 10_000;
+  const records: OrderRecord[] = [];
+  const inflight = new Set<Promise<void>>();
+  let accepted = 0;
+  let failed = 0;
+  const t0 = Date.now();
+  const tick = setInterval(
+    () => o.onTick?.({ elapsedMs: Date.now() - t0, sent: records.length, accepted, failed }),
+    1_000,
+  );
+  const send = (i: number, scheduledAt: number): Promise<void> => {
+    const rec: OrderRecord = { i, scheduledAt };
+    records.push(rec);
+    const p = post(agent, url, JSON.stringify(make(i)), timeoutMs).then((r) => {
+      rec.answeredAt = Date.now();
+      if (r.error !== undefined) {
+        rec.error = r.error;
+        failed++;
+        return;
+      }
+      rec.httpStatus = r.status;
+      if (r.status === 202) {
+        try {
+          rec.orderId = (JSON.parse(r.body ?? "{}") as { orderId?: string }).orderId;
+          accepted++;
+        } catch {
+          failed++;
+        }
+      } else failed++;
+    });
+    inflight.add(p);
+    void p.finally(() => inflight.delete(p));
+    return p;
+  };
+  const end = t0 + o.mode.durationMs;
+  try {
+    if (o.mode.kind === "open") {
+      const interval = 1000 / o.mode.ratePerSec;
+      let i = 0;
+      while (!o.signal?.aborted) {
+        const due = t0 + i * interval;
+        if (due >= end) break;
+        const wait = due - Date.now();
+        if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+        // Send everything that is due now (a late timer must not lower the offered rate).
+        const now = Date.now();
+        while (t0 + i * interval <= now && t0 + i * interval < end) {
+          void send(i, t0 + i * interval);
+          i++;
+        }
+      }
+    } else {
+      let i = 0;
+      const client = async () => {
+        while (Date.now() < end && !o.signal?.aborted) await send(i++, Date.now());
+      };
+      await Promise.all(Array.from({ length: o.mode.concurrency }, client));
+    }
+    await Promise.all([...inflight]);
+  } finally {
+    clearInterval(tick);
+    agent.destroy();
+  }
+  return records;
+}
+
+/** Percentile (0..100) of a list of numbers (nearest rank); NaN when empty. */
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[rank]!;
+}
