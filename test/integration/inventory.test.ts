@@ -327,6 +327,7 @@ void describe("inventory service", () => {
       name: "Test T-RES-A",
       price: 1000,
       currency: "EUR",
+      initial: 10,
       available: 7,
       reserved: 3,
       committed: 0,
