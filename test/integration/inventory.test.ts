@@ -345,6 +345,7 @@ void describe("inventory service", () => {
         name: "Test T-RES-B",
         price: 1000,
         currency: "EUR",
+        initial: 3,
         available: 0,
         reserved: 3,
         committed: 0,
