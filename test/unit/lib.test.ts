@@ -1,0 +1,166 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { Writable } from "node:stream";
+import { Type } from "@sinclair/typebox";
+import { ConfigError } from "../../src/lib/errors.js";
+import { Env, parseConfig } from "../../src/lib/config.js";
+import { CommonConfig } from "../../src/lib/service.js";
+import { createLogger } from "../../src/lib/telemetry/logger.js";
+import { initTracing, tracer } from "../../src/lib/telemetry/tracing.js";
+import { backoffDelay } from "../../src/lib/messaging/backoff.js";
+import {
+  DecodeErrorCode,
+  decodeEvent,
+  encodeEvent,
+  EventDecodeError,
+  makeEvent,
+  subjectOf,
+} from "../../src/lib/events/mod.js";
+
+test("config: values are converted, defaults applied", () => {
+  const c = parseConfig(Type.Composite([CommonConfig, Type.Object({ PORT: Env.port(8080, "port") })]), {
+    PORT: "9000",
+    MAX_ATTEMPTS: "7",
+  });
+  assert.equal(c.PORT, 9000);
+  assert.equal(c.MAX_ATTEMPTS, 7);
+  assert.equal(c.NATS_URL, "nats://127.0.0.1:4222");
+  assert.equal(c.LOG_LEVEL, "info");
+});
+
+test("config: a bad or missing value stops with a message naming the variable and what was expected", () => {
+  const schema = Type.Object({
+    PORT: Env.port(8080, "orders HTTP port"),
+    GATEWAY_URL: Env.url("gateway base URL"),
+  });
+  assert.throws(
+    () => parseConfig(schema, { PORT: "eighty" }),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(
+        err.message,
+        /PORT: expected an integer between 0 and 65535 .*orders HTTP port.*got "eighty"/,
+      );
+      assert.match(err.message, /GATEWAY_URL: expected a string \(uri\).*it is missing/);
+      return true;
+    },
+  );
+  assert.throws(() => parseConfig(CommonConfig, { LOG_LEVEL: "loud" }), /LOG_LEVEL: expected one of "fatal"/);
+  assert.throws(
+    () => parseConfig(schema, { PORT: "70000", GATEWAY_URL: "http://x" }),
+    /PORT: expected an integer between 0 and 65535/,
+  );
+});
+
+test("logger: JSON lines with service, PII redacted", () => {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString());
+      cb();
+    },
+  });
+  const log = createLogger({ service: "orders", destination: sink as never });
+  log
+    .child({ trace_id: "t1", order_id: "o1" })
+    .info({ email: "alice@example.com", data: { email: "a@b.c", card: "4242" } }, "placed");
+  const line = JSON.parse(lines[0]!);
+  assert.equal(line.service, "orders");
+  assert.equal(line.trace_id, "t1");
+  assert.equal(line.order_id, "o1");
+  assert.equal(line.level, "info");
+  assert.equal(line.email, "[redacted]");
+  assert.equal(line.data.email, "[redacted]");
+  assert.equal(line.data.card, "[redacted]");
+  assert.doesNotMatch(lines[0]!, /alice@example\.com/);
+});
+
+test("backoff: grows exponentially, capped, with bounded jitter", () => {
+  const o = { initialMs: 100, maxMs: 1_000, multiplier: 2, jitter: 0.2 };
+  assert.equal(
+    backoffDelay(1, o, () => 0.5),
+    100,
+  );
+  assert.equal(
+    backoffDelay(3, o, () => 0.5),
+    400,
+  );
+  assert.equal(
+    backoffDelay(10, o, () => 0.5),
+    1_000,
+  );
+  assert.equal(
+    backoffDelay(2, o, () => 0),
+    180,
+  );
+  assert.equal(
+    backoffDelay(2, o, () => 1),
+    220,
+  );
+});
+
+test("events: deterministic ids, subjects, and typed non-retryable decode errors", () => {
+  const e = makeEvent(
+    "OrderCancelled",
+    { orderId: "o-1", reason: "timeout" },
+    { aggregateId: "o-1", source: "orders" },
+  );
+  assert.equal(e.id, "o-1:OrderCancelled");
+  assert.equal(subjectOf(e), "orders.o-1");
+  assert.equal(
+    subjectOf(
+      makeEvent(
+        "StockRejected",
+        { orderId: "o-1", reason: "x", skus: [] },
+        { aggregateId: "o-1", source: "inventory" },
+      ),
+    ),
+    "inventory.o-1.StockRejected",
+  );
+  assert.deepEqual(decodeEvent(encodeEvent(e)), e);
+  const cases: [Uint8Array, string][] = [
+    [new TextEncoder().encode("{nope"), DecodeErrorCode.Malformed],
+    [new Uint8Array([0xff, 0xfe]), DecodeErrorCode.Malformed],
+    [new TextEncoder().encode(JSON.stringify({ ...e, type: "Nope" })), DecodeErrorCode.UnknownType],
+    [new TextEncoder().encode(JSON.stringify({ ...e, version: 9 })), DecodeErrorCode.UnsupportedVersion],
+    [
+      new TextEncoder().encode(JSON.stringify({ ...e, data: { orderId: "o-1", reason: "bored" } })),
+      DecodeErrorCode.SchemaInvalid,
+    ],
+    [new TextEncoder().encode(JSON.stringify({ ...e, trace_id: "x" })), DecodeErrorCode.SchemaInvalid],
+  ];
+  for (const [bytes, code] of cases) {
+    assert.throws(
+      () => decodeEvent(bytes),
+      (err: unknown) => err instanceof EventDecodeError && err.code === code && err.retryable === false,
+    );
+  }
+  assert.throws(
+    () => encodeEvent({ ...e, data: { orderId: "o 1", reason: "timeout" } } as never),
+    EventDecodeError,
+  );
+});
+
+test("tracing: spans are exported over OTLP/HTTP when an endpoint is set", async () => {
+  const received: { path: string; body: Buffer }[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      received.push({ path: req.url ?? "", body: Buffer.concat(chunks) });
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as { port: number }).port;
+  const tracing = initTracing({ service: "otlp-test", otlpEndpoint: `http://127.0.0.1:${port}` });
+  tracer().startSpan("send orders.o-1").end();
+  await tracing.shutdown();
+  server.close();
+  assert.equal(received.length >= 1, true, "the exporter posted");
+  assert.equal(received[0]!.path, "/v1/traces");
+  const text = received.map((r) => r.body.toString("latin1")).join("");
+  assert.match(text, /otlp-test/);
+  assert.match(text, /send orders\.o-1/);
+});
