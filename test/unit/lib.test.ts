@@ -61,7 +61,7 @@ test("logger: JSON lines with service, PII redacted", () => {
       cb();
     },
   });
-  const log = createLogger({ service: "orders", destination: sink as never });
+  const log = createLogger({ service: "orders", destination: sink });
   log
     .child({ trace_id: "t1", order_id: "o1" })
     .info({ email: "alice@example.com", data: { email: "a@b.c", card: "4242" } }, "placed");
@@ -137,7 +137,7 @@ test("events: deterministic ids, subjects, and typed non-retryable decode errors
     );
   }
   assert.throws(
-    () => encodeEvent({ ...e, data: { orderId: "o 1", reason: "timeout" } } as never),
+    () => encodeEvent({ ...e, data: { orderId: "o 1", reason: "timeout" } }),
     EventDecodeError,
   );
 });
