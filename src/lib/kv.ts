@@ -54,13 +54,32 @@ export async function casUpdate<T>(
   kv: KV,
   key: string,
   mutate: (current: T | null) => T | typeof Unchanged,
-  opts: { maxRetries?: number } = {},
+  opts: {
+    maxRetries?: number;
+    /**
+     * A value and revision believed current (e.g. what this process last wrote or read): the first attempt
+     * starts from it instead of reading, which saves a round trip when it is right. When it is stale the
+     * compare-and-set fails and the key is read as usual; a mutator that leaves it {@link Unchanged} is run again
+     * on a fresh read, so an unchanged result is never based on a stale value. `{ value: null, revision: 0 }`
+     * means "probably absent" (a create is tried first).
+     */
+    known?: Versioned<T> | undefined;
+  } = {},
 ): Promise<Versioned<T> & { changed: boolean }> {
   const maxRetries = opts.maxRetries ?? 50;
+  let known = opts.known;
   for (let i = 0; ; i++) {
-    const cur = await readJson<T>(kv, key);
+    const guessed = known !== undefined;
+    const cur = known ?? (await readJson<T>(kv, key));
+    known = undefined;
     const next = mutate(cur.value);
-    if (next === Unchanged) return { ...cur, changed: false };
+    if (next === Unchanged) {
+      if (guessed) {
+        i--; // not a lost race: verify on a fresh read
+        continue;
+      }
+      return { ...cur, changed: false };
+    }
     const bytes = JSON.stringify(next);
     try {
       const revision =
@@ -68,9 +87,67 @@ export async function casUpdate<T>(
       return { value: next, revision, changed: true };
     } catch (err) {
       if (!isRevisionConflict(err)) throw err;
+      if (guessed) {
+        i--; // the guess was stale: read, without counting a lost race or waiting
+        continue;
+      }
       if (i >= maxRetries)
         throw new RetryableError("CAS_CONFLICT", `too many concurrent writes to ${key}`, { cause: err });
       await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + i * 2)));
+    }
+  }
+}
+
+/**
+ * The last known value and revision of recently used keys, for {@link casUpdate}'s `known`: a store that reads
+ * or writes a key through it can update it next time without reading first. Safe however stale an entry is (the
+ * compare-and-set decides); an entry is dropped when an update fails. Bounded: when full it starts afresh.
+ */
+export class VersionCache<T> {
+  readonly #entries = new Map<string, Versioned<T>>();
+
+  constructor(readonly maxEntries = 50_000) {}
+
+  get(key: string): Versioned<T> | undefined {
+    return this.#entries.get(key);
+  }
+
+  set(key: string, v: Versioned<T>): void {
+    if (this.#entries.size >= this.maxEntries && !this.#entries.has(key)) this.#entries.clear();
+    this.#entries.set(key, v);
+  }
+
+  delete(key: string): void {
+    this.#entries.delete(key);
+  }
+
+  /** {@link readJson}, remembering what it read. */
+  async read(kv: KV, key: string): Promise<Versioned<T>> {
+    const v = await readJson<T>(kv, key);
+    this.set(key, v);
+    return v;
+  }
+
+  /**
+   * {@link casUpdate} starting from the remembered value (or from `ifUnknown`, e.g. "probably absent"),
+   * remembering the result. The mutator must not change its argument in place.
+   */
+  async update(
+    kv: KV,
+    key: string,
+    mutate: (current: T | null) => T | typeof Unchanged,
+    opts: { maxRetries?: number; ifUnknown?: Versioned<T> } = {},
+  ): Promise<Versioned<T> & { changed: boolean }> {
+    try {
+      const r = await casUpdate<T>(kv, key, mutate, {
+        maxRetries: opts.maxRetries,
+        known: this.#entries.get(key) ?? opts.ifUnknown,
+      });
+      this.set(key, { value: r.value, revision: r.revision });
+      return r;
+    } catch (err) {
+      this.#entries.delete(key);
+      throw err;
     }
   }
 }

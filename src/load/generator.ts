@@ -22,6 +22,8 @@ export interface OrderRecord {
   i: number;
   /** When it was meant to be sent (open loop) or was sent (closed loop), ms since epoch. */
   scheduledAt: number;
+  /** When the request was actually handed to the HTTP client (open loop: at or after `scheduledAt`). */
+  sentAt?: number;
   /** When the HTTP answer came. */
   answeredAt?: number;
   httpStatus?: number;
@@ -49,7 +51,12 @@ export class TerminalTracker {
         const id = m.subject.slice("orders.".length);
         const prior = this.terminals.get(id);
         if (prior) prior.count++;
-        else this.terminals.set(id, { status: type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED", at: Date.now(), count: 1 });
+        else
+          this.terminals.set(id, {
+            status: type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED",
+            at: Date.now(),
+            count: 1,
+          });
         this.#waiters.get(id)?.();
       }
     })();
@@ -161,7 +168,7 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
     1_000,
   );
   const send = (i: number, scheduledAt: number): Promise<void> => {
-    const rec: OrderRecord = { i, scheduledAt };
+    const rec: OrderRecord = { i, scheduledAt, sentAt: Date.now() };
     records.push(rec);
     const p = post(agent, url, JSON.stringify(make(i)), timeoutMs).then((r) => {
       rec.answeredAt = Date.now();
@@ -193,7 +200,10 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
         const due = t0 + i * interval;
         if (due >= end) break;
         const wait = due - Date.now();
+        // Always yield: a sender that is behind schedule must still let responses, timers and the terminal
+        // tracker run, or it starves the event loop and every answer waits for the end of the run.
         if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+        else await new Promise((r) => setImmediate(r));
         // Send everything that is due now (a late timer must not lower the offered rate).
         const now = Date.now();
         while (t0 + i * interval <= now && t0 + i * interval < end) {

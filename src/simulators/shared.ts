@@ -13,11 +13,25 @@
  * - {@link runSimulator}: the shared entry-point logic for `main.ts`.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { mkdir, open, rename, unlink } from "node:fs/promises";
+import {
+  closeSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
+import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import Fastify, {
+  LogController,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from "fastify";
 import { pino, type Logger } from "pino";
 import { type Static, Type } from "@sinclair/typebox";
 import { parseConfig, Env } from "../lib/config.js";
@@ -52,8 +66,15 @@ export function createSimulatorServer(name: string, opts: SimulatorOptions = {})
           loggerInstance: opts.logger,
           ajv,
           forceCloseConnections: true,
+          // Two info lines per request cost more than the request itself under load; errors are still logged.
+          logController: new LogController({ disableRequestLogging: true }),
         }) as unknown as FastifyInstance)
-      : Fastify({ logger: opts.logger ?? false, ajv, forceCloseConnections: true });
+      : Fastify({
+          logger: opts.logger ?? false,
+          ajv,
+          forceCloseConnections: true,
+          logController: new LogController({ disableRequestLogging: true }),
+        });
 
   installProblemHandlers(app);
   app.get("/health", async () => ({ status: "ok", service: name }));
@@ -242,7 +263,7 @@ export class IdempotencyStore {
 
   constructor(
     records: Iterable<IdempotencyRecord> = [],
-    private readonly onCommit: () => Promise<void> = async () => {},
+    private readonly onCommit: (record: IdempotencyRecord) => Promise<void> = async () => {},
   ) {
     for (const r of records) this.records.set(IdempotencyStore.id(r.scope, r.key), r);
   }
@@ -278,15 +299,16 @@ export class IdempotencyStore {
     // No await between the checks above and this registration: the key is now locked.
     const run = (async (): Promise<StoredResponse> => {
       const res = await effect();
-      this.records.set(id, {
+      const record: IdempotencyRecord = {
         scope,
         key,
         fingerprint: bodyFingerprint,
         status: res.status,
         body: res.body,
         at: new Date().toISOString(),
-      });
-      await this.onCommit();
+      };
+      this.records.set(id, record);
+      await this.onCommit(record);
       return res;
     })();
     this.inflight.set(id, run);
@@ -381,6 +403,136 @@ export class JsonFile<T> {
       await unlink(tmp).catch(() => undefined);
       throw err;
     }
+  }
+}
+
+/**
+ * An append-only JSON-lines journal kept beside a {@link JsonFile} snapshot, so that recording one change costs
+ * O(1) instead of rewriting the whole state: `append` adds one line, and lines appended while a write runs go out
+ * together in the next one (one write + fdatasync per batch); each caller's promise resolves once its line is on
+ * disk. {@link Journal.loadSync} returns every complete line (a torn last line, from a crash mid-write, is
+ * ignored). Replaying must be idempotent: after a crash between a snapshot and {@link Journal.removeSync}, lines
+ * already in the snapshot are replayed again.
+ */
+export class Journal<T> {
+  private buffer: string[] = [];
+  private tail: Promise<void> = Promise.resolve();
+  private next: Promise<void> | undefined;
+  private fh: FileHandle | undefined;
+
+  constructor(readonly path: string) {}
+
+  /** Every complete line, parsed; empty when the file does not exist. */
+  loadSync(): T[] {
+    let text: string;
+    try {
+      text = readFileSync(this.path, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw err;
+    }
+    const lines = text.split("\n");
+    lines.pop(); // the part after the last newline: empty, or a torn line
+    return lines.filter((l) => l !== "").map((l) => JSON.parse(l) as T);
+  }
+
+  append(item: T): Promise<void> {
+    this.buffer.push(JSON.stringify(item) + "\n");
+    if (this.next) return this.next;
+    const batch = this.tail
+      .catch(() => undefined)
+      .then(async () => {
+        if (this.next === batch) this.next = undefined; // appends from now on go into the next batch
+        const text = this.buffer.join("");
+        this.buffer = [];
+        if (text === "") return;
+        if (!this.fh) {
+          await mkdir(dirname(this.path), { recursive: true });
+          this.fh = await open(this.path, "a");
+        }
+        await this.fh.write(text);
+        await this.fh.datasync();
+      });
+    this.next = batch;
+    this.tail = batch;
+    return batch;
+  }
+
+  /** Resolves when every append issued so far has been written (or failed). */
+  async flush(): Promise<void> {
+    await this.tail.catch(() => undefined);
+  }
+
+  /** Flushes and closes the file (it stays on disk). */
+  async close(): Promise<void> {
+    await this.flush();
+    await this.fh?.close();
+    this.fh = undefined;
+  }
+
+  /** Deletes the journal (once a snapshot holds everything in it). Only while nothing is being appended. */
+  removeSync(): void {
+    try {
+      unlinkSync(this.path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
+  }
+}
+
+/** Writes `text` to `path` atomically and durably (temp file, fsync, rename), synchronously. */
+export function writeFileAtomicSync(path: string, text: string): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.${process.pid}.sync.tmp`;
+  const fd = openSync(tmp, "w");
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+}
+
+/**
+ * A simulator's persistent state: a {@link JsonFile} snapshot plus a {@link Journal} of the changes since
+ * (`<file>.journal`). Loading replays the journal onto the snapshot and, when it had lines, writes a new snapshot
+ * and removes it; each change then costs one journal line; closing writes the snapshot and removes the journal,
+ * so at rest the file is one JSON document.
+ */
+export class PersistedState<S, Op> {
+  readonly snapshot: JsonFile<S>;
+  readonly journal: Journal<Op>;
+
+  constructor(
+    readonly path: string,
+    private readonly replay: (state: S | undefined, ops: Op[]) => S | undefined,
+  ) {
+    this.snapshot = new JsonFile<S>(path);
+    this.journal = new Journal<Op>(`${path}.journal`);
+  }
+
+  /** The state at start-up (snapshot + journal), compacted into the snapshot when the journal had lines. */
+  loadSync(): S | undefined {
+    const base = this.snapshot.loadSync();
+    const ops = this.journal.loadSync();
+    if (ops.length === 0) return base;
+    const state = this.replay(base, ops);
+    if (state !== undefined) writeFileAtomicSync(this.path, JSON.stringify(state));
+    this.journal.removeSync();
+    return state;
+  }
+
+  /** Records one change; resolves once it is on disk. */
+  record(op: Op): Promise<void> {
+    return this.journal.append(op);
+  }
+
+  /** Writes the whole state as the snapshot and removes the journal (on close). */
+  async compact(state: S): Promise<void> {
+    await this.journal.close();
+    await this.snapshot.save(state);
+    this.journal.removeSync();
   }
 }
 

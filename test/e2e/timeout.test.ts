@@ -30,7 +30,7 @@ describe("order timeout", () => {
     // gateway saw it), so after the outage it settles and is refunded: the order nets zero.
     await sys.until("payment settled", async () => {
       const p = await fetch(`${sys.urls.payments}/payments/${res.body.orderId}`);
-      const status = p.status === 200 ? (await p.json()).status : undefined;
+      const status = p.status === 200 ? ((await p.json()) as { status: string }).status : undefined;
       return status === "cancelled" || status === "refunded";
     });
     await sys.until("stock released", async () => {

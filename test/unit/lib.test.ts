@@ -136,10 +136,7 @@ test("events: deterministic ids, subjects, and typed non-retryable decode errors
       (err: unknown) => err instanceof EventDecodeError && err.code === code && err.retryable === false,
     );
   }
-  assert.throws(
-    () => encodeEvent({ ...e, data: { orderId: "o 1", reason: "timeout" } }),
-    EventDecodeError,
-  );
+  assert.throws(() => encodeEvent({ ...e, data: { orderId: "o 1", reason: "timeout" } }), EventDecodeError);
 });
 
 test("tracing: spans are exported over OTLP/HTTP when an endpoint is set", async () => {

@@ -63,6 +63,15 @@ export function validateEvent(value: unknown): AnyEnvelope {
       `${type} data ${firstError(check, value.data)}`,
     );
   }
+  // Every saga event is about one order: its aggregate. An event naming another order in its data would
+  // act on that order while being stored, routed and audited under this one.
+  const orderId = (value.data as { orderId?: unknown }).orderId;
+  if (orderId !== undefined && orderId !== value.aggregate_id) {
+    throw new EventDecodeError(
+      DecodeErrorCode.SchemaInvalid,
+      `${type} data /orderId ${JSON.stringify(orderId)} is not the aggregate_id ${JSON.stringify(value.aggregate_id)}`,
+    );
+  }
   return value as AnyEnvelope;
 }
 

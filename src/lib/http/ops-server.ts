@@ -1,8 +1,8 @@
 import Fastify, { LogController, type FastifyInstance } from "fastify";
 import { Counter, Histogram } from "prom-client";
 import type { Logger } from "../telemetry/logger.js";
-import { installProblemHandlers } from "./problem.js";
-import { installStrictValidation } from "./validation.js";
+import { installProblemHandlers, problemServerOptions } from "./problem.js";
+import { installStrictJson, installStrictValidation } from "./validation.js";
 import type { Metrics } from "../telemetry/metrics.js";
 
 /** A readiness check: returns true when ready, or a reason string when not. */
@@ -41,10 +41,12 @@ export function createOpsServer(opts: OpsServerOptions): OpsServer {
       ...(opts.logger ? { loggerInstance: opts.logger } : {}),
       logController: new LogController({ disableRequestLogging: true }),
       bodyLimit: opts.bodyLimit ?? 1024 * 1024,
+      ...problemServerOptions,
     }) as unknown as FastifyInstance);
   if (!opts.app) {
     installProblemHandlers(app);
     installStrictValidation(app);
+    installStrictJson(app);
   }
   let draining = false;
   const requests = new Counter({

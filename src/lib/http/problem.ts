@@ -1,4 +1,6 @@
-import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply } from "fastify";
+import { STATUS_CODES } from "node:http";
+import type { Socket } from "node:net";
+import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { ShopStreamError, describeError } from "../errors.js";
 
 // ---------------------------------------------------------------------------------------------------
@@ -72,8 +74,11 @@ const STATUS_TITLES: Record<number, string> = {
   400: "Bad Request",
   404: "Not Found",
   405: "Method Not Allowed",
+  408: "Request Timeout",
   413: "Payload Too Large",
+  414: "URI Too Long",
   415: "Unsupported Media Type",
+  431: "Request Header Fields Too Large",
   422: "Unprocessable Content",
   409: "Conflict",
   500: "Internal Server Error",
@@ -146,3 +151,44 @@ export function installProblemHandlers(app: FastifyInstance): void {
     ),
   );
 }
+
+/** Answers an error raised before routing (malformed URL, over-long path parameter) as problem+json. */
+function frameworkErrorToProblem(err: FastifyError, req: FastifyRequest, reply: FastifyReply): void {
+  const { doc, headers } = errorToProblem(err, req.log);
+  void sendProblem(reply.headers(headers), doc);
+}
+
+/**
+ * Answers an error of the HTTP parser itself — a malformed request line or header, a bad Content-Length or
+ * chunk, headers over Node's size limit (431), a request timeout (408) — as problem+json on the raw socket,
+ * then closes it (the connection's framing can no longer be trusted).
+ */
+function clientErrorToProblem(err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === "ECONNRESET" || socket.destroyed) return;
+  const [status, detail] =
+    err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+      ? [408, "the request was not received in time"]
+      : err.code === "HPE_HEADER_OVERFLOW"
+        ? [431, "the request headers exceed the size limit"]
+        : [400, "malformed HTTP request"];
+  const body = JSON.stringify(
+    problem(status, "bad-request", STATUS_TITLES[status] ?? "Client Error", detail),
+  );
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(err);
+}
+
+/**
+ * Fastify constructor options that make errors raised outside the request lifecycle problem+json too
+ * (Fastify's defaults answer them as plain `application/json`): `frameworkErrors` for a malformed URL or an
+ * over-long path parameter, `clientErrorHandler` for errors of the HTTP parser.
+ */
+export const problemServerOptions = {
+  frameworkErrors: frameworkErrorToProblem,
+  clientErrorHandler: clientErrorToProblem,
+};

@@ -16,7 +16,7 @@ import {
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff.js";
 import { deadLetter } from "./dlq.js";
 import { Hdr } from "./headers.js";
-import type { Publisher } from "./publisher.js";
+import { isTransientNatsError, type Publisher } from "./publisher.js";
 import type { ConsumerSpec } from "./topology.js";
 
 /**
@@ -120,7 +120,10 @@ type State = "idle" | "running" | "stopping" | "stopped";
  * - **DLQ, then term** when it throws a non-retryable error (schema-invalid, unknown type: at once) or
  *   fails its last attempt; if the DLQ copy cannot be stored, nak with delay instead — never a drop;
  * - **park** on a {@link DeferError}, or any retryable error while paused: kept with `working()`, run
- *   again after resume, no attempt used.
+ *   again after resume, no attempt used;
+ * - **keep and retry in place** when NATS itself was briefly unavailable to the handler (a timeout, no
+ *   responders, no stream leader during an election): kept with `working()`, run again with backoff until
+ *   NATS answers, no attempt used — an election must not dead-letter business events.
  *
  * Backpressure: the runner pulls only as many messages as it has free slots, so nothing is buffered
  * beyond `concurrency`. `pause()` stops pulling; `stop()` stops pulling, hands back (nak) messages not
@@ -383,18 +386,24 @@ export class ConsumerRunner {
       },
       parent,
     );
-    const logger = this.#o.logger.child({
-      trace_id: event.trace_id,
-      order_id: event.aggregate_id,
-      event_id: event.id,
-      event_type: event.type,
-      consumer: this.name,
-    });
+    // The child logger is made on first use: most handled messages log nothing (pino serialises a child's
+    // bindings when it is created).
+    let child: Logger | undefined;
+    const logger = () =>
+      (child ??= this.#o.logger.child({
+        trace_id: event.trace_id,
+        order_id: event.aggregate_id,
+        event_id: event.id,
+        event_type: event.type,
+        consumer: this.name,
+      }));
     const ctx: HandlerContext = {
       attempt,
       subject: m.subject,
       streamSequence: m.seq,
-      logger,
+      get logger() {
+        return logger();
+      },
       span,
       working: () => m.working(),
     };
@@ -411,12 +420,13 @@ export class ConsumerRunner {
     m: JsMsg,
     type: string,
     attempt: number,
-    logger: Logger,
+    logger: () => Logger,
     span: Span,
     started: number,
     invoke: () => Promise<void>,
   ): Promise<void> {
     const heartbeat = setInterval(() => m.working(), this.#o.heartbeatMs);
+    let parked = 0;
     try {
       for (;;) {
         if (this.#paused) await this.#parked(m);
@@ -436,8 +446,21 @@ export class ConsumerRunner {
             return;
           }
           const deferred = err instanceof DeferError;
+          // NATS itself briefly unavailable (a stream or KV bucket without a leader during an election, a
+          // timeout, no responders): nothing is wrong with the message, so it uses up no attempt; it is kept
+          // and run again here, with backoff, until NATS answers (or the runner stops and hands it back).
+          if (!deferred && !isNonRetryable(err) && isNatsUnavailable(err)) {
+            parked++;
+            if (parked === 1 || parked % 10 === 0)
+              logger().warn(
+                { err: describeError(err), parked },
+                "NATS unavailable; message kept, retried in place",
+              );
+            await this.#delayUnlessStopping(Math.min(5_000, backoffDelay(parked, this.#o.backoff)));
+            continue;
+          }
           if (deferred || (this.#paused && !isNonRetryable(err))) {
-            logger.debug({ err: describeError(err) }, "handler deferred; parking message");
+            logger().debug({ err: describeError(err) }, "handler deferred; parking message");
             if (deferred) await this.#delayUnlessStopping(err.retryAfterMs);
             continue;
           }
@@ -448,7 +471,10 @@ export class ConsumerRunner {
             return;
           }
           const delay = backoffDelay(attempt, this.#o.backoff);
-          logger.warn({ err: describeError(err), attempt, retry_in_ms: delay }, "handler failed; will retry");
+          logger().warn(
+            { err: describeError(err), attempt, retry_in_ms: delay },
+            "handler failed; will retry",
+          );
           m.nak(delay);
           this.#count(type, "retry", started);
           return;
@@ -472,7 +498,9 @@ export class ConsumerRunner {
         "messaging.nats.stream.sequence": m.seq,
       },
     });
-    const logger = this.#o.logger.child({ consumer: this.name, subject: m.subject, seq: m.seq });
+    let child: Logger | undefined;
+    const logger = () =>
+      (child ??= this.#o.logger.child({ consumer: this.name, subject: m.subject, seq: m.seq }));
     const msg: RawMessage = {
       subject: m.subject,
       stream: m.info.stream,
@@ -486,7 +514,9 @@ export class ConsumerRunner {
       attempt,
       subject: m.subject,
       streamSequence: m.seq,
-      logger,
+      get logger() {
+        return logger();
+      },
       span,
       working: () => m.working(),
     };
@@ -539,6 +569,14 @@ export class ConsumerRunner {
       logger.error({ err: describeError(dlqErr) }, "DLQ publish failed; message will be redelivered");
     }
   }
+}
+
+/** Is `err`, or an error it wraps (e.g. a {@link PublishError}), NATS being briefly unavailable? */
+function isNatsUnavailable(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    if (isTransientNatsError(e)) return true;
+  }
+  return false;
 }
 
 /** The catalog types a stream carries, for consumers that accept everything on it (audit). */

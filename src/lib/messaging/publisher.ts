@@ -59,7 +59,11 @@ export interface PublishOptions {
   headers?: MsgHdrs;
 }
 
-function isTransient(err: unknown): boolean {
+/**
+ * Is `err` NATS or JetStream being briefly unavailable — a timeout, no responders, "JetStream temporarily
+ * unavailable" (503) or no stream leader during an election — rather than anything wrong with the request?
+ */
+export function isTransientNatsError(err: unknown): boolean {
   if (err instanceof natsErrors.TimeoutError || err instanceof natsErrors.NoRespondersError) return true;
   if (err instanceof natsErrors.RequestError)
     return err.isNoResponders() || err.cause instanceof natsErrors.TimeoutError;
@@ -84,6 +88,8 @@ function isTransient(err: unknown): boolean {
 export class Publisher {
   readonly #js: JetStreamClient;
   readonly #opts: Required<Omit<PublisherOptions, "metrics">> & { metrics?: Metrics | undefined };
+  /** One retry policy per stream label, made once (not per publish: that was measurable garbage). */
+  readonly #policies = new Map<string, ReturnType<typeof retry>>();
 
   constructor(js: JetStreamClient, opts: PublisherOptions = {}) {
     this.#js = js;
@@ -152,13 +158,18 @@ export class Publisher {
     data: Uint8Array,
     o: { msgID: string; headers?: MsgHdrs; expectLastSubjectSequence?: number | undefined; stream?: string },
   ): Promise<PubAck> {
-    const policy = retry(handleWhen(isTransient), {
-      maxAttempts: this.#opts.maxAttempts - 1,
-      backoff: new ExponentialBackoff({ initialDelay: this.#opts.retryDelayMs, maxDelay: 2_000 }),
-    });
-    if (this.#opts.metrics && o.stream) {
-      const stream = o.stream;
-      policy.onRetry(() => this.#opts.metrics?.publishRetries.inc({ stream }));
+    const key = o.stream ?? "";
+    let policy = this.#policies.get(key);
+    if (!policy) {
+      policy = retry(handleWhen(isTransientNatsError), {
+        maxAttempts: this.#opts.maxAttempts - 1,
+        backoff: new ExponentialBackoff({ initialDelay: this.#opts.retryDelayMs, maxDelay: 2_000 }),
+      });
+      if (this.#opts.metrics && o.stream) {
+        const stream = o.stream;
+        policy.onRetry(() => this.#opts.metrics?.publishRetries.inc({ stream }));
+      }
+      this.#policies.set(key, policy);
     }
     try {
       return await policy.execute(() =>

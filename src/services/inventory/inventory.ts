@@ -29,7 +29,7 @@ export interface StockLine {
 }
 
 export type ReservationStatus = "reserving" | "reserved" | "rejected" | "committed" | "released";
-export type RejectReason = "out_of_stock" | "unknown_sku";
+export type RejectReason = "out_of_stock" | "unknown_sku" | "invalid_order";
 
 /** The reservation of one order, stored in the `reservations` bucket under the order id. */
 export interface ReservationRecord {
@@ -69,6 +69,19 @@ export function mergeLines(lines: readonly StockLine[]): StockLine[] {
   const bySku = new Map<string, number>();
   for (const l of lines) bySku.set(l.sku, (bySku.get(l.sku) ?? 0) + l.quantity);
   return [...bySku].map(([sku, quantity]) => ({ sku, quantity }));
+}
+
+/**
+ * Why an OrderPlaced cannot be reserved whatever the stock (its total is not the sum of its lines), or null.
+ * Only orders writes OrderPlaced and prices it from the catalog, so this means a bug or a forged event:
+ * nothing is held, and the order is rejected (`invalid_order`) before anything is charged.
+ */
+export function orderInconsistency(o: {
+  items: readonly { quantity: number; unitPrice: number }[];
+  total: number;
+}): string | null {
+  const sum = o.items.reduce((s, l) => s + l.quantity * l.unitPrice, 0);
+  return sum === o.total ? null : `total ${o.total} is not the sum of the lines (${sum})`;
 }
 
 /** Outcome of trying to hold stock of one SKU for one order. */
@@ -138,7 +151,8 @@ export function stockViolations(s: StockRecord): string[] {
 //
 //   (absent) ─OrderPlaced→ reserving ─→ reserved ─OrderConfirmed→ committed
 //                                   │          └─OrderCancelled→ released
-//                                   └─→ rejected
+//                                   ├─→ rejected
+//                                   └─OrderCancelled→ released (the reserve gives back what it held)
 //   (absent) ─OrderCancelled→ released (tombstone, items [])
 // ---------------------------------------------------------------------------------------------------
 
@@ -172,10 +186,17 @@ export function decideCommit(r: ReservationRecord | null): ReservationRecord | t
 /**
  * Marks a `reserved` record `released`, or creates a `released` tombstone when there is no record (the order
  * was cancelled before its OrderPlaced was handled); any other record is left as it is.
+ *
+ * A record still `reserving` is released too: the cancellation must not wait for a reserve that may have been
+ * cut off (its OrderPlaced comes back only after the ack wait, and the cancellation would use up its attempts
+ * meanwhile and be dead-lettered, leaving the stock held for good). The reserve, when it goes on, finds the
+ * record `released` and gives back whatever it held.
  */
 export function decideRelease(r: ReservationRecord | null): ReservationRecord | typeof Unchanged {
   if (r === null) return { status: "released", items: [] };
-  return r.status === "reserved" ? { status: "released", items: r.items } : Unchanged;
+  return r.status === "reserved" || r.status === "reserving"
+    ? { status: "released", items: r.items }
+    : Unchanged;
 }
 
 /** Statuses in which the order may hold no stock (any hold found is given back). */

@@ -38,7 +38,7 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
           : cancelledMail(order, (event as Envelope<"OrderCancelled">).data);
       const messageId = await deps.mailer.send(order.email, orderId, kind, mail);
       sent = await deps.store.record({ orderId, kind, messageId, sentAt: now().toISOString() });
-      h.logger.info({ kind, message_id: sent.messageId }, "customer notified");
+      h.logger.debug({ kind, message_id: sent.messageId }, "customer notified");
     }
     await deps.publisher.publish(
       makeEvent(

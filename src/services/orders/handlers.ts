@@ -34,7 +34,8 @@ export async function applyDecision(
     const event = makeEvent(out.type, out.data as never, { aggregateId: orderId, source: SOURCE, cause });
     try {
       await store.append(event, version);
-      ctx.logger.info(
+      // Confirmations (the happy path) at debug; cancellations stay at info.
+      ctx.logger[out.type === "OrderConfirmed" ? "debug" : "info"](
         {
           status: out.type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED",
           reason: decision.kind === "cancel" ? decision.reason : undefined,
@@ -56,7 +57,11 @@ export function sagaHandlers(store: OrderStore): HandlerMap {
       applyDecision(
         store,
         e.data.orderId,
-        { kind: "cancel", reason: "out_of_stock", detail: e.data.reason },
+        {
+          kind: "cancel",
+          reason: e.data.reason === "invalid_order" ? "invalid_order" : "out_of_stock",
+          detail: e.data.reason,
+        },
         e,
         ctx,
       ),

@@ -23,6 +23,8 @@ export interface Order {
 export function evolve(state: Order | null, e: AnyEnvelope): Order | null {
   switch (e.type) {
     case "OrderPlaced":
+      // An order is placed once: a second OrderPlaced on its subject must not reopen it.
+      if (state) return state;
       return {
         orderId: e.data.orderId,
         status: "PENDING",

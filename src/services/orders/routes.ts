@@ -14,12 +14,21 @@ import type { Order } from "./order.js";
 import type { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
 
 const Sku = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$", description: "catalog SKU" });
+/**
+ * Any text but control characters (C0, DEL, C1) and lone surrogates (not Unicode: they cannot be encoded
+ * as UTF-8, so they would not survive the events, the logs or the audit log intact).
+ */
+const CustomerId = Type.String({
+  minLength: 1,
+  maxLength: 128,
+  pattern: "^(?:[^\\u0000-\\u001f\\u007f-\\u009f\\ud800-\\udfff]|[\\ud800-\\udbff][\\udc00-\\udfff])+$",
+});
 
 /** Body of `POST /orders`. Prices are not accepted: they come from the catalog. */
 export function placeOrderBody(maxLines: number) {
   return Type.Object(
     {
-      customerId: Type.String({ minLength: 1, maxLength: 128, pattern: "^[^\\u0000-\\u001f]+$" }),
+      customerId: CustomerId,
       email: Type.String({ format: "email", maxLength: 254 }),
       items: Type.Array(
         Type.Object(
@@ -199,7 +208,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
               // Already appended by an earlier attempt with this key (outside the duplicate window).
               if (!(err instanceof ConcurrencyError)) throw err;
             }
-            d.logger.info(
+            d.logger.debug(
               { order_id: orderId, trace_id: event.trace_id, total, lines: items.length },
               "order placed",
             );
@@ -233,7 +242,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
   );
 
   const ListQuery = Type.Object({
-    customerId: Type.String({ minLength: 1, maxLength: 128 }),
+    customerId: CustomerId,
     limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
     after: Type.Optional(
       Type.String({

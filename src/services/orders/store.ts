@@ -1,6 +1,13 @@
 import { createHash } from "node:crypto";
 import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
-import { decodeEvent, Streams, subjectOf, type AnyEnvelope, type Envelope } from "../../lib/events/mod.js";
+import {
+  decodeEvent,
+  isEventDecodeError,
+  Streams,
+  subjectOf,
+  type AnyEnvelope,
+  type Envelope,
+} from "../../lib/events/mod.js";
 import type { KV } from "../../lib/kv.js";
 import { ConcurrencyError, type Publisher } from "../../lib/messaging/publisher.js";
 import { evolve, type Order } from "./order.js";
@@ -24,21 +31,34 @@ export class OrderStore {
     private readonly publisher: Publisher,
   ) {}
 
-  /** Rebuilds an order from its events (null when it has none). */
+  /**
+   * Rebuilds an order from its events (null when it has none). A message on the subject that is not a
+   * valid event (every consumer dead-letters it) is no part of the order's history, and an event stored
+   * twice (the same id under another message id) is applied once; both still count for the version.
+   */
   async load(orderId: string): Promise<LoadedOrder> {
     const subject = `orders.${orderId}`;
     const events: AnyEnvelope[] = [];
+    const seen = new Set<string>();
     let order: Order | null = null;
     let version = 0;
     let seq = 1;
     for (;;) {
       const m = await this.#next(subject, seq);
       if (!m) break;
-      const e = decodeEvent(m.data);
-      events.push(e);
-      order = evolve(order, e);
       version = m.seq;
       seq = m.seq + 1;
+      let e: AnyEnvelope;
+      try {
+        e = decodeEvent(m.data);
+      } catch (err) {
+        if (isEventDecodeError(err)) continue;
+        throw err;
+      }
+      if (seen.has(e.id)) continue;
+      seen.add(e.id);
+      events.push(e);
+      order = evolve(order, e);
     }
     return { order, version, events };
   }

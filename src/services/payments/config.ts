@@ -22,6 +22,11 @@ export const PaymentsConfig = Type.Object({
     description: "consecutive failed gateway calls that open the circuit breaker",
   }),
   BREAKER_HALF_OPEN_MS: Env.ms(5_000, "time the breaker stays open before a probe call"),
+  VERIFY_ORDER_PLACED: Type.Boolean({
+    default: false,
+    description:
+      "before charging, check that the order's OrderPlaced is on the ORDERS stream; a StockReserved for an order that does not exist is dead-lettered (ORDER_NOT_FOUND) instead of charged",
+  }),
   CHARGE_SETTLE_WAIT_MS: Env.ms(
     60_000,
     "how long an OrderCancelled waits for an in-flight charge to settle before failing normally",

@@ -29,6 +29,12 @@ export interface PaymentsDeps {
   processDuration: Histogram<"status">;
   /** How long an OrderCancelled defers while a charge is in flight before it fails like any error. */
   chargeSettleWaitMs: number;
+  /**
+   * Does the order exist (its OrderPlaced is on the ORDERS stream)? When given, a StockReserved is charged
+   * only for an order that does: otherwise a RetryableError `ORDER_NOT_FOUND` (a lagging replica may not
+   * have it yet), so after the last attempt it is dead-lettered, never charged.
+   */
+  orderExists?: (orderId: string) => Promise<boolean>;
   now?: () => Date;
 }
 
@@ -86,6 +92,8 @@ export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; or
     for (let step = 0; step < MAX_STEPS; step++) {
       switch (onStockReserved(p)) {
         case "start":
+          if (deps.orderExists && !(await deps.orderExists(orderId)))
+            throw new RetryableError("ORDER_NOT_FOUND", `order ${orderId} has no OrderPlaced; not charged`);
           p = (
             await store.update(orderId, (cur) =>
               startCharge(cur, { amount: total, currency, customerId }, now()),
@@ -95,7 +103,8 @@ export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; or
         case "charge": {
           const outcome = await charge(p!, orderId, h);
           p = (await store.update(orderId, (cur) => settleCharge(cur, outcome, now()))).payment;
-          h.logger.info(
+          // Captures (the happy path) at debug; declines stay at info.
+          h.logger[p?.status === "captured" ? "debug" : "info"](
             { status: p?.status, payment_id: p?.paymentId, amount: p?.amount },
             `payment ${p?.status ?? "unknown"}`,
           );

@@ -1,4 +1,5 @@
 import { Histogram } from "prom-client";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import { Streams } from "../../lib/events/catalog.js";
 import { HttpDependency, breakerGauge, pauseWhileOpen } from "../../lib/http-client.js";
 import type { ConsumerDefinition, ServiceDefinition } from "../../lib/service.js";
@@ -13,6 +14,18 @@ export const SERVICE = "payments";
 export const INVENTORY_CONSUMER = "payments-inventory";
 /** Durable consumer of OrderCancelled. */
 export const ORDERS_CONSUMER = "payments-orders";
+
+/** Is there an event on the order's ORDERS subject (its first is OrderPlaced)? */
+async function orderExists(jsm: JetStreamManager, orderId: string): Promise<boolean> {
+  try {
+    const m = await jsm.direct.getMessage(Streams.ORDERS, { seq: 1, next_by_subj: `orders.${orderId}` });
+    return m !== null;
+  } catch (err) {
+    const e = err as { code?: number; status?: number; message?: string };
+    if (e?.code === 10037 || e?.status === 404 || /not found/i.test(e?.message ?? "")) return false;
+    throw err;
+  }
+}
 
 /** What `setup` builds for `consumers`, per running instance (tests run several in one process). */
 const depsOf = new WeakMap<object, PaymentsDeps>();
@@ -60,6 +73,7 @@ export const definition: ServiceDefinition<typeof PaymentsConfig> = {
       source: SERVICE,
       processDuration,
       chargeSettleWaitMs: c.CHARGE_SETTLE_WAIT_MS,
+      ...(c.VERIFY_ORDER_PLACED ? { orderExists: (id: string) => orderExists(ctx.jsm, id) } : {}),
     });
     registerPaymentRoutes(ctx.app, store);
     return { close: async () => http.close() };

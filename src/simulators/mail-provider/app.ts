@@ -9,7 +9,7 @@ import {
   IdempotencyKeyHeaders,
   IdempotencyStore,
   type IdempotencyRecord,
-  JsonFile,
+  PersistedState,
   ProblemError,
   type SimulatorOptions,
   createSimulatorServer,
@@ -47,6 +47,32 @@ interface PersistedMail {
   version: 1;
   messages: StoredMessage[];
   idempotency: IdempotencyRecord[];
+}
+
+/** One change of the persisted mail state (a journal line). */
+type MailOp = { messages: StoredMessage[] } | { idempotency: IdempotencyRecord } | { reset: true };
+
+/** Applies journal lines to a snapshot; idempotent (a line already in the snapshot changes nothing). */
+function replayMail(base: PersistedMail | undefined, ops: MailOp[]): PersistedMail {
+  let items: StoredMessage[] = [...(base?.messages ?? [])];
+  const ids = new Set(items.map((e) => e.id));
+  const idem = new Map((base?.idempotency ?? []).map((r) => [`${r.scope}\u0000${r.key}`, r]));
+  for (const op of ops) {
+    if ("reset" in op) {
+      items = [];
+      ids.clear();
+      idem.clear();
+    } else if ("idempotency" in op) {
+      idem.set(`${op.idempotency.scope}\u0000${op.idempotency.key}`, op.idempotency);
+    } else {
+      for (const e of op.messages)
+        if (!ids.has(e.id)) {
+          ids.add(e.id);
+          items.push(e);
+        }
+    }
+  }
+  return { version: 1, messages: items, idempotency: [...idem.values()] };
 }
 
 export interface MailProviderOptions extends SimulatorOptions {
@@ -92,19 +118,30 @@ function messageFilter(query: Record<string, unknown>): (m: StoredMessage) => bo
 export function buildMailProvider(opts: MailProviderOptions = {}): FastifyInstance {
   const app = createSimulatorServer("mail-provider", opts);
   const faults = new Faults(opts.seed);
-  const file = opts.mailLogFile === undefined ? undefined : new JsonFile<PersistedMail>(opts.mailLogFile);
+  const file =
+    opts.mailLogFile === undefined
+      ? undefined
+      : new PersistedState<PersistedMail, MailOp>(opts.mailLogFile, replayMail);
   const loaded = file?.loadSync();
   if (loaded !== undefined && (!Array.isArray(loaded.messages) || !Array.isArray(loaded.idempotency))) {
     throw new Error(`mail log file ${opts.mailLogFile} is not a mail-provider log`);
   }
 
   let messages: StoredMessage[] = loaded?.messages ?? [];
-  const persist = async (): Promise<void> => {
-    await file?.save({ version: 1, messages, idempotency: idempotency.list() });
+  // Each change is one journal line (O(1)); the whole state is written only at start-up and on close.
+  let journaled = messages.length;
+  const persist = async (record?: IdempotencyRecord): Promise<void> => {
+    if (!file) return;
+    const fresh = messages.slice(journaled);
+    journaled = messages.length;
+    const writes: Promise<void>[] = [];
+    if (fresh.length > 0) writes.push(file.record({ messages: fresh }));
+    if (record) writes.push(file.record({ idempotency: record }));
+    await Promise.all(writes);
   };
   const idempotency = new IdempotencyStore(loaded?.idempotency ?? [], persist);
   app.addHook("onClose", async () => {
-    await file?.flush();
+    await file?.compact({ version: 1, messages, idempotency: idempotency.list() });
   });
 
   app.post<{ Body: MessageRequest; Headers: IdempotencyKeyHeaders }>(
@@ -121,7 +158,7 @@ export function buildMailProvider(opts: MailProviderOptions = {}): FastifyInstan
         () => {
           const id = newId("msg");
           messages.push({ id, to, subject, text, tags, idempotencyKey: key, at: new Date().toISOString() });
-          req.log.info({ messageId: id, to, tags }, "message queued");
+          req.log.debug({ messageId: id, to, tags }, "message queued");
           const body: MessageResponse = { id, status: "queued" };
           return { status: 202, body };
         },
@@ -137,8 +174,9 @@ export function buildMailProvider(opts: MailProviderOptions = {}): FastifyInstan
 
   registerAdminRoutes(app, faults, async () => {
     messages = [];
+    journaled = 0;
     idempotency.clear();
-    await persist();
+    await file?.record({ reset: true });
   });
 
   return app;

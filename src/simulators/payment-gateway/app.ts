@@ -9,7 +9,7 @@ import {
   IdempotencyKeyHeaders,
   IdempotencyStore,
   type IdempotencyRecord,
-  JsonFile,
+  PersistedState,
   ProblemError,
   type SimulatorOptions,
   createSimulatorServer,
@@ -109,6 +109,32 @@ interface PersistedLedger {
   idempotency: IdempotencyRecord[];
 }
 
+/** One change of the persisted ledger state (a journal line). */
+type LedgerOp = { entries: LedgerEntry[] } | { idempotency: IdempotencyRecord } | { reset: true };
+
+/** Applies journal lines to a snapshot; idempotent (a line already in the snapshot changes nothing). */
+function replayLedger(base: PersistedLedger | undefined, ops: LedgerOp[]): PersistedLedger {
+  let items: LedgerEntry[] = [...(base?.entries ?? [])];
+  const ids = new Set(items.map((e) => e.id));
+  const idem = new Map((base?.idempotency ?? []).map((r) => [`${r.scope}\u0000${r.key}`, r]));
+  for (const op of ops) {
+    if ("reset" in op) {
+      items = [];
+      ids.clear();
+      idem.clear();
+    } else if ("idempotency" in op) {
+      idem.set(`${op.idempotency.scope}\u0000${op.idempotency.key}`, op.idempotency);
+    } else {
+      for (const e of op.entries)
+        if (!ids.has(e.id)) {
+          ids.add(e.id);
+          items.push(e);
+        }
+    }
+  }
+  return { version: 1, entries: items, idempotency: [...idem.values()] };
+}
+
 export interface PaymentGatewayOptions extends SimulatorOptions {
   /** Persist ledger and idempotency records to this JSON file (loaded at start, rewritten atomically). */
   ledgerFile?: string;
@@ -158,19 +184,30 @@ export function summarizeLedger(entries: readonly LedgerEntry[]): OrderSummary[]
 export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyInstance {
   const app = createSimulatorServer("payment-gateway", opts);
   const faults = new Faults(opts.seed);
-  const file = opts.ledgerFile === undefined ? undefined : new JsonFile<PersistedLedger>(opts.ledgerFile);
+  const file =
+    opts.ledgerFile === undefined
+      ? undefined
+      : new PersistedState<PersistedLedger, LedgerOp>(opts.ledgerFile, replayLedger);
   const loaded = file?.loadSync();
   if (loaded !== undefined && (!Array.isArray(loaded.entries) || !Array.isArray(loaded.idempotency))) {
     throw new Error(`ledger file ${opts.ledgerFile} is not a payment-gateway ledger`);
   }
 
   let entries: LedgerEntry[] = loaded?.entries ?? [];
-  const persist = async (): Promise<void> => {
-    await file?.save({ version: 1, entries, idempotency: idempotency.list() });
+  // Each change is one journal line (O(1)); the whole state is written only at start-up and on close.
+  let journaled = entries.length;
+  const persist = async (record?: IdempotencyRecord): Promise<void> => {
+    if (!file) return;
+    const fresh = entries.slice(journaled);
+    journaled = entries.length;
+    const writes: Promise<void>[] = [];
+    if (fresh.length > 0) writes.push(file.record({ entries: fresh }));
+    if (record) writes.push(file.record({ idempotency: record }));
+    await Promise.all(writes);
   };
   const idempotency = new IdempotencyStore(loaded?.idempotency ?? [], persist);
   app.addHook("onClose", async () => {
-    await file?.flush();
+    await file?.compact({ version: 1, entries, idempotency: idempotency.list() });
   });
 
   app.post<{ Body: ChargeRequest; Headers: IdempotencyKeyHeaders }>(
@@ -204,7 +241,7 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
           orderId,
         };
         if (reason !== undefined) body.declineReason = reason;
-        req.log.info({ chargeId: id, orderId, amount, status: body.status }, "charge recorded");
+        req.log.debug({ chargeId: id, orderId, amount, status: body.status }, "charge recorded");
         return { status: 201, body };
       });
       return sendOutcome(reply, outcome);
@@ -299,8 +336,9 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
 
   registerAdminRoutes(app, faults, async () => {
     entries = [];
+    journaled = 0;
     idempotency.clear();
-    await persist();
+    await file?.record({ reset: true });
   });
 
   return app;

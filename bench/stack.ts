@@ -1,0 +1,313 @@
+/**
+ * The system under test, as production runs it: `node dist/stack/main.js` with `STACK_MODE=production`, so
+ * nats-server (file storage), both simulators and every service are separate processes running compiled
+ * JavaScript. Free ports (never 4222), a fresh temporary `DATA_DIR`, `DATABASE_URL` passed through when set (the
+ * audit log then goes to a fresh `AUDIT_SCHEMA`, dropped afterwards).
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, openSync, closeSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { mkdtemp, rm, readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { freePort, startNatsServer, type NatsServer } from "../src/stack/nats-server.js";
+import { READY_MESSAGE } from "../src/stack/supervisor.js";
+import { childEnv, processNamed, stackProcesses } from "../src/stack/processes.js";
+import type { ProcessName } from "../src/lib/ports.js";
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+/**
+ * The checkout whose `dist/` is run (default: this one). Point `BENCH_SYSTEM_ROOT` at another built checkout (e.g.
+ * `git archive HEAD | tar -x -C /tmp/base`, node_modules linked, `tsc -p tsconfig.build.json`) to measure a
+ * "before" with the same bench.
+ */
+export const SYSTEM_ROOT = process.env.BENCH_SYSTEM_ROOT ? resolve(process.env.BENCH_SYSTEM_ROOT) : ROOT;
+
+/** A running stack. */
+export interface Stack {
+  /** pid of `node dist/stack/main.js` (the front process). */
+  pid: number;
+  natsUrl: string;
+  /** nats-server's HTTP monitoring base URL (varz, connz, jsz). */
+  monitorUrl: string | undefined;
+  /** Go pprof base URL of nats-server when started with {@link StackOptions.natsPprofPort}. */
+  natsPprofUrl: string | undefined;
+  urls: Record<(typeof stackProcesses)[number]["name"], string>;
+  dataDir: string;
+  logFile: string;
+  auditSchema: string | undefined;
+  /** Every process of the stack by name (front, supervisor, nats-server, services, simulators). */
+  processes(): Map<string, number>;
+  stop(): Promise<void>;
+}
+
+/** Newest mtime of the files under `dir` (recursively) whose name ends with `ext`. */
+function newest(dir: string, ext: string): number {
+  let max = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) max = Math.max(max, newest(p, ext));
+    else if (e.name.endsWith(ext)) max = Math.max(max, statSync(p).mtimeMs);
+  }
+  return max;
+}
+
+/** Runs `npm run build` unless dist/ is newer than every source file. */
+export function ensureBuilt(log: (s: string) => void): void {
+  if (SYSTEM_ROOT !== ROOT) {
+    if (!existsSync(join(SYSTEM_ROOT, "dist/stack/main.js"))) throw new Error(`${SYSTEM_ROOT} is not built`);
+    log(`running the system from ${SYSTEM_ROOT} (BENCH_SYSTEM_ROOT)`);
+    return;
+  }
+  const src = newest(join(ROOT, "src"), ".ts");
+  const dist = existsSync(join(ROOT, "dist")) ? newest(join(ROOT, "dist"), ".js") : 0;
+  if (dist > src && existsSync(join(ROOT, "dist/stack/main.js"))) {
+    log("dist/ is up to date");
+    return;
+  }
+  log("building (npm run build) ...");
+  const r = spawnSync("npm", ["run", "build"], { cwd: ROOT, stdio: "inherit" });
+  if (r.status !== 0) throw new Error("npm run build failed");
+}
+
+/** Options of {@link startStack}. */
+export interface StackOptions {
+  /** Extra environment for every process (service settings such as CONSUMER_CONCURRENCY). */
+  env?: Record<string, string>;
+  /** NODE_OPTIONS for the children, e.g. `--cpu-prof --cpu-prof-dir=...`. */
+  nodeOptions?: string;
+  readyTimeoutMs?: number;
+  label: string;
+  /**
+   * Extra replicas to run beside the stack's one process per service, e.g. `{ inventory: 1 }` (two inventory
+   * processes in all, sharing its durable consumers). Audit replicas need DATABASE_URL (PGlite is one process).
+   */
+  extraReplicas?: Partial<Record<ProcessName, number>>;
+  /**
+   * Start nats-server here (not through the stack) with Go's pprof on this port (`--profile`), so its CPU profile
+   * can be taken during the load; the stack then uses it through NATS_URL.
+   */
+  natsPprofPort?: number;
+}
+
+/** Runs SQL on DATABASE_URL with psql-free `pg`. */
+async function sql(url: string, text: string): Promise<void> {
+  const pg = (await import("pg")).default;
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    await c.query(text);
+  } finally {
+    await c.end();
+  }
+}
+
+/** Starts the production stack and resolves once it printed {@link READY_MESSAGE}. */
+export async function startStack(o: StackOptions): Promise<Stack> {
+  const dataDir = await mkdtemp(join(tmpdir(), `shopstream-bench-${o.label}-`));
+  const ports: Record<string, string> = {};
+  const taken = new Set<number>([4222]);
+  const pick = async () => {
+    for (;;) {
+      const p = await freePort();
+      if (!taken.has(p)) {
+        taken.add(p);
+        return p;
+      }
+    }
+  };
+  const natsPort = await pick();
+  for (const p of stackProcesses) ports[p.portEnv] = String(await pick());
+  const databaseUrl = process.env.DATABASE_URL;
+  const auditSchema = databaseUrl
+    ? `bench_${Date.now().toString(36)}_${o.label.replace(/\W/g, "_")}`
+    : undefined;
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    ...o.env,
+    ...ports,
+    STACK_MODE: "production",
+    STACK_LOG_FORMAT: "raw",
+    NO_COLOR: "1",
+    NATS_PORT: String(natsPort),
+    DATA_DIR: dataDir,
+    STACK_READY_TIMEOUT_MS: String(o.readyTimeoutMs ?? 120_000),
+    ...(auditSchema ? { AUDIT_SCHEMA: auditSchema } : {}),
+    ...(o.nodeOptions ? { NODE_OPTIONS: o.nodeOptions } : {}),
+  };
+  delete env.NATS_URL;
+  let ownNats: NatsServer | undefined;
+  let monitorOverride: string | undefined;
+  if (o.natsPprofPort !== undefined) {
+    ownNats = await startNatsServer({
+      port: natsPort,
+      storeDir: join(dataDir, "nats"),
+      serverName: "shopstream",
+      extraArgs: ["--profile", String(o.natsPprofPort)],
+    });
+    env.NATS_URL = ownNats.url;
+    delete env.NATS_PORT;
+    monitorOverride = ownNats.monitorUrl;
+  }
+  const logFile = join(dataDir, "stack.log");
+  const fd = openSync(logFile, "a");
+  const child: ChildProcess = spawn(process.execPath, [join(SYSTEM_ROOT, "dist/stack/main.js")], {
+    cwd: SYSTEM_ROOT,
+    env,
+    stdio: ["ignore", fd, fd],
+  });
+  closeSync(fd);
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  let dead = false;
+  void exited.then(() => (dead = true));
+  const deadline = Date.now() + (o.readyTimeoutMs ?? 120_000) + 10_000;
+  for (;;) {
+    const text = await readFile(logFile, "utf8").catch(() => "");
+    if (text.includes(READY_MESSAGE)) break;
+    if (dead || Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(
+        `the stack did not start; its output (${logFile}):\n${text.split("\n").slice(-30).join("\n")}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const urls = Object.fromEntries(
+    stackProcesses.map((p) => [p.name, `http://127.0.0.1:${ports[p.portEnv]}`]),
+  ) as Stack["urls"];
+  const pid = child.pid!;
+  const log = await readFile(logFile, "utf8").catch(() => "");
+  const monitorUrl = monitorOverride ?? /(http:\/\/[\d.]+:\d+)\/varz/.exec(log)?.[1];
+  // Extra replicas: the same compiled entry point with the environment the supervisor gives its own child, on a
+  // port of their own; they join the service's durable consumers.
+  const extras: { name: string; child: ChildProcess; exited: Promise<void> }[] = [];
+  for (const [name, count] of Object.entries(o.extraReplicas ?? {}) as [ProcessName, number][]) {
+    const proc = processNamed(name);
+    for (let r = 1; r <= count; r++) {
+      const port = await pick();
+      const cenv = childEnv({
+        parent: env,
+        name,
+        port,
+        natsUrl: `nats://127.0.0.1:${natsPort}`,
+        logLevel: env.LOG_LEVEL ?? "info",
+        dataDir,
+        paymentGatewayUrl: urls["payment-gateway"],
+        mailProviderUrl: urls["mail-provider"],
+      });
+      // Each replica keeps its own local files (PGlite cannot be shared; KV state lives in NATS anyway).
+      cenv.DATA_DIR = join(dataDir, `${name}-replica${r}`);
+      const efd = openSync(join(dataDir, `${name}-replica${r}.log`), "a");
+      const c = spawn(process.execPath, ["--enable-source-maps", join(SYSTEM_ROOT, proc.compiled)], {
+        cwd: SYSTEM_ROOT,
+        env: cenv,
+        stdio: ["ignore", efd, efd],
+      });
+      closeSync(efd);
+      extras.push({
+        name: `${name}#${r + 1}`,
+        child: c,
+        exited: new Promise((res) => c.once("exit", () => res())),
+      });
+      const readyBy = Date.now() + 60_000;
+      for (;;) {
+        const ok = await fetch(`http://127.0.0.1:${port}${proc.readyPath}`).then(
+          (x) => x.ok,
+          () => false,
+        );
+        if (ok) break;
+        if (Date.now() > readyBy) throw new Error(`replica ${r + 1} of ${name} did not become ready`);
+        await new Promise((res) => setTimeout(res, 200));
+      }
+    }
+  }
+  const stack: Stack = {
+    pid,
+    natsUrl: `nats://127.0.0.1:${natsPort}`,
+    monitorUrl,
+    natsPprofUrl: o.natsPprofPort !== undefined ? `http://127.0.0.1:${o.natsPprofPort}` : undefined,
+    urls,
+    dataDir,
+    logFile,
+    auditSchema,
+    processes: () => {
+      const m = processTree(pid);
+      for (const e of extras)
+        if (e.child.pid !== undefined && e.child.exitCode === null) m.set(e.name, e.child.pid);
+      if (ownNats?.pid !== undefined && ownNats.running) m.set("nats-server", ownNats.pid);
+      return m;
+    },
+    async stop() {
+      for (const e of extras) e.child.kill("SIGTERM");
+      await Promise.all(extras.map((e) => e.exited));
+      if (!dead) {
+        child.kill("SIGTERM");
+        const t = setTimeout(() => child.kill("SIGKILL"), 60_000);
+        await exited;
+        clearTimeout(t);
+      }
+      if (ownNats) {
+        await ownNats.stop();
+        await ownNats.cleanup();
+      }
+      if (databaseUrl && auditSchema) {
+        await sql(databaseUrl, `DROP SCHEMA IF EXISTS "${auditSchema}" CASCADE`).catch(() => undefined);
+      }
+      if (!process.env.BENCH_KEEP_DATA) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+  return stack;
+}
+
+/** Children of every process: pid → parent pid, read from /proc. */
+function parents(): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
+      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out.set(Number(d), Number(rest[1]));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** A readable name of a process of the stack, from its command line. */
+function nameOf(pid: number, rootPid: number): string {
+  let cmd = "";
+  try {
+    cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ");
+  } catch {
+    return `pid-${pid}`;
+  }
+  if (pid === rootPid) return "stack-front";
+  if (cmd.includes("--supervisor")) return "stack-supervisor";
+  if (cmd.includes("nats-server")) return "nats-server";
+  const m = /dist\/(?:services|simulators)\/([\w-]+)\/main\.js/.exec(cmd);
+  if (m) return m[1]!;
+  if (cmd.includes("postgres")) return "postgres";
+  return cmd.split(" ")[0]?.split("/").pop() ?? `pid-${pid}`;
+}
+
+/** Every descendant of `root` (and `root`), by name. */
+export function processTree(root: number): Map<string, number> {
+  const pp = parents();
+  const kids = new Map<number, number[]>();
+  for (const [pid, ppid] of pp) {
+    const list = kids.get(ppid) ?? [];
+    list.push(pid);
+    kids.set(ppid, list);
+  }
+  const out = new Map<string, number>();
+  const walk = (pid: number) => {
+    let name = nameOf(pid, root);
+    while (out.has(name)) name += "'";
+    out.set(name, pid);
+    for (const k of kids.get(pid) ?? []) walk(k);
+  };
+  if (pp.has(root)) walk(root);
+  return out;
+}

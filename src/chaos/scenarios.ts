@@ -1,0 +1,396 @@
+/**
+ * The chaos scenarios, by name (the names `npm run chaos` takes). Each injects one kind of fault under steady
+ * load and heals it; the runner reconciles every accepted order afterwards.
+ */
+import { jetstream, type JetStreamManager, type StoredMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
+import { Streams } from "../lib/events/catalog.js";
+import { makeEvent } from "../lib/events/envelope.js";
+import { listDeadLetters } from "../lib/messaging/dlq.js";
+import { Hdr } from "../lib/messaging/headers.js";
+import type { FaultContext, Scenario, ScenarioCheck } from "./scenario.js";
+import { SERVICES, type ServiceName } from "./system.js";
+
+/** The consumers' ack wait (ConsumerSpec default): a message held by a dead or frozen process comes back after it. */
+export const ACK_WAIT_MS = 30_000;
+/** The payments service's default gateway timeout (GATEWAY_TIMEOUT_MS). */
+const GATEWAY_TIMEOUT_MS = 2_000;
+
+function killService(name: ServiceName): Scenario {
+  return {
+    name: `kill-${name}`,
+    summary: `kill -9 of ${name} under load, then started again`,
+    description:
+      `kill -9 of the ${name} process in the middle of the load (no graceful shutdown: handlers cut off mid-way, ` +
+      `messages delivered but not acknowledged, HTTP requests in flight), down for 1 s (CI) / 5 s (full), then a ` +
+      `new ${name} process on the same port; the fault window ends when it answers /ready. Messages the dead ` +
+      `process held come back after the consumers' 30 s ack wait.`,
+    rate: { ci: 30, full: 75 },
+    async fault(ctx) {
+      const victim = ctx.sys.running(name)[0];
+      if (!victim) throw new Error(`no running ${name}`);
+      ctx.faultStart(`kill -9 ${victim.id}`);
+      await ctx.sys.kill(victim.id);
+      await ctx.sleep(ctx.dur(1_000, 5_000));
+      ctx.note(`starting ${victim.id} again`);
+      await ctx.sys.restart(victim.id);
+      ctx.healed(`${victim.id} ready`);
+    },
+  };
+}
+
+const rollingRestart: Scenario = {
+  name: "rolling-restart",
+  summary: "a deploy: every service, 2 replicas each, replaced one replica at a time (SIGTERM)",
+  description:
+    "Two replicas of every service (audit: two with PostgreSQL, one with PGlite, which one process at a time may " +
+    "open). Service by service (inventory, payments, notifications, audit, orders), each replica in turn is " +
+    "replaced like a Kubernetes rolling update with maxSurge 1: a new replica is started, and once its /ready " +
+    "answers 200 the old one gets SIGTERM and drains (readiness false, stop pulling, hand back, finish in-flight, " +
+    "close). The load balancer sends only to ready orders replicas. The fault window is the whole deploy.",
+  replicas: { inventory: 2, payments: 2, notifications: 2, audit: 2, orders: 2 },
+  rate: { ci: 8, full: 75 },
+  async fault(ctx) {
+    ctx.faultStart("deploy begins");
+    for (const name of SERVICES) {
+      const surge = !(name === "audit" && !ctx.sys.opts.databaseUrl);
+      ctx.note(`rolling ${name}${surge ? "" : " (PGlite: stop, then start)"}`);
+      await ctx.sys.rollingRestart(name, { surge });
+    }
+    ctx.healed("deploy done");
+  },
+};
+
+function outage(sim: "payment-gateway" | "mail-provider", name: string, what: string): Scenario {
+  return {
+    name,
+    summary: `the ${what} answers 503 to everything for 5 s (CI) / 30 s (full)`,
+    description:
+      `The ${what} simulator is switched into a full outage (every call answered 503 at once) for 5 s (CI) / ` +
+      `30 s (full), then back. The client's retries fail, its circuit breaker opens and pauses the consumers that ` +
+      `call it, so messages wait in the stream without using up delivery attempts; a half-open probe after 5 s ` +
+      `resumes them once the outage is over.`,
+    rate: { ci: 30, full: 75 },
+    async fault(ctx) {
+      ctx.faultStart(`${sim} outage`);
+      await ctx.sys.setFaults(sim, { outage: true });
+      await ctx.sleep(ctx.dur(5_000, 30_000));
+      await ctx.sys.setFaults(sim, { outage: false });
+      ctx.healed(`${sim} back`);
+    },
+  };
+}
+
+const gatewaySlow: Scenario = {
+  name: "gateway-slow",
+  summary: `payment gateway answers after ${GATEWAY_TIMEOUT_MS + 1_000} ms, above the client's ${GATEWAY_TIMEOUT_MS} ms timeout`,
+  description:
+    `The payment gateway records every charge but answers ${GATEWAY_TIMEOUT_MS + 1_000} ms late, above the ` +
+    `payments client's ${GATEWAY_TIMEOUT_MS} ms timeout, for 6 s (CI) / 20 s (full): every charge attempt times ` +
+    `out although the money moved. Retries with the same idempotency key replay the recorded charge; the breaker ` +
+    `opens on the timeouts. Afterwards each order must have exactly one capture.`,
+  rate: { ci: 30, full: 75 },
+  async fault(ctx) {
+    ctx.faultStart("gateway slow");
+    await ctx.sys.setFaults("payment-gateway", { latencyMs: GATEWAY_TIMEOUT_MS + 1_000 });
+    await ctx.sleep(ctx.dur(6_000, 20_000));
+    await ctx.sys.setFaults("payment-gateway", { latencyMs: 0 });
+    ctx.healed("gateway fast again");
+  },
+};
+
+const natsKill: Scenario = {
+  name: "nats-kill",
+  summary: "kill -9 of the single nats-server, restarted on the same store dir",
+  description:
+    "kill -9 of the only nats-server (JetStream file store) under load: every service and the harness lose their " +
+    "connection, publishes and KV writes in flight fail or time out, POST /orders answers 5xx (the client retries " +
+    "with its idempotency key). After 2 s (CI) / 10 s (full) the server is started again on the same ports and " +
+    "store dir; the fault window ends when it is healthy. Everything acknowledged before the crash must be there.",
+  rate: { ci: 30, full: 75 },
+  async fault(ctx) {
+    ctx.faultStart("kill -9 nats-server");
+    await ctx.sys.killNats();
+    await ctx.sleep(ctx.dur(2_000, 10_000));
+    await ctx.sys.restartNats();
+    ctx.healed("nats-server healthy");
+  },
+};
+
+const clusterLeaderLoss: Scenario = {
+  name: "cluster-leader-loss",
+  summary: "3-node cluster, R3 streams: kill -9 the stream leader under load, bring it back",
+  description:
+    "A 3-node JetStream cluster, every stream and KV bucket with 3 replicas. Under load, the server leading the " +
+    "ORDERS stream (found with `streams.info(…).cluster.leader`; it leads other streams and consumers too) is " +
+    "killed with -9, kept down for 5 s (CI) / 10 s (full) while the remaining two elect new leaders, then started " +
+    "again on its store dir and waited for until the cluster is healthy. The full run does this twice (the second " +
+    "time to the new leader of PAYMENTS).",
+  cluster: true,
+  rate: { ci: 20, full: 50 },
+  async fault(ctx) {
+    const rounds = ctx.scale === "ci" ? [Streams.ORDERS] : [Streams.ORDERS, Streams.PAYMENTS];
+    const leaders: string[] = [];
+    ctx.extra["leaders"] = leaders;
+    for (const [n, stream] of rounds.entries()) {
+      const leader = await ctx.sys.streamLeader(stream);
+      ctx.faultStart(`kill -9 ${leader.name} (leader of ${stream})`);
+      ctx.note(`kill -9 ${leader.name}, leader of ${stream}`);
+      await ctx.sys.killNode(leader.index);
+      await ctx.sleep(ctx.dur(5_000, 10_000));
+      const after = await ctx.sys.streamLeader(stream).catch(() => undefined);
+      ctx.note(`${stream} is led by ${after?.name ?? "nobody"} while ${leader.name} is down`);
+      leaders.push(`${stream}: ${leader.name} → ${after?.name ?? "none"}`);
+      await ctx.sys.restartNode(leader.index);
+      ctx.healed(`${leader.name} back`);
+      if (n < rounds.length - 1) await ctx.sleep(5_000);
+    }
+  },
+};
+
+const killAll: Scenario = {
+  name: "kill-all",
+  summary: "kill -9 of every process (NATS, services, simulators) mid-load, restarted from the same data",
+  description:
+    "kill -9 of the whole system at once — nats-server, the five services and the two simulators — in the " +
+    "middle of the load, then, after 1 s (CI) / 5 s (full), everything started again from the same data: the " +
+    "JetStream store, the simulators' ledger and sent-mail files, the audit database. The fault window ends when " +
+    "every process answers /ready again. Clients retry their orders with their idempotency key meanwhile.",
+  rate: { ci: 15, full: 75 },
+  async fault(ctx) {
+    ctx.faultStart("kill -9 everything");
+    await ctx.sys.killAll();
+    await ctx.sleep(ctx.dur(1_000, 5_000));
+    await ctx.sys.startAll();
+    ctx.healed("everything ready");
+  },
+};
+
+/** One message of the poison scenario, and where it landed. */
+interface Poison {
+  kind: string;
+  stream: string;
+  subject: string;
+  seq: number;
+  /** The DLQ entry must be stored without its body (too large to copy with the DLQ headers). */
+  huge?: boolean;
+}
+
+const poison: Scenario = {
+  name: "poison",
+  summary: "poison published straight to the streams, duplicates of real events, forced redeliveries",
+  description:
+    "Published straight to the streams, bypassing every service: malformed JSON, a known type with a wrong " +
+    "schema, an unknown type, a ~1 MiB payload (too large to copy to the DLQ with its headers), a malformed " +
+    "StockReserved, a schema-invalid PaymentCaptured, an unknown NOTIFICATIONS type, and a valid PaymentCaptured " +
+    "of an order that does not exist. Then every event of some of this scenario's orders, in all four streams, is " +
+    "published again with a new message id (a redo after the 2-minute duplicate window, or a replay by a tool), so " +
+    "every consumer sees each of those events twice. Then one inventory and one payments replica (of two each) are frozen with SIGSTOP for the ack " +
+    "wait plus 3 s, so the server redelivers what they hold to the other replica, and thawed with SIGCONT so both " +
+    "copies run. Checked besides the reconciliation: every poison message is in the DLQ, the huge one without its " +
+    "body, and every DLQ entry is in the audit log.",
+  replicas: { inventory: 2, payments: 2 },
+  rate: { ci: 8, full: 50 },
+  async fault(ctx) {
+    const nc = await ctx.sys.connection();
+    const js = jetstream(nc);
+    const jsm = await ctx.sys.jsm();
+    const tag = Date.now().toString(36);
+    const poisons: Poison[] = [];
+    const put = async (p: Omit<Poison, "seq" | "stream">, body: string | Uint8Array, type?: string) => {
+      const h = natsHeaders();
+      if (type) h.set(Hdr.Type, type);
+      const ack = await js.publish(p.subject, body, {
+        msgID: `chaos-poison:${tag}:${poisons.length}`,
+        headers: h,
+      });
+      poisons.push({ ...p, stream: ack.stream, seq: ack.seq });
+    };
+    ctx.faultStart("poison published");
+    const envelope = (type: string, data: unknown, id: string) =>
+      JSON.stringify({
+        id: `${id}:${type}`,
+        type,
+        version: 1,
+        aggregate_id: id,
+        data,
+        timestamp: new Date().toISOString(),
+        trace_id: "0".repeat(31) + "1",
+        causation_id: null,
+        source: "chaos",
+      });
+    await put(
+      { kind: "malformed JSON on ORDERS", subject: `orders.poison-malformed-${tag}` },
+      '{"id": "oops", "type": ',
+    );
+    await put(
+      { kind: "wrong schema on ORDERS (OrderPlaced)", subject: `orders.poison-schema-${tag}` },
+      envelope(
+        "OrderPlaced",
+        { orderId: `poison-schema-${tag}`, total: "lots", items: [] },
+        `poison-schema-${tag}`,
+      ),
+      "OrderPlaced",
+    );
+    await put(
+      { kind: "unknown type on ORDERS", subject: `orders.poison-unknown-${tag}` },
+      envelope("OrderTeleported", { orderId: `poison-unknown-${tag}` }, `poison-unknown-${tag}`),
+      "OrderTeleported",
+    );
+    const hugeId = `poison-huge-${tag}`;
+    const skeleton = envelope("OrderPlaced", { orderId: hugeId, customerId: "", note: "" }, hugeId);
+    // Just under the 1 MiB limit with its own headers: too large to copy with the DLQ's headers added.
+    const filler = "x".repeat(1024 * 1024 - 96 - skeleton.length);
+    await put(
+      { kind: "~1 MiB payload on ORDERS", subject: `orders.${hugeId}`, huge: true },
+      envelope("OrderPlaced", { orderId: hugeId, customerId: "", note: filler }, hugeId),
+    );
+    await put(
+      { kind: "malformed StockReserved on INVENTORY", subject: `inventory.poison-${tag}.StockReserved` },
+      new Uint8Array([0xff, 0xfe, 0x00, 0x7b]),
+      "StockReserved",
+    );
+    await put(
+      {
+        kind: "wrong schema on PAYMENTS (PaymentCaptured)",
+        subject: `payments.poison-${tag}.PaymentCaptured`,
+      },
+      envelope(
+        "PaymentCaptured",
+        { orderId: `poison-${tag}`, paymentId: "", amount: -5, currency: "euro" },
+        `poison-${tag}`,
+      ),
+      "PaymentCaptured",
+    );
+    await put(
+      { kind: "unknown type on NOTIFICATIONS", subject: `notifications.poison-${tag}.Gossip` },
+      envelope("Gossip", { orderId: `poison-${tag}` }, `poison-${tag}`),
+      "Gossip",
+    );
+    const orphan = `ord_chaos_orphan_${tag}`;
+    const orphanEvent = makeEvent(
+      "PaymentCaptured",
+      { orderId: orphan, paymentId: `ch_${tag}`, amount: 100, currency: "EUR" },
+      { aggregateId: orphan, source: "chaos" },
+    );
+    await put(
+      {
+        kind: "valid PaymentCaptured of an order that does not exist",
+        subject: `payments.${orphan}.PaymentCaptured`,
+      },
+      JSON.stringify(orphanEvent),
+      "PaymentCaptured",
+    );
+    ctx.note(`${poisons.length} poison messages published`);
+
+    const dups = await publishDuplicates(ctx, jsm, ctx.acceptedIds().slice(0, ctx.scale === "ci" ? 30 : 300));
+    ctx.note(`${dups} copies of real events published with new message ids`);
+    ctx.extra["poison_messages"] = poisons.length;
+    ctx.extra["duplicates_published"] = dups;
+
+    const frozen = [ctx.sys.running("inventory")[0], ctx.sys.running("payments")[0]].flatMap((i) =>
+      i ? [i.id] : [],
+    );
+    for (const id of frozen) ctx.sys.signal(id, "SIGSTOP");
+    ctx.note(`frozen ${frozen.join(", ")} for ${(ACK_WAIT_MS + 3_000) / 1000} s`);
+    await ctx.sleep(ACK_WAIT_MS + 3_000);
+    for (const id of frozen) ctx.sys.signal(id, "SIGCONT");
+    ctx.healed(`thawed ${frozen.join(", ")}`);
+
+    ctx.verifyLater(async (facts) => {
+      const dead = await listDeadLetters(await ctx.sys.jsm(), { limit: 1_000_000 });
+      const checks: ScenarioCheck[] = [];
+      for (const p of poisons) {
+        const entries = dead.filter((d) => d.stream === p.stream && d.sequence === p.seq);
+        const consumers = entries.map((e) => `${e.consumer} (${e.code})`).join(", ");
+        checks.push({
+          name: `dead-lettered: ${p.kind}`,
+          ok: entries.length > 0 && (!p.huge || entries.every((e) => e.bodyOmitted)),
+          detail:
+            entries.length > 0
+              ? `by ${consumers}${p.huge ? `; body omitted: ${entries.every((e) => e.bodyOmitted)}` : ""}`
+              : "not in the DLQ",
+        });
+        const unaudited = entries.filter((e) => facts.audited.get(`dlq:${e.dlqSequence}`) !== 1);
+        if (entries.length > 0)
+          checks.push({
+            name: `audited: DLQ entries of ${p.kind}`,
+            ok: unaudited.length === 0,
+            detail:
+              unaudited.length === 0
+                ? `${entries.length} audit rows`
+                : `DLQ ${unaudited.map((e) => e.dlqSequence).join(", ")} not audited`,
+          });
+      }
+      checks.push({
+        name: "orphan PaymentCaptured audited once",
+        ok: facts.audited.get(orphanEvent.id) === 1,
+        detail: `audit rows: ${facts.audited.get(orphanEvent.id) ?? 0}`,
+      });
+      return checks;
+    });
+  },
+};
+
+/** Publishes again, with new message ids, every event of the orders `ids` (all four streams). */
+async function publishDuplicates(ctx: FaultContext, jsm: JetStreamManager, ids: string[]): Promise<number> {
+  const js = jetstream(await ctx.sys.connection());
+  const subjects = (id: string) => [
+    [Streams.INVENTORY, `inventory.${id}.StockReserved`],
+    [Streams.INVENTORY, `inventory.${id}.StockRejected`],
+    [Streams.INVENTORY, `inventory.${id}.StockCommitted`],
+    [Streams.INVENTORY, `inventory.${id}.StockReleased`],
+    [Streams.PAYMENTS, `payments.${id}.PaymentCaptured`],
+    [Streams.PAYMENTS, `payments.${id}.PaymentDeclined`],
+    [Streams.NOTIFICATIONS, `notifications.${id}.NotificationSent`],
+  ];
+  let n = 0;
+  const copy = async (stream: string, m: StoredMsg) => {
+    const h: MsgHdrs = natsHeaders();
+    for (const k of m.header.keys())
+      if (!k.startsWith("Nats-")) for (const v of m.header.values(k)) h.append(k, v);
+    await js.publish(m.subject, m.data, { msgID: `chaos-dup:${stream}:${m.seq}`, headers: h });
+    n++;
+  };
+  for (const id of ids) {
+    // Every event of the order on ORDERS (one subject per order)…
+    const history: StoredMsg[] = [];
+    for (let seq = 1; ;) {
+      const m = await jsm.direct
+        .getMessage(Streams.ORDERS, { seq, next_by_subj: `orders.${id}` })
+        .catch(() => null);
+      if (!m) break;
+      history.push(m);
+      seq = m.seq + 1;
+    }
+    for (const m of history) await copy(Streams.ORDERS, m);
+    // …and its outcomes on the other streams.
+    for (const [stream, subject] of subjects(id)) {
+      const m = await jsm.direct.getMessage(stream!, { last_by_subj: subject! }).catch(() => null);
+      if (m) await copy(stream!, m);
+    }
+  }
+  return n;
+}
+
+/** Every scenario, in the order a full run runs them. */
+export const scenarios: Scenario[] = [
+  ...SERVICES.map(killService).sort((a, b) => order(a.name) - order(b.name)),
+  rollingRestart,
+  outage("payment-gateway", "gateway-outage", "payment gateway"),
+  outage("mail-provider", "mail-outage", "mail provider"),
+  gatewaySlow,
+  natsKill,
+  clusterLeaderLoss,
+  killAll,
+  poison,
+];
+
+function order(name: string): number {
+  return ["kill-orders", "kill-inventory", "kill-payments", "kill-notifications", "kill-audit"].indexOf(name);
+}
+
+/** The scenario named `name`. */
+export function scenarioNamed(name: string): Scenario | undefined {
+  return scenarios.find((s) => s.name === name);
+}

@@ -1,0 +1,639 @@
+/**
+ * Hostile input on the bus: messages published straight to the streams (raw `js.publish` with message ids),
+ * as a buggy or compromised producer would, while real orders go through the saga.
+ *
+ * Poison — malformed JSON, bytes that are not UTF-8, valid JSON of the wrong shape, an unknown event type,
+ * an unsupported version, a payload near the stream's size limit, an event naming another order than its
+ * aggregate, garbage on a real order's subject — must end in the DLQ once per consumer of its subject, with
+ * the right code. Events that are valid but about an order that does not exist (StockReserved,
+ * StockRejected, PaymentCaptured) are dead-lettered by the consumers that would act on them
+ * (`ORDER_NOT_FOUND`, after their retries) and recorded by the audit, which records everything published.
+ * An OrderPlaced whose total is not the sum of its lines is cancelled (`invalid_order`) without holding stock
+ * or charging. Forced duplicates of a real order's events (same event, new message id) change nothing.
+ * Throughout, real orders placed before, during and after reach CONFIRMED, no service falls over, nothing
+ * else is dead-lettered, and the checker's invariants hold.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import {
+  jetstream,
+  jetstreamManager,
+  type JetStreamClient,
+  type JetStreamManager,
+  type StoredMsg,
+} from "@nats-io/jetstream";
+import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
+import { makeEvent, subjectOf, type Envelope } from "../../src/lib/events/envelope.js";
+import type { EventType } from "../../src/lib/events/catalog.js";
+import { listDeadLetters, type DeadLetter } from "../../src/lib/messaging/dlq.js";
+import { Hdr } from "../../src/lib/messaging/headers.js";
+import { startSystem, type System } from "../helpers/system.js";
+
+const ORDER_TIMEOUT_MS = 15_000;
+const MAX_ATTEMPTS = 5; // the services' default
+const catalog = [
+  { sku: "SKU-A", name: "Widget A", price: 1250, currency: "EUR", stock: 1_000 },
+  { sku: "SKU-B", name: "Widget B", price: 399, currency: "EUR", stock: 1_000 },
+];
+
+/** The durable consumers of each stream, as docs/architecture.md lists them. */
+const CONSUMERS: Record<string, string[]> = {
+  ORDERS: ["audit-orders", "inventory-orders", "notifications-orders", "orders-timeouts", "payments-orders"],
+  INVENTORY: ["audit-inventory", "orders-inventory", "payments-inventory"],
+  PAYMENTS: ["audit-payments", "orders-payments"],
+  NOTIFICATIONS: ["audit-notifications"],
+};
+
+interface Poison {
+  name: string;
+  stream: string;
+  subject: string;
+  seq: number;
+  size: number;
+  /** Consumers expected to dead-letter it, and with which code. */
+  consumers: string[];
+  code: string;
+  attempts: number;
+  /** Expected in the audit log as an event (valid events about orders that do not exist). */
+  auditedAs?: { orderId: string; eventId: string };
+}
+
+let sys: System;
+let js: JetStreamClient;
+let jsm: JetStreamManager;
+/** Filter subject of each durable consumer ("" = the whole stream). */
+const filters = new Map<string, { stream: string; filter: string }>();
+const poisons: Poison[] = [];
+let realOrder: string;
+/** Another confirmed order, of which only the OrderConfirmed is duplicated. */
+let secondOrder: string;
+let realOrderTimeoutAt = 0;
+
+const ghost = (tag: string) => `ghost-${tag}-${randomBytes(4).toString("hex")}`;
+const enc = (s: string) => new TextEncoder().encode(s);
+
+/** Does NATS subject `s` match `filter` (`*` one token, `>` the rest)? */
+function matches(filter: string, s: string): boolean {
+  if (!filter) return true;
+  const f = filter.split(".");
+  const t = s.split(".");
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === ">") return t.length > i;
+    if (i >= t.length || (f[i] !== "*" && f[i] !== t[i])) return false;
+  }
+  return f.length === t.length;
+}
+
+function consumersOf(stream: string, subject: string): string[] {
+  return [...filters]
+    .filter(([, c]) => c.stream === stream && matches(c.filter, subject))
+    .map(([name]) => name)
+    .sort();
+}
+
+function streamOfSubject(subject: string): string {
+  return subject.split(".")[0]!.toUpperCase();
+}
+
+/**
+ * Publishes a raw message (its own message id) and records what the DLQ must end up holding for it:
+ * by default one entry per consumer of its subject, with `code`, on the first attempt.
+ */
+async function publishPoison(
+  name: string,
+  subject: string,
+  data: Uint8Array,
+  expect: {
+    code: string;
+    consumers?: string[];
+    attempts?: number;
+    headers?: MsgHdrs;
+    auditedAs?: Poison["auditedAs"];
+  },
+): Promise<Poison> {
+  const stream = streamOfSubject(subject);
+  const ack = await js.publish(subject, data, {
+    msgID: `poison:${name}:${randomBytes(6).toString("hex")}`,
+    ...(expect.headers ? { headers: expect.headers } : {}),
+  });
+  assert.equal(ack.stream, stream);
+  assert.equal(ack.duplicate, false);
+  const p: Poison = {
+    name,
+    stream,
+    subject,
+    seq: ack.seq,
+    size: data.length,
+    consumers: (expect.consumers ?? consumersOf(stream, subject)).slice().sort(),
+    code: expect.code,
+    attempts: expect.attempts ?? 1,
+    ...(expect.auditedAs ? { auditedAs: expect.auditedAs } : {}),
+  };
+  poisons.push(p);
+  return p;
+}
+
+/** A valid envelope as JSON, optionally altered. */
+function envelope<T extends EventType>(
+  type: T,
+  data: Envelope<T>["data"],
+  alter: (e: Record<string, any>) => void = () => undefined,
+): { event: Envelope<T>; bytes: Uint8Array } {
+  const event = makeEvent(type, data, {
+    aggregateId: (data as { orderId: string }).orderId,
+    source: "hostile-test",
+  });
+  const raw = structuredClone(event) as unknown as Record<string, any>;
+  alter(raw);
+  return { event, bytes: enc(JSON.stringify(raw)) };
+}
+
+function placedData(orderId: string, total = 1250): Envelope<"OrderPlaced">["data"] {
+  const now = new Date();
+  return {
+    orderId,
+    customerId: "hostile",
+    email: "hostile@example.com",
+    items: [{ sku: "SKU-A", quantity: 1, unitPrice: 1250 }],
+    total,
+    currency: "EUR",
+    placedAt: now.toISOString(),
+    timeoutAt: new Date(now.getTime() + ORDER_TIMEOUT_MS).toISOString(),
+  };
+}
+
+const order = (customerId: string) => ({
+  customerId,
+  email: `${customerId}@example.com`,
+  items: [
+    { sku: "SKU-A", quantity: 1 },
+    { sku: "SKU-B", quantity: 2 },
+  ],
+});
+
+async function placeAndConfirm(prefix: string, n: number): Promise<string[]> {
+  const rs = await Promise.all(Array.from({ length: n }, (_, i) => sys.placeOrder(order(`${prefix}-${i}`))));
+  for (const r of rs) assert.equal(r.status, 202, JSON.stringify(r.body));
+  const ids = rs.map((r) => r.body.orderId as string);
+  const finals = await Promise.all(ids.map((id) => sys.waitForTerminal(id, 60_000)));
+  for (const f of finals) assert.equal(f.status, "CONFIRMED", `${f.orderId}: ${f.status} ${f.reason ?? ""}`);
+  return ids;
+}
+
+async function getJson(url: string): Promise<any> {
+  return (await fetch(url)).json();
+}
+
+async function deadLetters(): Promise<DeadLetter[]> {
+  return listDeadLetters(jsm, { limit: 100_000 });
+}
+
+/** The DLQ entries of a poison message, by consumer. */
+function entriesOf(p: Poison, dead: DeadLetter[]): DeadLetter[] {
+  return dead.filter((d) => d.stream === p.stream && d.sequence === p.seq);
+}
+
+async function getLast(stream: string, subject: string): Promise<StoredMsg | null> {
+  return jsm.direct.getMessage(stream, { last_by_subj: subject }).catch(() => null);
+}
+
+async function messagesOn(stream: string, subject: string): Promise<StoredMsg[]> {
+  const out: StoredMsg[] = [];
+  for (let seq = 1; ;) {
+    const m = await jsm.direct.getMessage(stream, { seq, next_by_subj: subject }).catch(() => null);
+    if (!m) return out;
+    out.push(m);
+    seq = m.seq + 1;
+  }
+}
+
+/** Waits until every consumer but the order timers has nothing pending or unacknowledged. */
+async function drained(): Promise<void> {
+  await sys.until("consumers drained", async () => {
+    for (const [name, c] of filters) {
+      if (name === "orders-timeouts") continue;
+      const info = await jsm.consumers.info(c.stream, name);
+      if (info.num_pending > 0 || info.num_ack_pending > 0) return false;
+    }
+    return true;
+  });
+}
+
+/** How many OrderPlaced timers the orders-timeouts consumer has finished (acknowledged). */
+async function timersDone(): Promise<number> {
+  const text = await (await fetch(`${sys.urls.orders}/metrics`)).text();
+  const line = text
+    .split("\n")
+    .find(
+      (l) =>
+        l.startsWith("shopstream_messages_handled_total{") &&
+        l.includes('consumer="orders-timeouts"') &&
+        l.includes('type="OrderPlaced"') &&
+        l.includes('outcome="ack"'),
+    );
+  return line ? Number(line.split(" ").pop()) : 0;
+}
+
+/** Waits until every poison has its DLQ entries, then checks them. */
+async function poisonDeadLettered(): Promise<void> {
+  await sys.until(
+    "every poison dead-lettered by each of its consumers",
+    async () => {
+      const dead = await deadLetters();
+      return poisons.every((p) => entriesOf(p, dead).length >= p.consumers.length);
+    },
+    60_000,
+  );
+  await checkPoisonEntries();
+}
+
+/**
+ * Every service is alive (`/health` 200 at once) and ready (`/ready` 200; waited for a little, since a
+ * runner counts as unbound between a failed pull and the next good one, which a loaded machine can cause).
+ */
+async function healthy(): Promise<void> {
+  for (const name of ["orders", "inventory", "payments", "notifications", "audit"] as const) {
+    const h = await fetch(`${sys.urls[name]}/health`);
+    assert.equal(h.status, 200, `${name}/health`);
+    let last = "";
+    await sys
+      .until(
+        `${name} ready`,
+        async () => {
+          const r = await fetch(`${sys.urls[name]}/ready`);
+          last = `${r.status} ${await r.text()}`;
+          return r.status === 200;
+        },
+        10_000,
+      )
+      .catch(() => assert.fail(`${name}/ready: ${last}`));
+  }
+}
+
+describe("hostile input on the bus", () => {
+  before(async () => {
+    sys = await startSystem({
+      catalog,
+      orderTimeoutMs: ORDER_TIMEOUT_MS,
+      env: { VERIFY_ORDER_PLACED: "true" },
+    });
+    js = jetstream(sys.nc);
+    jsm = await jetstreamManager(sys.nc);
+    for (const stream of Object.keys(CONSUMERS)) {
+      for await (const c of jsm.consumers.list(stream)) {
+        if (c.config.durable_name) filters.set(c.name, { stream, filter: c.config.filter_subject ?? "" });
+      }
+      const names = [...filters].filter(([, c]) => c.stream === stream).map(([n]) => n);
+      assert.deepEqual(names.sort(), CONSUMERS[stream], `consumers of ${stream}`);
+    }
+  });
+  after(async () => {
+    await sys?.stop();
+  });
+
+  test("real orders placed before the poison are CONFIRMED", async () => {
+    const ids = await placeAndConfirm("before", 4);
+    realOrder = ids[0]!;
+    secondOrder = ids[1]!;
+    const placed = (await messagesOn("ORDERS", `orders.${realOrder}`))[0]!;
+    realOrderTimeoutAt = Date.parse(JSON.parse(new TextDecoder().decode(placed.data)).data.timeoutAt);
+  });
+
+  test("poison on every stream is dead-lettered once by each consumer of it, with its code", async () => {
+    // ORDERS: every consumer of orders.* decodes a message without a type header.
+    await publishPoison("malformed-json", `orders.${ghost("mj")}`, enc('{"id":"x","type":'), {
+      code: "EVENT_MALFORMED",
+    });
+    await publishPoison("not-utf8", `orders.${ghost("u8")}`, new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]), {
+      code: "EVENT_MALFORMED",
+    });
+    await publishPoison("wrong-shape", `orders.${ghost("ws")}`, enc('{"hello":"world","n":[1,2,3]}'), {
+      code: "EVENT_SCHEMA_INVALID",
+    });
+    const wd = ghost("wd");
+    await publishPoison(
+      "wrong-data",
+      `orders.${wd}`,
+      envelope("OrderPlaced", placedData(wd), (e) => (e["data"].items[0].quantity = "1")).bytes,
+      { code: "EVENT_SCHEMA_INVALID" },
+    );
+    const ut = ghost("ut");
+    await publishPoison(
+      "unknown-type",
+      `orders.${ut}`,
+      envelope("OrderPlaced", placedData(ut), (e) => (e["type"] = "OrderTeleported")).bytes,
+      { code: "EVENT_UNKNOWN_TYPE" },
+    );
+    const uv = ghost("uv");
+    await publishPoison(
+      "unsupported-version",
+      `orders.${uv}`,
+      envelope("OrderPlaced", placedData(uv), (e) => (e["version"] = 2)).bytes,
+      { code: "EVENT_VERSION_UNSUPPORTED" },
+    );
+    const mm = ghost("mm");
+    await publishPoison(
+      "other-order-in-data",
+      `orders.${mm}`,
+      envelope("OrderPlaced", placedData(mm), (e) => (e["data"].orderId = ghost("victim"))).bytes,
+      { code: "EVENT_SCHEMA_INVALID" },
+    );
+    // Near the stream's 1 MiB limit: too big to copy with the DLQ headers, so stored without its body.
+    const hg = ghost("hg");
+    const maxMsgSize = (await jsm.streams.info("ORDERS")).config.max_msg_size;
+    const { bytes: small } = envelope("OrderPlaced", placedData(hg), (e) => (e["data"].padding = ""));
+    const pad = maxMsgSize - small.length - 256;
+    await publishPoison(
+      "huge",
+      `orders.${hg}`,
+      envelope("OrderPlaced", placedData(hg), (e) => (e["data"].padding = "p".repeat(pad))).bytes,
+      { code: "EVENT_SCHEMA_INVALID" },
+    );
+    // A type header that says OrderConfirmed: consumers without an OrderConfirmed handler skip it unread.
+    const h = natsHeaders();
+    h.set(Hdr.Type, "OrderConfirmed");
+    await publishPoison("malformed-with-type-header", `orders.${ghost("th")}`, enc("{not json"), {
+      code: "EVENT_MALFORMED",
+      headers: h,
+      consumers: ["audit-orders", "inventory-orders", "notifications-orders"],
+    });
+
+    // INVENTORY: the consumers whose filter takes the subject.
+    await publishPoison("inventory-malformed", `inventory.${ghost("im")}.StockReserved`, enc("]["), {
+      code: "EVENT_MALFORMED",
+    });
+    await publishPoison("inventory-wrong-shape", `inventory.${ghost("iw")}.StockRejected`, enc("[]"), {
+      code: "EVENT_SCHEMA_INVALID",
+    });
+    await publishPoison("inventory-other-type", `inventory.${ghost("io")}.StockCommitted`, enc("null"), {
+      code: "EVENT_SCHEMA_INVALID",
+    });
+    // Valid events about orders that do not exist: whoever would act on them gives up (after its retries:
+    // a lagging replica may not show an order yet); the audit records them like every published event.
+    const nr = ghost("nr");
+    const reserved = makeEvent(
+      "StockReserved",
+      {
+        orderId: nr,
+        customerId: "nobody",
+        items: [{ sku: "SKU-A", quantity: 1 }],
+        total: 1250,
+        currency: "EUR",
+      },
+      { aggregateId: nr, source: "inventory" },
+    );
+    const th = natsHeaders();
+    th.set(Hdr.Type, reserved.type);
+    await publishPoison("stock-reserved-no-order", subjectOf(reserved), enc(JSON.stringify(reserved)), {
+      code: "ORDER_NOT_FOUND",
+      attempts: MAX_ATTEMPTS,
+      consumers: ["payments-inventory"],
+      headers: th,
+      auditedAs: { orderId: nr, eventId: reserved.id },
+    });
+    const nj = ghost("nj");
+    const rejected = makeEvent(
+      "StockRejected",
+      { orderId: nj, reason: "out_of_stock", skus: ["SKU-A"] },
+      { aggregateId: nj, source: "inventory" },
+    );
+    await publishPoison("stock-rejected-no-order", subjectOf(rejected), enc(JSON.stringify(rejected)), {
+      code: "ORDER_NOT_FOUND",
+      attempts: MAX_ATTEMPTS,
+      consumers: ["orders-inventory"],
+      auditedAs: { orderId: nj, eventId: rejected.id },
+    });
+
+    // PAYMENTS
+    const pv = ghost("pv");
+    await publishPoison(
+      "payments-unsupported-version",
+      `payments.${pv}.PaymentCaptured`,
+      envelope(
+        "PaymentCaptured",
+        { orderId: pv, paymentId: "p", amount: 1, currency: "EUR" },
+        (e) => (e["version"] = 9),
+      ).bytes,
+      { code: "EVENT_VERSION_UNSUPPORTED" },
+    );
+    const nc = ghost("nc");
+    const captured = makeEvent(
+      "PaymentCaptured",
+      { orderId: nc, paymentId: "pay_ghost", amount: 1250, currency: "EUR" },
+      { aggregateId: nc, source: "payments" },
+    );
+    await publishPoison("payment-captured-no-order", subjectOf(captured), enc(JSON.stringify(captured)), {
+      code: "ORDER_NOT_FOUND",
+      attempts: MAX_ATTEMPTS,
+      consumers: ["orders-payments"],
+      auditedAs: { orderId: nc, eventId: captured.id },
+    });
+
+    // NOTIFICATIONS
+    await publishPoison(
+      "notifications-malformed",
+      `notifications.${ghost("nm")}.NotificationSent`,
+      enc("\u0000"),
+      {
+        code: "EVENT_MALFORMED",
+      },
+    );
+
+    for (const p of poisons) assert.ok(p.consumers.length > 0, `${p.name} has consumers`);
+    await poisonDeadLettered();
+  });
+
+  test("garbage on the subject of an order in flight: dead-lettered, and the order still completes", async () => {
+    await sys.setGatewayFaults({ outage: true });
+    try {
+      const r = await sys.placeOrder(order("in-flight"));
+      assert.equal(r.status, 202);
+      const id = r.body.orderId as string;
+      // Its stock is reserved and the charge is stuck at the gateway: the order cannot be decided yet.
+      await sys.until(
+        "stock reserved",
+        async () => (await getLast("INVENTORY", `inventory.${id}.StockReserved`)) !== null,
+      );
+      await publishPoison("garbage-on-real-order", `orders.${id}`, enc("<xml>not an event</xml>"), {
+        code: "EVENT_MALFORMED",
+      });
+      assert.equal((await getJson(`${sys.urls.orders}/orders/${id}`)).status, "PENDING");
+      await sys.setGatewayFaults({ outage: false });
+      const done = await sys.waitForTerminal(id, 60_000);
+      assert.equal(done.status, "CONFIRMED", JSON.stringify(done));
+    } finally {
+      await sys.setGatewayFaults({ outage: false });
+    }
+  });
+
+  test("an OrderPlaced whose total is not the sum of its lines is cancelled (invalid_order): nothing held or charged", async () => {
+    const id = ghost("inconsistent");
+    const { event } = envelope("OrderPlaced", placedData(id, 1));
+    const h = natsHeaders();
+    h.set(Hdr.Type, event.type);
+    const ack = await js.publish(subjectOf(event), enc(JSON.stringify(event)), {
+      msgID: event.id,
+      headers: h,
+    });
+    const done = await sys.waitForTerminal(id, 30_000);
+    assert.equal(done.status, "CANCELLED");
+    assert.equal(done.reason, "invalid_order");
+    const rejected = await getLast("INVENTORY", `inventory.${id}.StockRejected`);
+    assert.ok(rejected, "inventory rejected it");
+    assert.equal(JSON.parse(new TextDecoder().decode(rejected.data)).data.reason, "invalid_order");
+    assert.equal(await getLast("INVENTORY", `inventory.${id}.StockReserved`), null, "nothing reserved");
+    const ledger = await getJson(`${sys.urls.gateway}/v1/ledger?orderId=${id}`);
+    assert.equal(ledger.entries.length, 0, "nothing charged");
+    const dead = await deadLetters();
+    assert.equal(dead.filter((d) => d.stream === "ORDERS" && d.sequence === ack.seq).length, 0, "not poison");
+  });
+
+  test("forced duplicates of a real order's events (new message ids) change nothing", async () => {
+    const id = realOrder;
+    await sys.until("notification sent", async () =>
+      getLast("NOTIFICATIONS", `notifications.${id}.NotificationSent`),
+    );
+    await sys.until("stock committed", async () => getLast("INVENTORY", `inventory.${id}.StockCommitted`));
+    const originals = [
+      ...(await messagesOn("ORDERS", `orders.${id}`)),
+      (await getLast("INVENTORY", `inventory.${id}.StockReserved`))!,
+      (await getLast("INVENTORY", `inventory.${id}.StockCommitted`))!,
+      (await getLast("PAYMENTS", `payments.${id}.PaymentCaptured`))!,
+      (await getLast("NOTIFICATIONS", `notifications.${id}.NotificationSent`))!,
+    ];
+    const types = originals.map((m) => m.header.get(Hdr.Type));
+    assert.deepEqual(types.slice(0, 2), ["OrderPlaced", "OrderConfirmed"]);
+    await drained();
+    const ledgerBefore = await getJson(`${sys.urls.gateway}/v1/ledger?orderId=${id}`);
+    const stockBefore = await getJson(`${sys.urls.inventory}/inventory`);
+    const dups: { stream: string; seq: number }[] = [];
+    const republish = async (m: StoredMsg) => {
+      const h = natsHeaders();
+      for (const k of m.header.keys())
+        if (!k.startsWith("Nats-")) for (const v of m.header.values(k)) h.append(k, v);
+      const ack = await js.publish(m.subject, m.data, {
+        msgID: `forced-dup:${m.subject}:${m.seq}`,
+        headers: h,
+      });
+      assert.equal(ack.duplicate, false, "stored a second time");
+      dups.push({ stream: ack.stream, seq: ack.seq });
+    };
+    // OrderPlaced alone first: a second copy of it must not reopen the confirmed order.
+    await republish(originals[0]!);
+    await drained();
+    const view = await getJson(`${sys.urls.orders}/orders/${id}`);
+    assert.equal(view.status, "CONFIRMED", "a second OrderPlaced does not reopen the order");
+    for (const m of originals.slice(1)) await republish(m);
+    // And of another order, only the OrderConfirmed: one terminal event stored twice is still one.
+    const confirmed = (await messagesOn("ORDERS", `orders.${secondOrder}`)).find(
+      (m) => m.header.get(Hdr.Type) === "OrderConfirmed",
+    );
+    await republish(confirmed!);
+    await drained();
+    assert.equal((await getJson(`${sys.urls.orders}/orders/${secondOrder}`)).status, "CONFIRMED");
+    assert.equal((await getJson(`${sys.urls.orders}/orders/${id}`)).status, "CONFIRMED");
+    const ledgerAfter = await getJson(`${sys.urls.gateway}/v1/ledger?orderId=${id}`);
+    assert.deepEqual(ledgerAfter, ledgerBefore, "not charged again");
+    assert.deepEqual(await getJson(`${sys.urls.inventory}/inventory`), stockBefore, "stock unchanged");
+    const mails = await getJson(`${sys.urls.mail}/v1/messages`);
+    assert.equal(
+      mails.messages.filter((m: { tags?: Record<string, string> }) => m.tags?.["orderId"] === id).length,
+      1,
+      "one e-mail",
+    );
+    const timeline = await getJson(`${sys.urls.audit}/audit/orders/${id}`);
+    const ids = timeline.events.map((e: { event_id: string }) => e.event_id);
+    assert.equal(new Set(ids).size, ids.length, `audited once each: ${ids.join(", ")}`);
+    const dead = await deadLetters();
+    for (const d of dups)
+      assert.equal(
+        entriesOf({ stream: d.stream, seq: d.seq } as Poison, dead).length,
+        0,
+        "not dead-lettered",
+      );
+  });
+
+  test("real orders placed after the poison are CONFIRMED; every service is healthy and ready", async () => {
+    await placeAndConfirm("after", 4);
+    await healthy();
+  });
+
+  test("the timer of a duplicated OrderPlaced fires without touching the confirmed order", async () => {
+    const wait = realOrderTimeoutAt - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    // The four orders placed first and the forced duplicate of the first one's OrderPlaced are due first.
+    await sys.until("the first five order timers fired", async () => (await timersDone()) >= 5, 30_000);
+    const events = await messagesOn("ORDERS", `orders.${realOrder}`);
+    const terminal = events
+      .map((m) => m.header.get(Hdr.Type))
+      .filter((t) => t === "OrderConfirmed" || t === "OrderCancelled");
+    assert.deepEqual(
+      terminal,
+      ["OrderConfirmed", "OrderConfirmed"],
+      "the original and its forced duplicate, nothing else",
+    );
+    const view = await getJson(`${sys.urls.orders}/orders/${realOrder}`);
+    assert.equal(view.status, "CONFIRMED");
+  });
+
+  test("nothing else was dead-lettered, the audit has the valid poison, and the invariants hold", async () => {
+    await poisonDeadLettered();
+    const dead = await deadLetters();
+    const unexpected = dead.filter(
+      (d) => !poisons.some((p) => p.stream === d.stream && p.seq === d.sequence),
+    );
+    assert.deepEqual(
+      unexpected.map((d) => `${d.consumer} ${d.code} ${d.subject}: ${d.error}`),
+      [],
+      "no other dead letters",
+    );
+    for (const p of poisons.filter((x) => x.auditedAs)) {
+      const { orderId, eventId } = p.auditedAs!;
+      const timeline = await sys.until(`audit of ${p.name}`, async () => {
+        const r = await fetch(`${sys.urls.audit}/audit/orders/${orderId}`);
+        if (!r.ok) return undefined;
+        const t: any = await r.json();
+        return t.events.some((e: { event_id: string }) => e.event_id === eventId) ? t : undefined;
+      });
+      assert.ok(timeline, `${p.name} audited`);
+    }
+    const ledger = await getJson(`${sys.urls.gateway}/v1/ledger/summary`);
+    const ghosts = ledger.orders.filter((o: { orderId: string }) => o.orderId.startsWith("ghost-"));
+    assert.deepEqual(ghosts, [], "nothing charged for orders that do not exist");
+    await healthy();
+    await sys.assertInvariants();
+  });
+});
+
+/** Each poison is in the DLQ exactly once per expected consumer, with its code, attempts and body. */
+async function checkPoisonEntries(): Promise<void> {
+  const dead = await deadLetters();
+  for (const p of poisons) {
+    const entries = entriesOf(p, dead);
+    assert.deepEqual(
+      entries.map((e) => e.consumer).sort(),
+      p.consumers,
+      `${p.name}: one DLQ entry per consumer (${entries.map((e) => `${e.consumer}:${e.code}`).join(", ")})`,
+    );
+    for (const e of entries) {
+      const what = `${p.name} by ${e.consumer}`;
+      assert.equal(e.code, p.code, `${what}: code (${e.error})`);
+      // Attempts as expected; one more is tolerated: on a loaded machine a pull can expire on the client while
+      // a message is on its way, and that delivery, lost, comes back after the ack wait and counts.
+      assert.ok(
+        e.attempts === p.attempts || e.attempts === p.attempts + 1,
+        `${what}: ${e.attempts} attempts`,
+      );
+      assert.equal(e.subject, p.subject, `${what}: subject`);
+      assert.ok(e.error.length > 0, `${what}: error`);
+      if (p.name === "huge") {
+        assert.equal(e.bodyOmitted, true, `${what}: body omitted`);
+        assert.equal(e.data.length, 0);
+      } else {
+        assert.equal(e.bodyOmitted, false, `${what}: body kept`);
+        assert.equal(e.data.length, p.size, `${what}: body`);
+      }
+    }
+  }
+}
