@@ -265,10 +265,9 @@ ${markdown(report, m, scenarios, command)}
    \`SKU-SCARCE\`. A tiny load balancer spreads them over the orders replicas whose \`/ready\` answers 200, moves
    on when a connection is refused, and retries an order whose outcome is unknown (reset, timeout, 5xx) with
    the same \`Idempotency-Key\` for up to 60 s. Only a 202 counts as accepted.
-   The offered rate (column *offered* above: 75 orders/s, 50 on the 3-node cluster and in \`poison\`) is what
-   this 2-core machine sustains with headroom while it is shared with other work — a throughput benchmark of
-   the same build saturates at roughly 100 completed orders/s here. Above that the backlog grows before any
-   fault and the latencies measure overload, not the fault; \`--rate=N\` offers more.
+   The offered rate (column *offered* above) is what this 2-core machine sustains with headroom while it is
+   shared with other work (see [benchmarks.md](benchmarks.md) for where it saturates). Above that the backlog
+   grows before any fault and the latencies measure overload, not the fault; \`--rate=N\` offers more.
 3. **Fault.** 10 s of steady load, then the scenario's fault, held, then healed; then 10 s more of load.
 4. **Quiet.** The harness waits until every accepted order — and every order seen placed on the bus — is
    terminal and every durable consumer (except \`orders-timeouts\`, whose backlog is the order timers) has
@@ -299,5 +298,38 @@ its own (it is restarted, as Kubernetes would, but reported).
 
 Why some recoveries take about 30 s: a process killed with -9 takes the messages it was handling with it; the
 server redelivers them only after the consumers' ack wait (30 s). Nothing is lost, but those orders wait.
+
+## What the harness found
+
+Each of these failed a scenario first; the fix is in the service or library, with a regression test.
+
+1. **An election dead-lettered business events** (\`cluster-leader-loss\`). While a KV bucket or stream had no
+   leader, handlers' KV and JetStream calls failed with "jetstream is not enabled", 503 or timeouts; the consumer
+   runner counted each as a failed attempt, and the five attempts (about 4 s of backoff) ran out before the
+   election was over. The messages went to the DLQ: a confirmed order's stock was never committed, a captured
+   charge was never recorded — and so never refunded when its order timed out. Now a failure of NATS itself uses
+   up no attempt: the message is kept and retried in place until NATS answers
+   (\`src/lib/messaging/consumer.ts\`; test \`test/chaos/nats-unavailable.test.ts\`).
+2. **A cancellation during a reservation leaked stock** (\`kill-inventory\` with orders timing out). A killed
+   inventory leaves the order's reservation \`reserving\`; its OrderPlaced comes back only after the 30 s ack
+   wait. An OrderCancelled arriving meanwhile (the order's timeout) was retried until dead-lettered, and the
+   reservation, completed later, was never released: units reserved for good (I3). Now a cancellation releases a
+   reservation still under way at once, and the reserve, when it goes on, gives back what it held
+   (\`src/services/inventory/inventory.ts\`; tests in \`test/unit/inventory.test.ts\` and
+   \`test/integration/inventory.test.ts\`).
+3. **An order was both CONFIRMED and CANCELLED** (\`cluster-leader-loss\` with orders timing out). On the
+   nats-server 2.9.10 of these machines, a replicated stream checks \`Nats-Expected-Last-Subject-Sequence\` only
+   against what its leader has applied, so two concurrent appends expecting the same sequence are both accepted
+   (nats-io/nats-server#4320, fixed in 2.9.21: 295 of 300 concurrent pairs forked in a direct test here). A
+   capture and a timeout of one order, decided concurrently in one orders process, forked the order: refunded
+   although confirmed, two e-mails. Now a process sends its conditional appends of one subject, its
+   compare-and-sets of one KV key and its Idempotency-Key claims one at a time (\`src/lib/keyed-queue.ts\`,
+   \`src/lib/messaging/publisher.ts\`, \`src/lib/kv.ts\`, \`src/services/orders/store.ts\`; test
+   \`test/chaos/conditional-writes.test.ts\`), and services warn at start-up when they run replicated streams
+   on a server older than 2.9.21, where two replicas of a service would still be exposed (the Kubernetes
+   manifests run nats-server 2.10).
+
+The CI subset runs with a 10 s order timeout, so that timeouts race the faults' stalls; the last two were found
+only that way. The full run above uses the production default of 60 s.
 `;
 }

@@ -25,7 +25,7 @@ function killService(name: ServiceName): Scenario {
       `messages delivered but not acknowledged, HTTP requests in flight), down for 1 s (CI) / 5 s (full), then a ` +
       `new ${name} process on the same port; the fault window ends when it answers /ready. Messages the dead ` +
       `process held come back after the consumers' 30 s ack wait.`,
-    rate: { ci: 30, full: 75 },
+    rate: { ci: 30, full: 50 },
     async fault(ctx) {
       const victim = ctx.sys.running(name)[0];
       if (!victim) throw new Error(`no running ${name}`);
@@ -49,7 +49,7 @@ const rollingRestart: Scenario = {
     "answers 200 the old one gets SIGTERM and drains (readiness false, stop pulling, hand back, finish in-flight, " +
     "close). The load balancer sends only to ready orders replicas. The fault window is the whole deploy.",
   replicas: { inventory: 2, payments: 2, notifications: 2, audit: 2, orders: 2 },
-  rate: { ci: 8, full: 75 },
+  rate: { ci: 8, full: 50 },
   async fault(ctx) {
     ctx.faultStart("deploy begins");
     for (const name of SERVICES) {
@@ -70,7 +70,7 @@ function outage(sim: "payment-gateway" | "mail-provider", name: string, what: st
       `30 s (full), then back. The client's retries fail, its circuit breaker opens and pauses the consumers that ` +
       `call it, so messages wait in the stream without using up delivery attempts; a half-open probe after 5 s ` +
       `resumes them once the outage is over.`,
-    rate: { ci: 30, full: 75 },
+    rate: { ci: 30, full: 50 },
     async fault(ctx) {
       ctx.faultStart(`${sim} outage`);
       await ctx.sys.setFaults(sim, { outage: true });
@@ -89,7 +89,7 @@ const gatewaySlow: Scenario = {
     `payments client's ${GATEWAY_TIMEOUT_MS} ms timeout, for 6 s (CI) / 20 s (full): every charge attempt times ` +
     `out although the money moved. Retries with the same idempotency key replay the recorded charge; the breaker ` +
     `opens on the timeouts. Afterwards each order must have exactly one capture.`,
-  rate: { ci: 30, full: 75 },
+  rate: { ci: 30, full: 50 },
   async fault(ctx) {
     ctx.faultStart("gateway slow");
     await ctx.sys.setFaults("payment-gateway", { latencyMs: GATEWAY_TIMEOUT_MS + 1_000 });
@@ -107,7 +107,7 @@ const natsKill: Scenario = {
     "connection, publishes and KV writes in flight fail or time out, POST /orders answers 5xx (the client retries " +
     "with its idempotency key). After 2 s (CI) / 10 s (full) the server is started again on the same ports and " +
     "store dir; the fault window ends when it is healthy. Everything acknowledged before the crash must be there.",
-  rate: { ci: 30, full: 75 },
+  rate: { ci: 30, full: 50 },
   async fault(ctx) {
     ctx.faultStart("kill -9 nats-server");
     await ctx.sys.killNats();
@@ -127,7 +127,7 @@ const clusterLeaderLoss: Scenario = {
     "again on its store dir and waited for until the cluster is healthy. The full run does this twice (the second " +
     "time to the new leader of PAYMENTS).",
   cluster: true,
-  rate: { ci: 20, full: 50 },
+  rate: { ci: 20, full: 40 },
   async fault(ctx) {
     const rounds = ctx.scale === "ci" ? [Streams.ORDERS] : [Streams.ORDERS, Streams.PAYMENTS];
     const leaders: string[] = [];
@@ -156,7 +156,7 @@ const killAll: Scenario = {
     "middle of the load, then, after 1 s (CI) / 5 s (full), everything started again from the same data: the " +
     "JetStream store, the simulators' ledger and sent-mail files, the audit database. The fault window ends when " +
     "every process answers /ready again. Clients retry their orders with their idempotency key meanwhile.",
-  rate: { ci: 15, full: 75 },
+  rate: { ci: 15, full: 50 },
   async fault(ctx) {
     ctx.faultStart("kill -9 everything");
     await ctx.sys.killAll();

@@ -2,6 +2,7 @@ import { JetStreamApiCodes, JetStreamApiError, StorageType } from "@nats-io/jets
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { RetryableError } from "./errors.js";
+import { KeyedQueue } from "./keyed-queue.js";
 
 export type { KV } from "@nats-io/kv";
 
@@ -40,6 +41,19 @@ export async function readJson<T>(kv: KV, key: string): Promise<Versioned<T>> {
   return { value: e.json<T>(), revision: e.revision };
 }
 
+const queues = new WeakMap<KV, KeyedQueue>();
+
+/**
+ * Runs `work` once every earlier call for the same bucket and key in this process has settled: this process's
+ * conditional writes of one key reach the server one at a time (see {@link KeyedQueue} for why: concurrent
+ * compare-and-sets of one key can both succeed on clustered nats-server before 2.9.21).
+ */
+export function oneAtATime<R>(kv: KV, key: string, work: () => Promise<R>): Promise<R> {
+  let q = queues.get(kv);
+  if (!q) queues.set(kv, (q = new KeyedQueue()));
+  return q.run(key, work);
+}
+
 /** Returned by a {@link casUpdate} mutator to leave the key unchanged. */
 export const Unchanged: unique symbol = Symbol("Unchanged");
 
@@ -47,10 +61,11 @@ export const Unchanged: unique symbol = Symbol("Unchanged");
  * Compare-and-set update of a JSON value: reads it, applies `mutate`, and writes the result only if
  * nobody wrote in between (create when absent, update at the read revision). On a lost race it reads
  * again and retries, up to `maxRetries` times with jittered backoff, then throws a retryable error.
- * `mutate` must be pure: it may run several times. Returning {@link Unchanged} writes nothing.
+ * `mutate` must be pure: it may run several times. Returning {@link Unchanged} writes nothing. Updates of one
+ * key from this process run one at a time ({@link oneAtATime}).
  * @returns the value now stored (or the current one when unchanged) and its revision.
  */
-export async function casUpdate<T>(
+export function casUpdate<T>(
   kv: KV,
   key: string,
   mutate: (current: T | null) => T | typeof Unchanged,
@@ -65,6 +80,15 @@ export async function casUpdate<T>(
      */
     known?: Versioned<T> | undefined;
   } = {},
+): Promise<Versioned<T> & { changed: boolean }> {
+  return oneAtATime(kv, key, () => casLoop(kv, key, mutate, opts));
+}
+
+async function casLoop<T>(
+  kv: KV,
+  key: string,
+  mutate: (current: T | null) => T | typeof Unchanged,
+  opts: { maxRetries?: number; known?: Versioned<T> | undefined },
 ): Promise<Versioned<T> & { changed: boolean }> {
   const maxRetries = opts.maxRetries ?? 50;
   let known = opts.known;

@@ -139,6 +139,7 @@ export async function startService<S extends TObject>(
   const tracing = initTracing({ service: def.name, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const metrics = new Metrics(def.name);
   const nc = await connectNats({ servers: config.NATS_URL, name: def.name, logger });
+  warnIfConditionalWritesUnsafe(nc.info?.version, config.STREAM_REPLICAS, logger);
   // Everything after the connection is undone if start-up fails, so a failed start leaks nothing.
   let ops: OpsServer | undefined;
   let hooks: ServiceHooks = {};
@@ -244,6 +245,22 @@ export async function startService<S extends TObject>(
       return ok;
     })());
   return { ctx, url: address, stop };
+}
+
+/**
+ * Warns when the server's clustered streams do not serialize conditional writes: before nats-server 2.9.21 two
+ * concurrent appends expecting the same last subject sequence (or compare-and-sets of one KV key) can both be
+ * accepted on a replicated stream (nats-io/nats-server#4320). Each process sends its own one at a time, but two
+ * replicas of a service could still fork an order or both win a compare-and-set: run 2.9.21 or newer.
+ */
+function warnIfConditionalWritesUnsafe(version: string | undefined, replicas: number, logger: Logger): void {
+  const [major = 0, minor = 0, patch = 0] = (version ?? "").split(/[.-]/).map(Number);
+  const old = major < 2 || (major === 2 && (minor < 9 || (minor === 9 && patch < 21)));
+  if (replicas > 1 && version !== undefined && old)
+    logger.warn(
+      { server_version: version, issue: "https://github.com/nats-io/nats-server/issues/4320" },
+      "nats-server before 2.9.21 does not serialize concurrent conditional writes on replicated streams: run one replica per service, or upgrade",
+    );
 }
 
 /** Keeps consumer pending counts fresh for `/metrics`: read from the server at scrape time. */

@@ -4,6 +4,11 @@
  * orders. Asserts zero lost, stuck, double-charged, oversold, audit-missing and duplicate-e-mail orders, the
  * invariants I1–I6, the scenario's own checks, and no crashed process.
  *
+ * The orders service runs with a 10 s order timeout (production: 60 s), shorter than the stalls some faults cause
+ * (a killed process's messages come back after the 30 s ack wait): timeouts then race the saga — cancellations
+ * during a reservation, captures after a cancellation — and every such race must still reconcile. Two service
+ * bugs were found only that way.
+ *
  * Progress goes to stderr with CHAOS_VERBOSE=1; logs of every process are kept in a temp dir named in failures.
  * The audit log is in PostgreSQL when DATABASE_URL is set (a fresh schema, dropped afterwards), else PGlite.
  */
@@ -51,6 +56,7 @@ void describe("chaos (CI subset: every scenario at small scale)", { timeout: 12 
         reportDir: dir,
         dataDir: join(dir, "data"),
         databaseUrl: process.env["DATABASE_URL"] || undefined,
+        orderTimeoutMs: 10_000,
         log: (msg) => {
           const line = `[chaos +${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`;
           logLines.push(line);

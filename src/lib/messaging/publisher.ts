@@ -9,6 +9,7 @@ import {
 import { ExponentialBackoff, handleWhen, retry } from "cockatiel";
 import { context, trace } from "@opentelemetry/api";
 import { RetryableError } from "../errors.js";
+import { KeyedQueue } from "../keyed-queue.js";
 import { encodeEvent } from "../events/codec.js";
 import { streamOf, subjectOf, type Envelope } from "../events/envelope.js";
 import type { Metrics } from "../telemetry/metrics.js";
@@ -87,6 +88,7 @@ export function isTransientNatsError(err: unknown): boolean {
  */
 export class Publisher {
   readonly #js: JetStreamClient;
+  readonly #conditional = new KeyedQueue();
   readonly #opts: Required<Omit<PublisherOptions, "metrics">> & { metrics?: Metrics | undefined };
   /** One retry policy per stream label, made once (not per publish: that was measurable garbage). */
   readonly #policies = new Map<string, ReturnType<typeof retry>>();
@@ -171,8 +173,8 @@ export class Publisher {
       }
       this.#policies.set(key, policy);
     }
-    try {
-      return await policy.execute(() =>
+    const send = () =>
+      policy.execute(() =>
         this.#js.publish(subject, data, {
           msgID: o.msgID,
           timeout: this.#opts.timeoutMs,
@@ -182,6 +184,12 @@ export class Publisher {
             : {}),
         }),
       );
+    try {
+      // Conditional appends to one subject go one at a time (see KeyedQueue: on clustered nats-server before
+      // 2.9.21 two concurrent ones could both be accepted, forking an aggregate).
+      return o.expectLastSubjectSequence !== undefined
+        ? await this.#conditional.run(subject, send)
+        : await send();
     } catch (err) {
       if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamWrongLastSequence) {
         throw new ConcurrencyError(subject, o.expectLastSubjectSequence ?? -1, err);

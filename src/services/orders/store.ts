@@ -8,7 +8,7 @@ import {
   type AnyEnvelope,
   type Envelope,
 } from "../../lib/events/mod.js";
-import type { KV } from "../../lib/kv.js";
+import { oneAtATime, type KV } from "../../lib/kv.js";
 import { ConcurrencyError, type Publisher } from "../../lib/messaging/publisher.js";
 import { evolve, type Order } from "./order.js";
 
@@ -111,14 +111,18 @@ export class IdempotencyKeys {
   /** Claims the key for `record`; returns the record already stored when the key was taken. */
   async claim(idempotencyKey: string, record: IdempotencyRecord): Promise<IdempotencyRecord | null> {
     const key = IdempotencyKeys.keyOf(idempotencyKey);
-    try {
-      await this.kv.create(key, JSON.stringify(record));
-      return null;
-    } catch (err) {
-      const e = await this.kv.get(key);
-      if (e && e.operation === "PUT") return e.json<IdempotencyRecord>();
-      throw err;
-    }
+    // One claim of a key at a time in this process: two concurrent creates could both succeed on a clustered
+    // nats-server before 2.9.21 (see KeyedQueue), making two orders of one request.
+    return oneAtATime(this.kv, key, async () => {
+      try {
+        await this.kv.create(key, JSON.stringify(record));
+        return null;
+      } catch (err) {
+        const e = await this.kv.get(key);
+        if (e && e.operation === "PUT") return e.json<IdempotencyRecord>();
+        throw err;
+      }
+    });
   }
 }
 
