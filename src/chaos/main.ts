@@ -7,7 +7,7 @@
  * `reports/chaos/<stamp>/` only). `--ci`: the CI subset's small scale on a shared system. `DATABASE_URL`: the
  * audit log in PostgreSQL (a fresh schema per system), else PGlite. Exit code 1 when a scenario fails.
  */
-import { readFile } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -68,6 +68,7 @@ async function main(argv: string[]): Promise<number> {
   const stamp = new Date().toISOString().replace(/[:.]/g, "-");
   const reportDir = join(ROOT, "reports", "chaos", stamp);
   const databaseUrl = process.env["DATABASE_URL"] || undefined;
+  const dataDir = join(tmpdir(), `shopstream-chaos-${stamp}`);
   const command = `npm run chaos${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`;
   const t0 = Date.now();
   const log = (msg: string) =>
@@ -80,7 +81,7 @@ async function main(argv: string[]): Promise<number> {
     scale,
     shared,
     reportDir,
-    dataDir: join(tmpdir(), `shopstream-chaos-${stamp}`),
+    dataDir,
     keepData: keep,
     databaseUrl,
     rate,
@@ -88,6 +89,8 @@ async function main(argv: string[]): Promise<number> {
     logLevel,
     log,
   });
+  // Each system removed its own data; the run's (now empty) directory goes too.
+  if (!keep) await rm(dataDir, { recursive: true, force: true });
   const m = machine();
   await writeRunReport(reportDir, report, m, chosen, command);
   if (fullRun) await writeReliabilityDocs(ROOT, report, m, chosen, command);
