@@ -397,16 +397,7 @@ export class ConsumerRunner {
         event_type: event.type,
         consumer: this.name,
       }));
-    const ctx: HandlerContext = {
-      attempt,
-      subject: m.subject,
-      streamSequence: m.seq,
-      get logger() {
-        return logger();
-      },
-      span,
-      working: () => m.working(),
-    };
+    const ctx = handlerContext(m, attempt, logger, span);
     await this.#run(m, event.type, attempt, logger, span, started, () =>
       context.with(trace.setSpan(parent, span), () => handler(event, ctx)),
     );
@@ -510,16 +501,7 @@ export class ConsumerRunner {
       timestamp: new Date(Math.floor(m.info.timestampNanos / 1e6)),
     };
     const attempt = m.info.deliveryCount;
-    const ctx = {
-      attempt,
-      subject: m.subject,
-      streamSequence: m.seq,
-      get logger() {
-        return logger();
-      },
-      span,
-      working: () => m.working(),
-    };
+    const ctx = handlerContext(m, attempt, logger, span);
     await this.#run(m, type, attempt, logger, span, started, () => raw(msg, ctx));
   }
 
@@ -577,6 +559,20 @@ function isNatsUnavailable(err: unknown): boolean {
     if (isTransientNatsError(e)) return true;
   }
   return false;
+}
+
+/** What a handler (typed or raw) is given for one delivery; the logger is made on first use. */
+function handlerContext(m: JsMsg, attempt: number, logger: () => Logger, span: Span): HandlerContext {
+  return {
+    attempt,
+    subject: m.subject,
+    streamSequence: m.seq,
+    get logger() {
+      return logger();
+    },
+    span,
+    working: () => m.working(),
+  };
 }
 
 /** The catalog types a stream carries, for consumers that accept everything on it (audit). */
