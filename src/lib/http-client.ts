@@ -32,6 +32,7 @@ import {
   type IPolicy,
 } from "cockatiel";
 import { Gauge, type Registry } from "prom-client";
+import { Pool } from "undici";
 import { ShopStreamError } from "./errors.js";
 import { DeferError, type ConsumerRunner } from "./messaging/consumer.js";
 import type { Logger } from "./telemetry/logger.js";
@@ -114,8 +115,8 @@ export interface HttpDependencyOptions {
   /** `retryAfterMs` of the `DeferError` thrown while the breaker is open (default 250 ms). */
   deferMs?: number;
   logger?: Logger | undefined;
-  /** fetch implementation (tests). */
-  fetch?: typeof fetch;
+  /** Keep-alive connections to the dependency (default 64): concurrent calls beyond it queue. */
+  connections?: number;
 }
 
 /** A successful answer. */
@@ -138,6 +139,13 @@ export interface HttpResult<T> {
 export class HttpDependency {
   readonly name: string;
   readonly #o: Required<Omit<HttpDependencyOptions, "logger">> & { logger?: Logger | undefined };
+  /**
+   * Keep-alive connections through undici's pool: `fetch` (undici under the hood too) built a Request, a
+   * Response, header objects and an abort bridge per call, and cost payments and notifications more CPU
+   * than the rest of their work (docs/benchmarks.md).
+   */
+  readonly #pool: Pool;
+  readonly #path: string;
   readonly #breaker: CircuitBreakerPolicy;
   readonly #policy: IPolicy;
   readonly #listeners = new Set<(s: BreakerState) => void>();
@@ -153,10 +161,13 @@ export class HttpDependency {
       breakerThreshold: 5,
       halfOpenAfterMs: 5_000,
       deferMs: 250,
-      fetch: globalThis.fetch,
+      connections: 64,
       ...opts,
       baseUrl: opts.baseUrl.replace(/\/+$/, ""),
     };
+    const base = new URL(this.#o.baseUrl);
+    this.#path = base.pathname.replace(/\/+$/, "");
+    this.#pool = new Pool(base.origin, { connections: this.#o.connections, pipelining: 1 });
     const transient = handleWhen(isTransient);
     const retryPolicy = retry(transient, {
       maxAttempts: this.#o.retries,
@@ -205,10 +216,14 @@ export class HttpDependency {
     return this.#call<T>("GET", path, undefined, {});
   }
 
-  /** Stops the half-open timer, which otherwise keeps the process alive until it fires (service shutdown). */
+  /**
+   * Stops the half-open timer, which otherwise keeps the process alive until it fires, and closes the
+   * connections once calls in progress have finished (service shutdown).
+   */
   close(): void {
     clearTimeout(this.#halfOpenTimer);
     this.#halfOpenTimer = undefined;
+    void this.#pool.close().catch(() => undefined);
   }
 
   async #call<T>(
@@ -239,12 +254,13 @@ export class HttpDependency {
     headers: Record<string, string>,
     signal: AbortSignal,
   ): Promise<HttpResult<T>> {
-    const url = this.#o.baseUrl + path;
-    let res: Response;
+    let status: number;
+    let replayed: boolean;
     let text: string;
     try {
-      res = await this.#o.fetch(url, {
-        method,
+      const res = await this.#pool.request({
+        path: this.#path + path,
+        method: method as "GET" | "POST",
         signal,
         headers: {
           accept: "application/json",
@@ -253,7 +269,9 @@ export class HttpDependency {
         },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       });
-      text = await res.text();
+      status = res.statusCode;
+      replayed = res.headers["idempotent-replayed"] === "true";
+      text = await res.body.text();
     } catch (err) {
       if (signal.aborted) {
         throw new UpstreamError(
@@ -263,11 +281,11 @@ export class HttpDependency {
           { cause: err },
         );
       }
-      const cause = err instanceof Error && err.cause instanceof Error ? `: ${err.cause.message}` : "";
+      const code = (err as { code?: unknown }).code;
       throw new UpstreamError(
         this.name,
         UpstreamErrorCode.Unreachable,
-        `${method} ${path} failed: ${(err as Error).message}${cause}`,
+        `${method} ${path} failed: ${(err as Error).message}${typeof code === "string" ? ` (${code})` : ""}`,
         { cause: err },
       );
     }
@@ -277,23 +295,18 @@ export class HttpDependency {
     } catch {
       parsed = undefined;
     }
-    if (res.ok) {
+    if (status >= 200 && status < 300) {
       if (parsed === undefined) {
         throw new UpstreamError(this.name, UpstreamErrorCode.BadResponse, `${method} ${path}: not JSON`, {
-          httpStatus: res.status,
+          httpStatus: status,
         });
       }
-      return {
-        status: res.status,
-        body: parsed as T,
-        replayed: res.headers.get("idempotent-replayed") === "true",
-      };
+      return { status, body: parsed as T, replayed };
     }
     const detail = describeProblem(parsed) ?? text.slice(0, 200);
-    const code =
-      res.status >= 500 || res.status === 429 ? UpstreamErrorCode.Unavailable : UpstreamErrorCode.Rejected;
-    throw new UpstreamError(this.name, code, `${method} ${path} answered ${res.status}: ${detail}`, {
-      httpStatus: res.status,
+    const code = status >= 500 || status === 429 ? UpstreamErrorCode.Unavailable : UpstreamErrorCode.Rejected;
+    throw new UpstreamError(this.name, code, `${method} ${path} answered ${status}: ${detail}`, {
+      httpStatus: status,
       problem: parsed,
     });
   }

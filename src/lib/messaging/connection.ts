@@ -1,5 +1,6 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "../telemetry/logger.js";
+import { installNatsTuning } from "./nats-tuning.js";
 
 /** Options for {@link connectNats}. */
 export interface ConnectOptions {
@@ -28,6 +29,9 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
   const base = opts.reconnectDelayMs ?? 100;
   const cap = opts.maxReconnectDelayMs ?? 5_000;
   let attempt = 0;
+  const tuning = installNatsTuning();
+  for (const [what, state] of Object.entries(tuning))
+    if (state !== true) opts.logger.warn({ tuning: what, reason: state }, "nats.js tuning not installed");
   const nc = await connect({
     servers,
     name: opts.name,
