@@ -260,7 +260,7 @@ export class HttpDependency {
     try {
       const res = await this.#pool.request({
         path: this.#path + path,
-        method: method as "GET" | "POST",
+        method,
         signal,
         headers: {
           accept: "application/json",

@@ -30,8 +30,8 @@ let installed: NatsTuning | undefined;
 interface ProtocolInternals {
   outbound: { length(): number; size(): number; fill(...b: Uint8Array[]): void };
   pendingLimit: number;
-  flushPending(): void;
-  sendCommand(cmd: string | Uint8Array, ...payloads: Uint8Array[]): void;
+  flushPending: (this: ProtocolInternals) => void;
+  sendCommand: (this: ProtocolInternals, cmd: string | Uint8Array, ...payloads: Uint8Array[]) => void;
 }
 
 interface RequestInternals {
@@ -39,8 +39,8 @@ interface RequestInternals {
   mux: { cancel(r: unknown): void };
   deferred: { reject(err: unknown): void };
   settled?: boolean;
-  resolver(err: Error | null, msg: unknown): void;
-  cancel(err?: Error): void;
+  resolver: (this: RequestInternals, err: Error | null, msg: unknown) => void;
+  cancel: (this: RequestInternals, err?: Error) => void;
 }
 
 const encoder = new TextEncoder();
