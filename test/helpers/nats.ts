@@ -3,6 +3,7 @@
  * {@link connectTo}, a client connection tuned for tests that restart or kill servers mid-test.
  */
 import { type NatsConnection, type NodeConnectionOptions, connect } from "@nats-io/transport-node";
+import { installNatsTuning } from "../../src/lib/messaging/nats-tuning.js";
 import { NatsCluster, NatsServer } from "../../src/stack/nats-server.js";
 
 export {
@@ -44,6 +45,8 @@ export function connectTo(
         : typeof target === "string"
           ? [target]
           : [...target];
+  // The services' client tuning (connectNats installs it), so the suites test what production runs.
+  installNatsTuning();
   return connect({
     servers,
     maxReconnectAttempts: -1,
