@@ -15,6 +15,7 @@ import { jetstream, jetstreamManager, AckPolicy } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { makeEvent, decodeEvent, encodeEvent, validateEvent, type Envelope } from "../src/lib/events/mod.js";
 import { ConsumerRunner } from "../src/lib/messaging/consumer.js";
+import { installNatsTuning } from "../src/lib/messaging/nats-tuning.js";
 import { Publisher } from "../src/lib/messaging/publisher.js";
 import { ensureConsumer, ensureStream } from "../src/lib/messaging/topology.js";
 import { casUpdate, openBucket, Unchanged, type Versioned } from "../src/lib/kv.js";
@@ -109,6 +110,8 @@ function codec(): void {
 
 async function withServer<T>(fn: (nc: NatsConnection, server: NatsServer) => Promise<T>): Promise<T> {
   const server = await startNatsServer({});
+  // The services' client: connectNats sets noAsyncTraces and installs the nats.js tuning.
+  installNatsTuning();
   const nc = await connect({ servers: server.url, name: "micro", noAsyncTraces: true });
   try {
     return await fn(nc, server);
@@ -183,6 +186,7 @@ async function runner(nc: NatsConnection): Promise<void> {
 
   // The runner, no-op handler, at two concurrencies.
   for (const concurrency of [32, 256]) {
+    const profiling = await profileStart();
     const durable = `runner${concurrency}`;
     await ensureConsumer(jsm, { stream, durable, maxAckPending: 10_000 });
     let done = 0;
@@ -208,6 +212,7 @@ async function runner(nc: NatsConnection): Promise<void> {
     const ms = performance.now() - t0;
     const cu = process.cpuUsage(c0);
     await r.stop(5_000);
+    await profileStop(profiling, `runner-c${concurrency}`);
     report(`ConsumerRunner, no-op handler, concurrency ${concurrency}`, done, ms, cu.user + cu.system);
   }
 }
@@ -245,6 +250,31 @@ async function kv(nc: NatsConnection): Promise<void> {
   await concurrent("casUpdate (get + update), 64 in flight, own key each", 2000, 64, () =>
     casUpdate<Counter>(bucket, `j${i++ % 100_000}`, inc),
   );
+}
+
+/** `--profile=<dir>`: a V8 CPU profile of each runner measurement (summarise with `bench/profile.ts <dir>`). */
+const profileDir = process.argv.find((a) => a.startsWith("--profile="))?.slice("--profile=".length);
+
+async function profileStart(): Promise<import("node:inspector/promises").Session | undefined> {
+  if (!profileDir) return undefined;
+  const { Session } = await import("node:inspector/promises");
+  const session = new Session();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.start");
+  return session;
+}
+
+async function profileStop(
+  session: import("node:inspector/promises").Session | undefined,
+  name: string,
+): Promise<void> {
+  if (!session || !profileDir) return;
+  const { profile } = await session.post("Profiler.stop");
+  const { mkdir, writeFile } = await import("node:fs/promises");
+  await mkdir(profileDir, { recursive: true });
+  await writeFile(`${profileDir}/${name}.cpuprofile`, JSON.stringify(profile));
+  session.disconnect();
 }
 
 async function main(): Promise<void> {

@@ -87,9 +87,11 @@ void describe("notifications handler", () => {
     } as unknown as Mailer;
     const publisher = { publish: async (e: Envelope) => void published.push(e) } as unknown as Publisher;
     const orderPlaced = makeEvent("OrderPlaced", placed, { aggregateId: "o1", source: "orders" });
+    let directGets = 0;
     const jsm = {
       direct: {
         getMessage: async (stream: string, q: { seq: number; next_by_subj: string }) => {
+          directGets++;
           assert.deepEqual([stream, q], ["ORDERS", { seq: 1, next_by_subj: "orders.o1" }]);
           return { data: encodeEvent(orderPlaced) };
         },
@@ -114,7 +116,7 @@ void describe("notifications handler", () => {
       span: trace.getTracer("test").startSpan("t"),
       working: () => undefined,
     };
-    return { handlers, ctx, sends, published, lines };
+    return { handlers, ctx, sends, published, lines, orderPlaced, directGets: () => directGets };
   }
 
   void it("sends once, publishes NotificationSent each time, and never logs the address", async () => {
@@ -125,8 +127,10 @@ void describe("notifications handler", () => {
       { aggregateId: "o1", source: "orders" },
     );
     await h.handlers.OrderConfirmed!(event, h.ctx);
-    await h.handlers.OrderConfirmed!(event, h.ctx);
+    // A redelivery finds the send recorded.
+    await h.handlers.OrderConfirmed!(event, { ...h.ctx, attempt: 2 });
     assert.deepEqual(h.sends, [{ to: "ada@example.com", key: "o1:order_confirmed" }]);
+    assert.equal(h.directGets(), 1, "the address read from the stream once");
     assert.equal(h.published.length, 2);
     for (const e of h.published) {
       assert.equal(e.id, "o1:NotificationSent:order_confirmed");
@@ -135,5 +139,19 @@ void describe("notifications handler", () => {
     }
     assert.ok(h.lines.length > 0);
     assert.doesNotMatch(h.lines.join(""), /ada@example\.com/);
+  });
+
+  void it("takes the address from the OrderPlaced it received, without reading the stream", async () => {
+    const h = harness();
+    await h.handlers.OrderPlaced!(h.orderPlaced, h.ctx);
+    const event = makeEvent(
+      "OrderCancelled",
+      { orderId: "o1", reason: "out_of_stock" },
+      { aggregateId: "o1", source: "orders" },
+    );
+    await h.handlers.OrderCancelled!(event, h.ctx);
+    assert.deepEqual(h.sends, [{ to: "ada@example.com", key: "o1:order_cancelled" }]);
+    assert.equal(h.directGets(), 0);
+    assert.equal(h.published.length, 1);
   });
 });

@@ -185,7 +185,9 @@ export class InventoryHandlers {
     await Promise.all(record.items.map((l) => store.moveStock(l.sku, commitHold(orderId))));
     const { value: decided } = await store.updateReservation(orderId, decideCommit);
     if (decided?.status !== "committed") throw this.#breach("confirmed", orderId, decided);
-    await this.#giveBackAll(orderId, decided.items);
+    // No give-back here: every hold of the order just became a sale under this order's lock, and a hold placed
+    // later by a duplicate reservation elsewhere is given back by that reservation itself (it finds the record
+    // committed). A redo (the record already committed, above) does give back.
     ctx.logger.debug({ items: decided.items }, "reservation committed");
     await this.#publish("StockCommitted", { orderId, items: decided.items }, event, false);
   }

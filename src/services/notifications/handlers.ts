@@ -15,6 +15,8 @@ export interface NotificationsDeps {
   /** The publishing service (`source` of events). */
   source: string;
   now?: () => Date;
+  /** OrderPlaced data remembered from the ORDERS stream, at most this many orders (default 50,000). */
+  maxRemembered?: number;
 }
 
 /**
@@ -22,16 +24,34 @@ export interface NotificationsDeps {
  * NotificationSent. Idempotent: a recorded send is not repeated, an unrecorded one is repeated with the
  * same idempotency key (the provider replays it), and the event id is `<orderId>:NotificationSent:<kind>`.
  * The address is read from the order's OrderPlaced and never logged.
+ *
+ * Round trips saved on the way (each is a NATS request per order): the OrderPlaced that the consumer receives
+ * anyway (it reads the whole ORDERS stream) is remembered in memory until the order's e-mail, so the address
+ * is read back from the stream only when this process did not see it (a restart, another replica); and on
+ * a first delivery the sent-record is not looked up first: a first delivery has not been handled before,
+ * and if another copy of the event was (a reset consumer), the provider replays the e-mail for its key and
+ * the record already stored wins.
  */
 export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
   const now = deps.now ?? (() => new Date());
+  const max = deps.maxRemembered ?? 50_000;
+  const placed = new Map<string, Envelope<"OrderPlaced">["data"]>();
+
+  const remember = (event: Envelope<"OrderPlaced">): Promise<void> => {
+    if (placed.size >= max) {
+      const oldest = placed.keys().next();
+      if (!oldest.done) placed.delete(oldest.value);
+    }
+    placed.set(event.data.orderId, event.data);
+    return Promise.resolve();
+  };
 
   const notify = async (event: Envelope<NotifiedEvent>, h: HandlerContext) => {
     const orderId = event.data.orderId;
     const kind = kindOf(event.type);
-    let sent = await deps.store.get(orderId, kind);
+    let sent = h.attempt > 1 ? await deps.store.get(orderId, kind) : null;
     if (!sent) {
-      const order = await readOrderPlaced(deps.jsm, orderId);
+      const order = placed.get(orderId) ?? (await readOrderPlaced(deps.jsm, orderId));
       const mail =
         event.type === "OrderConfirmed"
           ? confirmedMail(order, (event as Envelope<"OrderConfirmed">).data)
@@ -47,7 +67,8 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
         { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
       ),
     );
+    placed.delete(orderId);
   };
 
-  return { OrderConfirmed: notify, OrderCancelled: notify };
+  return { OrderPlaced: remember, OrderConfirmed: notify, OrderCancelled: notify };
 }

@@ -40,8 +40,12 @@ export class NotificationStore {
 
   /** Records a sent e-mail; the first record wins (a redo of the same send has the same message id). */
   async record(n: SentNotification): Promise<SentNotification> {
-    const r = await casUpdate<SentNotification>(this.#kv, `${n.orderId}.${n.kind}`, (cur) =>
-      cur === null ? n : Unchanged,
+    // Usually absent: try the create first, read only when it exists.
+    const r = await casUpdate<SentNotification>(
+      this.#kv,
+      `${n.orderId}.${n.kind}`,
+      (cur) => (cur === null ? n : Unchanged),
+      { known: { value: null, revision: 0 } },
     );
     return r.value ?? n;
   }

@@ -20,7 +20,8 @@ export async function applyDecision(
   ctx: Pick<HandlerContext, "logger">,
 ): Promise<void> {
   for (let i = 0; i < 5; i++) {
-    const { order, version } = await store.load(orderId);
+    // First from what this process remembers (the conditional append catches a stale memory), then read.
+    const { order, version } = (i === 0 ? store.recent(orderId) : undefined) ?? (await store.load(orderId));
     if (!order) {
       // The outcome arrived but the order's first event is not readable yet (a lagging replica of a
       // direct get); try again later, and after max attempts it goes to the DLQ with this reason.

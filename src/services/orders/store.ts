@@ -26,10 +26,39 @@ export interface LoadedOrder {
  * {@link ConcurrencyError}, reloads, and finds the order already decided.
  */
 export class OrderStore {
+  /**
+   * Orders as this process last loaded or appended them, with their version, most recent last (bounded). A
+   * decision starts from here instead of reading the order's events back (two direct gets, the last one a
+   * "not found"): if another writer appended meanwhile, the conditional append fails and the order is read.
+   * A terminal order found here is terminal on the stream too (events are only ever appended after it).
+   */
+  readonly #recent = new Map<string, { order: Order; version: number }>();
+
   constructor(
     private readonly jsm: JetStreamManager,
     private readonly publisher: Publisher,
+    private readonly maxRecent = 20_000,
   ) {}
+
+  /** The order as this process last loaded or appended it, if it still remembers it. */
+  recent(orderId: string): { order: Order; version: number } | undefined {
+    return this.#recent.get(orderId);
+  }
+
+  /** Drops what this process remembers of an order (after a conflict, so the next decision reads it). */
+  forget(orderId: string): void {
+    this.#recent.delete(orderId);
+  }
+
+  #remember(orderId: string, order: Order | null, version: number): void {
+    this.#recent.delete(orderId);
+    if (!order) return;
+    if (this.#recent.size >= this.maxRecent) {
+      const oldest = this.#recent.keys().next();
+      if (!oldest.done) this.#recent.delete(oldest.value);
+    }
+    this.#recent.set(orderId, { order, version });
+  }
 
   /**
    * Rebuilds an order from its events (null when it has none). A message on the subject that is not a
@@ -60,6 +89,7 @@ export class OrderStore {
       events.push(e);
       order = evolve(order, e);
     }
+    this.#remember(orderId, order, version);
     return { order, version, events };
   }
 
@@ -80,7 +110,19 @@ export class OrderStore {
   async append(event: Envelope, expectedVersion: number): Promise<number> {
     if (subjectOf(event) !== `orders.${event.aggregate_id}`)
       throw new Error(`${event.type} is not an order event`);
-    const ack = await this.publisher.publish(event, { expectLastSubjectSequence: expectedVersion });
+    const orderId = event.aggregate_id;
+    const before = expectedVersion === 0 ? null : this.#recent.get(orderId);
+    let ack;
+    try {
+      ack = await this.publisher.publish(event, { expectLastSubjectSequence: expectedVersion });
+    } catch (err) {
+      this.forget(orderId);
+      throw err;
+    }
+    // Remember the order after the event only when the order before it is known at that very version.
+    if (before === null || before?.version === expectedVersion)
+      this.#remember(orderId, evolve(before?.order ?? null, event as AnyEnvelope), ack.seq);
+    else this.forget(orderId);
     return ack.seq;
   }
 }

@@ -88,7 +88,7 @@ export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; or
 
   const onStockReservedEvent = async (event: Envelope<"StockReserved">, h: HandlerContext) => {
     const { orderId, customerId, total, currency } = event.data;
-    let p = await store.get(orderId);
+    let p = await store.get(orderId, { probablyAbsent: h.attempt === 1 });
     for (let step = 0; step < MAX_STEPS; step++) {
       switch (onStockReserved(p)) {
         case "start":

@@ -30,7 +30,18 @@ export class PaymentStore {
     return new PaymentStore(kv);
   }
 
-  async get(orderId: string): Promise<Payment | null> {
+  /**
+   * The stored payment. With `probablyAbsent` (a first delivery of an order's first payment event) nothing is
+   * read: the value this process remembers, or else absent is assumed, the next update tries a create, and
+   * if a payment does exist the create fails and the update reads it and decides on it.
+   */
+  async get(orderId: string, opts: { probablyAbsent?: boolean } = {}): Promise<Payment | null> {
+    if (opts.probablyAbsent) {
+      const known = this.#versions.get(orderId);
+      if (known) return known.value;
+      this.#versions.set(orderId, { value: null, revision: 0 });
+      return null;
+    }
     return (await this.#versions.read(this.#kv, orderId)).value;
   }
 
