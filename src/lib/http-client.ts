@@ -188,7 +188,13 @@ export class HttpDependency {
     });
     this.#breaker.onStateChange((s) => this.#onBreakerState(s));
     // Cooperative: the attempt's fetch is aborted through the signal and reports the timeout itself.
-    this.#policy = wrap(retryPolicy, this.#breaker, timeout(this.#o.timeoutMs, TimeoutStrategy.Cooperative));
+    // No abort once an attempt has returned (cockatiel's default): the answer is complete by then, and the
+    // abort built a DOMException (a stack trace) and ran undici's abort listeners for every successful call.
+    this.#policy = wrap(
+      retryPolicy,
+      this.#breaker,
+      timeout(this.#o.timeoutMs, { strategy: TimeoutStrategy.Cooperative, abortOnReturn: false }),
+    );
   }
 
   /** Current breaker state. */

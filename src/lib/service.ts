@@ -37,7 +37,7 @@ export const CommonConfig = Type.Object({
   CONSUMER_CONCURRENCY: Type.Integer({
     minimum: 1,
     maximum: 1024,
-    default: 32,
+    default: 128,
     description: "handlers at once per consumer",
   }),
   MAX_ATTEMPTS: Type.Integer({
