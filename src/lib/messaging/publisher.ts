@@ -13,7 +13,14 @@ import { KeyedQueue } from "../keyed-queue.js";
 import { encodeEvent } from "../events/codec.js";
 import { streamOf, subjectOf, type Envelope } from "../events/envelope.js";
 import type { Metrics } from "../telemetry/metrics.js";
-import { SpanKind, SpanStatusCode, injectTraceHeaders, tracer } from "../telemetry/tracing.js";
+import {
+  SpanKind,
+  SpanStatusCode,
+  contextFromTraceId,
+  hasActiveSpan,
+  injectTraceHeaders,
+  tracer,
+} from "../telemetry/tracing.js";
 import { Hdr } from "./headers.js";
 
 /** Another writer appended to the aggregate first: reload and decide again. Retryable. */
@@ -114,21 +121,30 @@ export class Publisher {
     const subject = subjectOf(event);
     const data = encodeEvent(event);
     const stream = streamOf(event.type);
-    const span = tracer().startSpan(`send ${subject}`, {
-      kind: SpanKind.PRODUCER,
-      attributes: {
-        "messaging.system": "nats",
-        "messaging.operation.type": "send",
-        "messaging.operation.name": "publish",
-        "messaging.destination.name": subject,
-        "messaging.message.id": event.id,
-        "shopstream.event.type": event.type,
-        "shopstream.order.id": event.aggregate_id,
+    // The active span (a handler's, a request's) is the parent; when there is none (no context manager when
+    // nothing is exported, or a publish outside any span), the event's own trace is, so the message always
+    // carries its order's trace.
+    const active = context.active();
+    const parent = hasActiveSpan(active) ? active : contextFromTraceId(event.trace_id);
+    const span = tracer().startSpan(
+      `send ${subject}`,
+      {
+        kind: SpanKind.PRODUCER,
+        attributes: {
+          "messaging.system": "nats",
+          "messaging.operation.type": "send",
+          "messaging.operation.name": "publish",
+          "messaging.destination.name": subject,
+          "messaging.message.id": event.id,
+          "shopstream.event.type": event.type,
+          "shopstream.order.id": event.aggregate_id,
+        },
       },
-    });
+      parent,
+    );
     const h = opts.headers ?? natsHeaders();
     h.set(Hdr.Type, event.type);
-    injectTraceHeaders(trace.setSpan(context.active(), span), h);
+    injectTraceHeaders(trace.setSpan(parent, span), h);
     const started = performance.now();
     try {
       const ack = await this.publishRaw(subject, data, {

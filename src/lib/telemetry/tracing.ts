@@ -66,7 +66,13 @@ export function initTracing(opts: TracingOptions): Tracing {
       sampler: processors.length > 0 ? new AlwaysOnSampler() : new AlwaysOffSampler(),
       spanProcessors: processors,
     });
-    installed.register({ propagator: new W3CTraceContextPropagator() });
+    installed.register({
+      propagator: new W3CTraceContextPropagator(),
+      // Nothing exported: no context manager either. Its AsyncLocalStorage turns on Node's promise hooks, a
+      // cost on every promise of the process; without it no span is "active", and each message carries its
+      // order's trace instead (the publisher parents its span on the event's trace_id).
+      ...(processors.length > 0 ? {} : { contextManager: null }),
+    });
   }
   const provider = installed;
   return {
@@ -76,6 +82,12 @@ export function initTracing(opts: TracingOptions): Tracing {
       installed = undefined;
     },
   };
+}
+
+/** Is a span context of `ctx` (or of the active context) valid, i.e. is some span active? */
+export function hasActiveSpan(ctx: Context = context.active()): boolean {
+  const sc = trace.getSpanContext(ctx);
+  return sc !== undefined && trace.isSpanContextValid(sc);
 }
 
 /** The tracer used by the shared library (a no-op one until {@link initTracing} runs). */
