@@ -202,7 +202,7 @@ async function runner(nc: NatsConnection): Promise<void> {
       },
       publisher,
       logger: createLogger({ service: "micro", level: "warn" }),
-      metrics: new Metrics("micro"),
+      metrics: process.env.NO_METRICS ? undefined : new Metrics("micro"),
       concurrency,
     });
     const c0 = process.cpuUsage();
