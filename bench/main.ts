@@ -8,7 +8,7 @@
  * consumer lag every second, waits for the system to go quiet, runs the invariant checker with the run's accepted
  * order ids, and stops the stack. A lost order, or any violated invariant, fails the run (exit code 1).
  *
- *   npm run bench                         # 60 s per scenario: 500, 1000, 2000, 3000 orders/s, then closed loop c=64
+ *   npm run bench                         # 60 s per scenario: 250, 400, 1000, 2000, 3000 orders/s, then closed loop c=64
  *   npm run bench -- --quick              # 10 s per scenario
  *   BENCH_RATES=1000,2000 BENCH_DURATION_S=30 npm run bench -- --no-closed
  *   npm run bench -- --rates=2000 --profile   # CPU profile of every process (node --cpu-prof), summarised
@@ -55,7 +55,7 @@ function flag(name: string): string | undefined {
 }
 const quick = flag("quick") !== undefined;
 const durationS = Number(flag("duration") ?? process.env.BENCH_DURATION_S ?? (quick ? 10 : 60));
-const rates = (flag("rates") ?? process.env.BENCH_RATES ?? "500,1000,2000,3000")
+const rates = (flag("rates") ?? process.env.BENCH_RATES ?? "250,400,1000,2000,3000")
   .split(",")
   .map((s) => Number(s.trim()))
   .filter((n) => n > 0);
