@@ -59,6 +59,8 @@ const rates = (flag("rates") ?? process.env.BENCH_RATES ?? "250,400,1000,2000,30
   .split(",")
   .map((s) => Number(s.trim()))
   .filter((n) => n > 0);
+/** NODE_OPTIONS of the stack's processes (`BENCH_NODE_OPTIONS`; default: the manifests' heap cap). */
+const nodeOptions = process.env.BENCH_NODE_OPTIONS ?? "--max-old-space-size=160";
 const concurrency =
   flag("no-closed") !== undefined ? 0 : Number(flag("concurrency") ?? process.env.BENCH_CONCURRENCY ?? 64);
 const profile = flag("profile") !== undefined;
@@ -232,12 +234,14 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
     label: name,
     extraReplicas: extraReplicas(),
     ...(profile ? { natsPprofPort: await freePort() } : {}),
-    ...(profile
-      ? {
-          nodeOptions: `--import=${join(ROOT, "bench/cpu-profile-preload.mjs")}`,
-          env: { BENCH_CPU_PROF_DIR: profDir },
-        }
-      : {}),
+    // The services' heap as the Kubernetes manifests set it (deploy/k8s/base: --max-old-space-size=160).
+    nodeOptions: [
+      nodeOptions,
+      ...(profile ? [`--import=${join(ROOT, "bench/cpu-profile-preload.mjs")}`] : []),
+    ]
+      .filter(Boolean)
+      .join(" "),
+    ...(profile ? { env: { BENCH_CPU_PROF_DIR: profDir } } : {}),
   });
   currentStack = stack;
   const pidNames = new Map<number, string>();
