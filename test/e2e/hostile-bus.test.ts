@@ -276,7 +276,7 @@ describe("hostile input on the bus", () => {
     sys = await startSystem({
       catalog,
       orderTimeoutMs: ORDER_TIMEOUT_MS,
-      env: { VERIFY_ORDER_PLACED: "true" },
+      // VERIFY_ORDER_PLACED is on by default: a StockReserved for no order is not charged.
     });
     js = jetstream(sys.nc);
     jsm = await jetstreamManager(sys.nc);

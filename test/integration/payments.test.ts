@@ -30,6 +30,7 @@ import {
   definition,
   internalsOf,
 } from "../../src/services/payments/service.js";
+import { orderPlacedData } from "../helpers/messaging.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
 
 const TIMEOUT_MS = 400;
@@ -179,8 +180,21 @@ void describe("payments service", () => {
     await nats?.cleanup();
   });
 
-  const reserve = (orderId: string, o: { customerId?: string; total?: number; copy?: string } = {}) =>
-    publisher.publish(
+  /** The order's OrderPlaced (payments charges only orders that exist), then its StockReserved. */
+  const reserve = async (orderId: string, o: { customerId?: string; total?: number; copy?: string } = {}) => {
+    await publisher.publish(
+      makeEvent(
+        "OrderPlaced",
+        {
+          ...orderPlacedData(orderId),
+          customerId: o.customerId ?? "cus_42",
+          items: [{ sku: "sku-1", quantity: 1, unitPrice: o.total ?? 1250 }],
+          total: o.total ?? 1250,
+        },
+        { aggregateId: orderId, source: "orders" },
+      ),
+    );
+    return publisher.publish(
       makeEvent(
         "StockReserved",
         {
@@ -193,6 +207,7 @@ void describe("payments service", () => {
         { aggregateId: orderId, source: "inventory", idSuffix: o.copy },
       ),
     );
+  };
   const cancel = (orderId: string, copy?: string) =>
     publisher.publish(
       makeEvent(

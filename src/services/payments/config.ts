@@ -23,7 +23,7 @@ export const PaymentsConfig = Type.Object({
   }),
   BREAKER_HALF_OPEN_MS: Env.ms(5_000, "time the breaker stays open before a probe call"),
   VERIFY_ORDER_PLACED: Type.Boolean({
-    default: false,
+    default: true,
     description:
       "before charging, check that the order's OrderPlaced is on the ORDERS stream; a StockReserved for an order that does not exist is dead-lettered (ORDER_NOT_FOUND) instead of charged",
   }),

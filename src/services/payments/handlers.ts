@@ -36,6 +36,8 @@ export interface PaymentsDeps {
    */
   orderExists?: (orderId: string) => Promise<boolean>;
   now?: () => Date;
+  /** Orders whose OrderPlaced this process received, remembered at most (default 50,000). */
+  maxRemembered?: number;
 }
 
 /** How many state transitions one event can cause at most (a guard against a logic loop). */
@@ -48,6 +50,20 @@ const MAX_STEPS = 6;
 export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; orders: HandlerMap } {
   const now = deps.now ?? (() => new Date());
   const { store } = deps;
+  // The orders consumer receives every OrderPlaced anyway: remembering their ids makes the existence check
+  // free for nearly every order; one not seen here (a restart, another replica, a lagging consumer) is
+  // looked up on the stream.
+  const max = deps.maxRemembered ?? 50_000;
+  const placed = new Set<string>();
+  const onOrderPlaced = (event: Envelope<"OrderPlaced">): Promise<void> => {
+    if (placed.size >= max) {
+      const oldest = placed.values().next();
+      if (!oldest.done) placed.delete(oldest.value);
+    }
+    placed.add(event.data.orderId);
+    return Promise.resolve();
+  };
+  const orderExists = deps.orderExists;
 
   const publishOutcome = async (p: Payment, orderId: string, cause: Envelope) => {
     const opts = { aggregateId: orderId, source: deps.source, cause };
@@ -92,8 +108,9 @@ export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; or
     for (let step = 0; step < MAX_STEPS; step++) {
       switch (onStockReserved(p)) {
         case "start":
-          if (deps.orderExists && !(await deps.orderExists(orderId)))
+          if (orderExists && !placed.has(orderId) && !(await orderExists(orderId)))
             throw new RetryableError("ORDER_NOT_FOUND", `order ${orderId} has no OrderPlaced; not charged`);
+          placed.delete(orderId);
           p = (
             await store.update(orderId, (cur) =>
               startCharge(cur, { amount: total, currency, customerId }, now()),
@@ -179,6 +196,6 @@ export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; or
 
   return {
     inventory: { StockReserved: onStockReservedEvent },
-    orders: { OrderCancelled: onOrderCancelledEvent },
+    orders: { OrderPlaced: onOrderPlaced, OrderCancelled: onOrderCancelledEvent },
   };
 }
