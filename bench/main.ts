@@ -60,7 +60,7 @@ const rates = (flag("rates") ?? process.env.BENCH_RATES ?? "250,400,1000,2000,30
   .map((s) => Number(s.trim()))
   .filter((n) => n > 0);
 /** NODE_OPTIONS of the stack's processes (`BENCH_NODE_OPTIONS`; default: the manifests' heap cap). */
-const nodeOptions = process.env.BENCH_NODE_OPTIONS ?? "--max-old-space-size=160";
+const nodeOptions = process.env.BENCH_NODE_OPTIONS ?? "--max-old-space-size=160 --max-semi-space-size=16";
 const concurrency =
   flag("no-closed") !== undefined ? 0 : Number(flag("concurrency") ?? process.env.BENCH_CONCURRENCY ?? 64);
 const profile = flag("profile") !== undefined;
@@ -234,7 +234,7 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
     label: name,
     extraReplicas: extraReplicas(),
     ...(profile ? { natsPprofPort: await freePort() } : {}),
-    // The services' heap as the Kubernetes manifests set it (deploy/k8s/base: --max-old-space-size=160).
+    // The services' heap as the Kubernetes manifests set it (deploy/k8s/base).
     nodeOptions: [
       nodeOptions,
       ...(profile ? [`--import=${join(ROOT, "bench/cpu-profile-preload.mjs")}`] : []),
