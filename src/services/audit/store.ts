@@ -250,10 +250,16 @@ export class AuditStore {
     return this.db.transaction(async (tx) => {
       await tx.query("SELECT pg_advisory_xact_lock($1::bigint)", [this.#lockKey]);
       const ids = [...new Set(entries.map((e) => e.eventId))];
-      const stored = await tx.query<Raw>(
-        `SELECT event_id, position, payload FROM ${this.qualified} WHERE event_id IN (${ids.map((_, i) => `$${i + 1}`).join(",")})`,
+      // One round trip for both: the entries already stored, and the head of the chain (event_id NULL).
+      const found = await tx.query<Raw>(
+        `(SELECT event_id, position, payload, NULL::text AS hash FROM ${this.qualified}
+           WHERE event_id IN (${ids.map((_, i) => `$${i + 1}`).join(",")}))
+         UNION ALL
+         (SELECT NULL::text, position, NULL::text, hash FROM ${this.qualified} ORDER BY position DESC LIMIT 1)`,
         ids,
       );
+      const headRow = found.find((r) => r["event_id"] === null || r["event_id"] === undefined);
+      const stored = found.filter((r) => r !== headRow);
       const positions = new Map(stored.map((r) => [String(r["event_id"]), num(r["position"])]));
       const payloads = new Map(stored.map((r) => [String(r["event_id"]), String(r["payload"])]));
       const firstIndex = new Map<string, number>();
@@ -265,11 +271,8 @@ export class AuditStore {
         fresh.push(e);
       });
       if (fresh.length > 0) {
-        const last = await tx.query<Raw>(
-          `SELECT position, hash FROM ${this.qualified} ORDER BY position DESC LIMIT 1`,
-        );
-        const head = last[0]
-          ? { position: num(last[0]["position"]), hash: String(last[0]["hash"]) }
+        const head = headRow
+          ? { position: num(headRow["position"]), hash: String(headRow["hash"]) }
           : { position: 0, hash: GENESIS_HASH };
         const rows = chainEntries(fresh, head, now().toISOString());
         await this.#insert(tx, rows);
