@@ -4,6 +4,7 @@
  * file-storage stream, pipelined (a window of publishes in flight), counting PubAcks per second; one at a time
  * (what a handler's await costs); and consumed with a durable pull consumer and acknowledged one by one.
  */
+import { installNatsTuning } from "../src/lib/messaging/nats-tuning.js";
 import { randomBytes } from "node:crypto";
 import { AckPolicy, jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect, headers as natsHeaders } from "@nats-io/transport-node";
@@ -50,7 +51,9 @@ function body(i: number, bytes: number): Uint8Array {
  * afterwards. `seconds` bounds each part.
  */
 export async function measureCeiling(natsUrl: string, seconds = 4, window = 512): Promise<Ceiling> {
-  const nc = await connect({ servers: natsUrl, name: "bench-ceiling" });
+  // The services' client: their connection options and the nats.js tuning (src/lib/messaging/connection.ts).
+  installNatsTuning();
+  const nc = await connect({ servers: natsUrl, name: "bench-ceiling", noAsyncTraces: true });
   const jsm = await jetstreamManager(nc);
   const js = jetstream(nc);
   const stream = "BENCH_CEILING";
