@@ -205,8 +205,8 @@ export class ConsumerRunner {
   }
 
   /**
-   * Graceful stop: stop pulling, hand back (nak without delay) messages not yet started or parked, and
-   * wait for in-flight handlers to finish and ack, at most `timeoutMs`.
+   * Graceful stop: stop pulling, hand back (nak, redelivered after one pull expiry) messages not yet started or
+   * parked, and wait for in-flight handlers to finish and ack, at most `timeoutMs`.
    * Concurrent and repeated calls share the one stop and its result.
    * @returns how many handlers were still running when the timeout hit (their messages are redelivered
    * after the ack wait).
@@ -300,7 +300,7 @@ export class ConsumerRunner {
     this.#loopEnded = true;
     for (const m of this.#heldBack.splice(0)) {
       try {
-        m.nak();
+        m.nak(this.#handBackDelayMs());
       } catch {
         // Connection closed: the server redelivers it after the ack wait.
       }
@@ -319,9 +319,19 @@ export class ConsumerRunner {
     if (this.#state === "running" && !this.#paused) this.#kick();
   }
 
+  /**
+   * Handed-back messages are redelivered after one pull expiry (plus a margin): other runners of this consumer
+   * stopping at the same time (a process shutting down several, or a rolling restart) have then closed their
+   * last pull, so the message goes to a running replica instead of bouncing between stopping ones, each bounce
+   * a delivery attempt (seen under load in the conformance scenario "concurrent close").
+   */
+  #handBackDelayMs(): number {
+    return this.#o.fetchExpiresMs + 100;
+  }
+
   #handBack(m: JsMsg): void {
     if (this.#loopEnded) {
-      m.nak();
+      m.nak(this.#handBackDelayMs());
     } else {
       // Our fetch may still be open: nak'd now, the message would come straight back to it, again and again,
       // each time using up a delivery attempt. Keep it (alive) until the pull loop has ended.
