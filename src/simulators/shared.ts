@@ -536,6 +536,116 @@ export class PersistedState<S, Op> {
   }
 }
 
+/**
+ * What each simulator keeps: its records (the gateway's ledger entries, the provider's messages), each with an
+ * id, and its idempotency records; optionally persisted in `file` as `{ version: 1, <field>: [...],
+ * idempotency: [...] }`, with a journal line per change: `{ <field>: [new records] }`, `{ idempotency }` or
+ * `{ reset: true }` (see {@link PersistedState}). Replaying the journal is idempotent: a record or key already
+ * in the snapshot changes nothing.
+ */
+export class RecordLog<T extends { id: string }> {
+  readonly idempotency: IdempotencyStore;
+  readonly #field: string;
+  readonly #file: PersistedState<Record<string, unknown>, Record<string, unknown>> | undefined;
+  #items: T[];
+  /** How many of `#items` are on disk (snapshot or journal). */
+  #journaled: number;
+
+  /**
+   * @param opts.field the key of the records in the file and the journal (a persistent format)
+   * @param opts.label and `opts.kind` name the file in the error when it holds something else:
+   * "<label> <file> is not a <kind>"
+   */
+  constructor(opts: { file?: string | undefined; field: string; label: string; kind: string }) {
+    this.#field = opts.field;
+    this.#file =
+      opts.file === undefined
+        ? undefined
+        : new PersistedState<Record<string, unknown>, Record<string, unknown>>(opts.file, (base, ops) =>
+            this.#replay(base, ops),
+          );
+    const loaded = this.#file?.loadSync();
+    if (
+      loaded !== undefined &&
+      (!Array.isArray(loaded[opts.field]) || !Array.isArray(loaded["idempotency"]))
+    ) {
+      throw new Error(`${opts.label} ${opts.file} is not a ${opts.kind}`);
+    }
+    this.#items = (loaded?.[opts.field] as T[] | undefined) ?? [];
+    this.#journaled = this.#items.length;
+    this.idempotency = new IdempotencyStore(
+      (loaded?.["idempotency"] as IdempotencyRecord[] | undefined) ?? [],
+      (record) => this.#persist(record),
+    );
+  }
+
+  get items(): readonly T[] {
+    return this.#items;
+  }
+
+  /** Adds a record; it is written with the idempotency record of the request that made it. */
+  push(item: T): void {
+    this.#items.push(item);
+  }
+
+  /** Forgets every record and idempotency key (admin reset). */
+  async reset(): Promise<void> {
+    this.#items = [];
+    this.#journaled = 0;
+    this.idempotency.clear();
+    await this.#file?.record({ reset: true });
+  }
+
+  /** Writes the whole state as the snapshot (on close). */
+  async close(): Promise<void> {
+    await this.#file?.compact({
+      version: 1,
+      [this.#field]: this.#items,
+      idempotency: this.idempotency.list(),
+    });
+  }
+
+  /** Each change is one journal line (O(1)); the whole state is written only at start-up and on close. */
+  async #persist(record?: IdempotencyRecord): Promise<void> {
+    if (!this.#file) return;
+    const fresh = this.#items.slice(this.#journaled);
+    this.#journaled = this.#items.length;
+    const writes: Promise<void>[] = [];
+    if (fresh.length > 0) writes.push(this.#file.record({ [this.#field]: fresh }));
+    if (record) writes.push(this.#file.record({ idempotency: record }));
+    await Promise.all(writes);
+  }
+
+  #replay(
+    base: Record<string, unknown> | undefined,
+    ops: Record<string, unknown>[],
+  ): Record<string, unknown> {
+    const key = (r: IdempotencyRecord) => `${r.scope}\u0000${r.key}`;
+    let items = [...((base?.[this.#field] as T[] | undefined) ?? [])];
+    const ids = new Set(items.map((e) => e.id));
+    const idem = new Map(
+      ((base?.["idempotency"] as IdempotencyRecord[] | undefined) ?? []).map((r) => [key(r), r]),
+    );
+    for (const op of ops) {
+      if ("reset" in op) {
+        items = [];
+        ids.clear();
+        idem.clear();
+      } else if ("idempotency" in op) {
+        const r = op["idempotency"] as IdempotencyRecord;
+        idem.set(key(r), r);
+      } else {
+        for (const e of (op[this.#field] as T[] | undefined) ?? [])
+          if (!ids.has(e.id)) {
+            ids.add(e.id);
+            items.push(e);
+          }
+      }
+    }
+    return { version: 1, [this.#field]: items, idempotency: [...idem.values()] };
+  }
+}
+
 /** A random, URL-safe identifier such as `ch_3f9a…`. */
 export function newId(prefix: string): string {
   return `${prefix}_${randomBytes(12).toString("hex")}`;

@@ -7,9 +7,7 @@ import { type Static, Type } from "@sinclair/typebox";
 import {
   Faults,
   IdempotencyKeyHeaders,
-  IdempotencyStore,
-  type IdempotencyRecord,
-  PersistedState,
+  RecordLog,
   ProblemError,
   type SimulatorOptions,
   createSimulatorServer,
@@ -40,39 +38,6 @@ export interface StoredMessage {
   tags: Record<string, string>;
   idempotencyKey: string;
   at: string;
-}
-
-/** Shape of the `MAIL_LOG_FILE` persistence file. */
-interface PersistedMail {
-  version: 1;
-  messages: StoredMessage[];
-  idempotency: IdempotencyRecord[];
-}
-
-/** One change of the persisted mail state (a journal line). */
-type MailOp = { messages: StoredMessage[] } | { idempotency: IdempotencyRecord } | { reset: true };
-
-/** Applies journal lines to a snapshot; idempotent (a line already in the snapshot changes nothing). */
-function replayMail(base: PersistedMail | undefined, ops: MailOp[]): PersistedMail {
-  let items: StoredMessage[] = [...(base?.messages ?? [])];
-  const ids = new Set(items.map((e) => e.id));
-  const idem = new Map((base?.idempotency ?? []).map((r) => [`${r.scope}\u0000${r.key}`, r]));
-  for (const op of ops) {
-    if ("reset" in op) {
-      items = [];
-      ids.clear();
-      idem.clear();
-    } else if ("idempotency" in op) {
-      idem.set(`${op.idempotency.scope}\u0000${op.idempotency.key}`, op.idempotency);
-    } else {
-      for (const e of op.messages)
-        if (!ids.has(e.id)) {
-          ids.add(e.id);
-          items.push(e);
-        }
-    }
-  }
-  return { version: 1, messages: items, idempotency: [...idem.values()] };
 }
 
 export interface MailProviderOptions extends SimulatorOptions {
@@ -118,31 +83,14 @@ function messageFilter(query: Record<string, unknown>): (m: StoredMessage) => bo
 export function buildMailProvider(opts: MailProviderOptions = {}): FastifyInstance {
   const app = createSimulatorServer("mail-provider", opts);
   const faults = new Faults(opts.seed);
-  const file =
-    opts.mailLogFile === undefined
-      ? undefined
-      : new PersistedState<PersistedMail, MailOp>(opts.mailLogFile, replayMail);
-  const loaded = file?.loadSync();
-  if (loaded !== undefined && (!Array.isArray(loaded.messages) || !Array.isArray(loaded.idempotency))) {
-    throw new Error(`mail log file ${opts.mailLogFile} is not a mail-provider log`);
-  }
-
-  let messages: StoredMessage[] = loaded?.messages ?? [];
-  // Each change is one journal line (O(1)); the whole state is written only at start-up and on close.
-  let journaled = messages.length;
-  const persist = async (record?: IdempotencyRecord): Promise<void> => {
-    if (!file) return;
-    const fresh = messages.slice(journaled);
-    journaled = messages.length;
-    const writes: Promise<void>[] = [];
-    if (fresh.length > 0) writes.push(file.record({ messages: fresh }));
-    if (record) writes.push(file.record({ idempotency: record }));
-    await Promise.all(writes);
-  };
-  const idempotency = new IdempotencyStore(loaded?.idempotency ?? [], persist);
-  app.addHook("onClose", async () => {
-    await file?.compact({ version: 1, messages, idempotency: idempotency.list() });
+  const log = new RecordLog<StoredMessage>({
+    file: opts.mailLogFile,
+    field: "messages",
+    label: "mail log file",
+    kind: "mail-provider log",
   });
+  const { idempotency } = log;
+  app.addHook("onClose", () => log.close());
 
   app.post<{ Body: MessageRequest; Headers: IdempotencyKeyHeaders }>(
     "/v1/messages",
@@ -157,7 +105,7 @@ export function buildMailProvider(opts: MailProviderOptions = {}): FastifyInstan
         fingerprint({ to, subject, text, tags }),
         () => {
           const id = newId("msg");
-          messages.push({ id, to, subject, text, tags, idempotencyKey: key, at: new Date().toISOString() });
+          log.push({ id, to, subject, text, tags, idempotencyKey: key, at: new Date().toISOString() });
           req.log.debug({ messageId: id, to, tags }, "message queued");
           const body: MessageResponse = { id, status: "queued" };
           return { status: 202, body };
@@ -169,15 +117,10 @@ export function buildMailProvider(opts: MailProviderOptions = {}): FastifyInstan
 
   app.get("/v1/messages", async (req) => {
     const matches = messageFilter(req.query as Record<string, unknown>);
-    return { messages: messages.filter(matches) };
+    return { messages: log.items.filter(matches) };
   });
 
-  registerAdminRoutes(app, faults, async () => {
-    messages = [];
-    journaled = 0;
-    idempotency.clear();
-    await file?.record({ reset: true });
-  });
+  registerAdminRoutes(app, faults, () => log.reset());
 
   return app;
 }

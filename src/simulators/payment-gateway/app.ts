@@ -7,9 +7,7 @@ import { type Static, Type } from "@sinclair/typebox";
 import {
   Faults,
   IdempotencyKeyHeaders,
-  IdempotencyStore,
-  type IdempotencyRecord,
-  PersistedState,
+  RecordLog,
   ProblemError,
   type SimulatorOptions,
   createSimulatorServer,
@@ -102,39 +100,6 @@ export interface OrderSummary {
   refunds: number;
 }
 
-/** Shape of the `LEDGER_FILE` persistence file. */
-interface PersistedLedger {
-  version: 1;
-  entries: LedgerEntry[];
-  idempotency: IdempotencyRecord[];
-}
-
-/** One change of the persisted ledger state (a journal line). */
-type LedgerOp = { entries: LedgerEntry[] } | { idempotency: IdempotencyRecord } | { reset: true };
-
-/** Applies journal lines to a snapshot; idempotent (a line already in the snapshot changes nothing). */
-function replayLedger(base: PersistedLedger | undefined, ops: LedgerOp[]): PersistedLedger {
-  let items: LedgerEntry[] = [...(base?.entries ?? [])];
-  const ids = new Set(items.map((e) => e.id));
-  const idem = new Map((base?.idempotency ?? []).map((r) => [`${r.scope}\u0000${r.key}`, r]));
-  for (const op of ops) {
-    if ("reset" in op) {
-      items = [];
-      ids.clear();
-      idem.clear();
-    } else if ("idempotency" in op) {
-      idem.set(`${op.idempotency.scope}\u0000${op.idempotency.key}`, op.idempotency);
-    } else {
-      for (const e of op.entries)
-        if (!ids.has(e.id)) {
-          ids.add(e.id);
-          items.push(e);
-        }
-    }
-  }
-  return { version: 1, entries: items, idempotency: [...idem.values()] };
-}
-
 export interface PaymentGatewayOptions extends SimulatorOptions {
   /** Persist ledger and idempotency records to this JSON file (loaded at start, rewritten atomically). */
   ledgerFile?: string;
@@ -184,31 +149,14 @@ export function summarizeLedger(entries: readonly LedgerEntry[]): OrderSummary[]
 export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyInstance {
   const app = createSimulatorServer("payment-gateway", opts);
   const faults = new Faults(opts.seed);
-  const file =
-    opts.ledgerFile === undefined
-      ? undefined
-      : new PersistedState<PersistedLedger, LedgerOp>(opts.ledgerFile, replayLedger);
-  const loaded = file?.loadSync();
-  if (loaded !== undefined && (!Array.isArray(loaded.entries) || !Array.isArray(loaded.idempotency))) {
-    throw new Error(`ledger file ${opts.ledgerFile} is not a payment-gateway ledger`);
-  }
-
-  let entries: LedgerEntry[] = loaded?.entries ?? [];
-  // Each change is one journal line (O(1)); the whole state is written only at start-up and on close.
-  let journaled = entries.length;
-  const persist = async (record?: IdempotencyRecord): Promise<void> => {
-    if (!file) return;
-    const fresh = entries.slice(journaled);
-    journaled = entries.length;
-    const writes: Promise<void>[] = [];
-    if (fresh.length > 0) writes.push(file.record({ entries: fresh }));
-    if (record) writes.push(file.record({ idempotency: record }));
-    await Promise.all(writes);
-  };
-  const idempotency = new IdempotencyStore(loaded?.idempotency ?? [], persist);
-  app.addHook("onClose", async () => {
-    await file?.compact({ version: 1, entries, idempotency: idempotency.list() });
+  const log = new RecordLog<LedgerEntry>({
+    file: opts.ledgerFile,
+    field: "entries",
+    label: "ledger file",
+    kind: "payment-gateway ledger",
   });
+  const { idempotency } = log;
+  app.addHook("onClose", () => log.close());
 
   app.post<{ Body: ChargeRequest; Headers: IdempotencyKeyHeaders }>(
     "/v1/charges",
@@ -232,7 +180,7 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
           customerId,
         };
         if (reason !== undefined) entry.declineReason = reason;
-        entries.push(entry);
+        log.push(entry);
         const body: ChargeResponse = {
           id,
           status: entry.status as ChargeResponse["status"],
@@ -258,8 +206,10 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
       const outcome = await idempotency.execute("refunds", key, fp, () => {
         const charge =
           chargeId === undefined
-            ? entries.findLast((e) => e.kind === "charge" && e.status === "captured" && e.orderId === orderId)
-            : entries.find((e) => e.kind === "charge" && e.id === chargeId);
+            ? log.items.findLast(
+                (e) => e.kind === "charge" && e.status === "captured" && e.orderId === orderId,
+              )
+            : log.items.find((e) => e.kind === "charge" && e.id === chargeId);
         if (!charge) {
           throw new ProblemError(
             404,
@@ -284,7 +234,7 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
             `charge ${charge.id} was declined`,
           );
         }
-        const already = entries
+        const already = log.items
           .filter((e) => e.kind === "refund" && e.chargeId === charge.id)
           .reduce((sum, e) => sum + e.amount, 0);
         if (already + amount > charge.amount) {
@@ -296,7 +246,7 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
           );
         }
         const id = newId("re");
-        entries.push({
+        log.push({
           id,
           kind: "refund",
           status: "succeeded",
@@ -320,7 +270,7 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
     { schema: { querystring: OrderFilter } },
     async (req) => {
       const { orderId } = req.query;
-      return { entries: orderId === undefined ? entries : entries.filter((e) => e.orderId === orderId) };
+      return { entries: orderId === undefined ? log.items : log.items.filter((e) => e.orderId === orderId) };
     },
   );
 
@@ -329,17 +279,12 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
     { schema: { querystring: OrderFilter } },
     async (req) => {
       const { orderId } = req.query;
-      const orders = summarizeLedger(entries);
+      const orders = summarizeLedger(log.items);
       return { orders: orderId === undefined ? orders : orders.filter((o) => o.orderId === orderId) };
     },
   );
 
-  registerAdminRoutes(app, faults, async () => {
-    entries = [];
-    journaled = 0;
-    idempotency.clear();
-    await file?.record({ reset: true });
-  });
+  registerAdminRoutes(app, faults, () => log.reset());
 
   return app;
 }
