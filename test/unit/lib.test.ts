@@ -9,6 +9,7 @@ import { CommonConfig } from "../../src/lib/service.js";
 import { createLogger } from "../../src/lib/telemetry/logger.js";
 import { initTracing, tracer } from "../../src/lib/telemetry/tracing.js";
 import { backoffDelay } from "../../src/lib/messaging/backoff.js";
+import { RecentMap } from "../../src/lib/recent-map.js";
 import {
   DecodeErrorCode,
   decodeEvent,
@@ -160,4 +161,19 @@ test("tracing: spans are exported over OTLP/HTTP when an endpoint is set", async
   const text = received.map((r) => r.body.toString("latin1")).join("");
   assert.match(text, /otlp-test/);
   assert.match(text, /send orders\.o-1/);
+});
+
+void test("RecentMap keeps at most max entries, forgetting the least recently set first", () => {
+  const m = new RecentMap<string, number>(2);
+  m.set("a", 1);
+  m.set("b", 2);
+  m.set("a", 3); // "a" is now the newest
+  m.set("c", 4); // forgets "b"
+  assert.equal(m.size, 2);
+  assert.equal(m.has("b"), false);
+  assert.equal(m.get("a"), 3);
+  assert.equal(m.get("c"), 4);
+  m.delete("a");
+  assert.equal(m.has("a"), false);
+  assert.throws(() => new RecentMap(0), RangeError);
 });

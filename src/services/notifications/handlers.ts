@@ -2,6 +2,7 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { makeEvent, type Envelope } from "../../lib/events/envelope.js";
 import type { HandlerContext, HandlerMap } from "../../lib/messaging/consumer.js";
 import type { Publisher } from "../../lib/messaging/publisher.js";
+import { RecentMap } from "../../lib/recent-map.js";
 import type { Mailer } from "./mailer.js";
 import { cancelledMail, confirmedMail, kindOf, type NotifiedEvent } from "./notification.js";
 import { readOrderPlaced, type NotificationStore } from "./store.js";
@@ -34,14 +35,9 @@ export interface NotificationsDeps {
  */
 export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
   const now = deps.now ?? (() => new Date());
-  const max = deps.maxRemembered ?? 50_000;
-  const placed = new Map<string, Envelope<"OrderPlaced">["data"]>();
+  const placed = new RecentMap<string, Envelope<"OrderPlaced">["data"]>(deps.maxRemembered ?? 50_000);
 
   const remember = (event: Envelope<"OrderPlaced">): Promise<void> => {
-    if (placed.size >= max) {
-      const oldest = placed.keys().next();
-      if (!oldest.done) placed.delete(oldest.value);
-    }
     placed.set(event.data.orderId, event.data);
     return Promise.resolve();
   };

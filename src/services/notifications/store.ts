@@ -5,6 +5,7 @@ import { Streams, type EventData } from "../../lib/events/catalog.js";
 import { decodeEvent } from "../../lib/events/codec.js";
 import { subjectOf } from "../../lib/events/envelope.js";
 import { Unchanged, casUpdate, openBucket, readJson, type KV } from "../../lib/kv.js";
+import { directGet } from "../../lib/messaging/direct.js";
 import type { NotificationKind, SentNotification } from "./notification.js";
 
 /** Name of the KV bucket recording sent e-mails, key `<orderId>.<kind>`. */
@@ -68,7 +69,7 @@ export async function readOrderPlaced(
   orderId: string,
 ): Promise<EventData<"OrderPlaced">> {
   const subject = subjectOf({ type: "OrderPlaced", aggregate_id: orderId });
-  const m = await jsm.direct.getMessage(Streams.ORDERS, { seq: 1, next_by_subj: subject });
+  const m = await directGet(jsm, Streams.ORDERS, { seq: 1, next_by_subj: subject });
   if (!m) throw new OrderNotFoundError(orderId, `no events on ${subject}`);
   const event = decodeEvent(m.data);
   if (event.type !== "OrderPlaced") {

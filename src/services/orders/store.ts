@@ -9,6 +9,8 @@ import {
   type Envelope,
 } from "../../lib/events/mod.js";
 import { oneAtATime, type KV } from "../../lib/kv.js";
+import { directGet } from "../../lib/messaging/direct.js";
+import { RecentMap } from "../../lib/recent-map.js";
 import { ConcurrencyError, type Publisher } from "../../lib/messaging/publisher.js";
 import { evolve, type Order } from "./order.js";
 
@@ -32,13 +34,15 @@ export class OrderStore {
    * "not found"): if another writer appended meanwhile, the conditional append fails and the order is read.
    * A terminal order found here is terminal on the stream too (events are only ever appended after it).
    */
-  readonly #recent = new Map<string, { order: Order; version: number }>();
+  readonly #recent: RecentMap<string, { order: Order; version: number }>;
 
   constructor(
     private readonly jsm: JetStreamManager,
     private readonly publisher: Publisher,
-    private readonly maxRecent = 20_000,
-  ) {}
+    maxRecent = 20_000,
+  ) {
+    this.#recent = new RecentMap(maxRecent);
+  }
 
   /** The order as this process last loaded or appended it, if it still remembers it. */
   recent(orderId: string): { order: Order; version: number } | undefined {
@@ -51,13 +55,8 @@ export class OrderStore {
   }
 
   #remember(orderId: string, order: Order | null, version: number): void {
-    this.#recent.delete(orderId);
-    if (!order) return;
-    if (this.#recent.size >= this.maxRecent) {
-      const oldest = this.#recent.keys().next();
-      if (!oldest.done) this.#recent.delete(oldest.value);
-    }
-    this.#recent.set(orderId, { order, version });
+    if (order) this.#recent.set(orderId, { order, version });
+    else this.#recent.delete(orderId);
   }
 
   /**
@@ -93,13 +92,8 @@ export class OrderStore {
     return { order, version, events };
   }
 
-  async #next(subject: string, seq: number): Promise<StoredMsg | null> {
-    try {
-      return await this.jsm.direct.getMessage(Streams.ORDERS, { seq, next_by_subj: subject });
-    } catch (err) {
-      if (isNotFound(err)) return null;
-      throw err;
-    }
+  #next(subject: string, seq: number): Promise<StoredMsg | null> {
+    return directGet(this.jsm, Streams.ORDERS, { seq, next_by_subj: subject });
   }
 
   /**
@@ -125,11 +119,6 @@ export class OrderStore {
     else this.forget(orderId);
     return ack.seq;
   }
-}
-
-function isNotFound(err: unknown): boolean {
-  const e = err as { code?: number; status?: number; message?: string };
-  return e?.code === 10037 || e?.status === 404 || /not found/i.test(e?.message ?? "");
 }
 
 /** A request remembered under its Idempotency-Key. */

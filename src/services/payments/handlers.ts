@@ -3,6 +3,7 @@ import { RetryableError } from "../../lib/errors.js";
 import { makeEvent, type Envelope } from "../../lib/events/envelope.js";
 import { DeferError, type HandlerContext, type HandlerMap } from "../../lib/messaging/consumer.js";
 import type { Publisher } from "../../lib/messaging/publisher.js";
+import { RecentMap } from "../../lib/recent-map.js";
 import type { PaymentGateway } from "./gateway.js";
 import {
   cancelBeforeCharge,
@@ -53,14 +54,9 @@ export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; or
   // The orders consumer receives every OrderPlaced anyway: remembering their ids makes the existence check
   // free for nearly every order; one not seen here (a restart, another replica, a lagging consumer) is
   // looked up on the stream.
-  const max = deps.maxRemembered ?? 50_000;
-  const placed = new Set<string>();
+  const placed = new RecentMap<string, true>(deps.maxRemembered ?? 50_000);
   const onOrderPlaced = (event: Envelope<"OrderPlaced">): Promise<void> => {
-    if (placed.size >= max) {
-      const oldest = placed.values().next();
-      if (!oldest.done) placed.delete(oldest.value);
-    }
-    placed.add(event.data.orderId);
+    placed.set(event.data.orderId, true);
     return Promise.resolve();
   };
   const orderExists = deps.orderExists;

@@ -2,6 +2,7 @@ import { Histogram } from "prom-client";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { Streams } from "../../lib/events/catalog.js";
 import { HttpDependency, breakerGauge, pauseWhileOpen } from "../../lib/http-client.js";
+import { directGet } from "../../lib/messaging/direct.js";
 import type { ConsumerDefinition, ServiceDefinition } from "../../lib/service.js";
 import { PaymentsConfig } from "./config.js";
 import { PaymentGateway } from "./gateway.js";
@@ -17,14 +18,7 @@ export const ORDERS_CONSUMER = "payments-orders";
 
 /** Is there an event on the order's ORDERS subject (its first is OrderPlaced)? */
 async function orderExists(jsm: JetStreamManager, orderId: string): Promise<boolean> {
-  try {
-    const m = await jsm.direct.getMessage(Streams.ORDERS, { seq: 1, next_by_subj: `orders.${orderId}` });
-    return m !== null;
-  } catch (err) {
-    const e = err as { code?: number; status?: number; message?: string };
-    if (e?.code === 10037 || e?.status === 404 || /not found/i.test(e?.message ?? "")) return false;
-    throw err;
-  }
+  return (await directGet(jsm, Streams.ORDERS, { seq: 1, next_by_subj: `orders.${orderId}` })) !== null;
 }
 
 /** What `setup` builds for `consumers`, per running instance (tests run several in one process). */
