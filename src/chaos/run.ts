@@ -47,17 +47,26 @@ export interface RunOptions {
   log: (msg: string) => void;
 }
 
+/** The reconciliation's counts that a scenario's result carries (see {@link Reconciliation}). */
+type ReconciledCounts = Pick<
+  Reconciliation,
+  | "orders"
+  | "ok"
+  | "lost"
+  | "stuck"
+  | "double_charged"
+  | "oversold"
+  | "audit_missing"
+  | "duplicate_emails"
+  | "sent"
+  | "not_accepted"
+  | "confirmed"
+  | "cancelled"
+>;
+
 /** The result of one scenario: the reconciliation's counts, the timing, and what happened. */
-export interface ScenarioResult {
+export interface ScenarioResult extends ReconciledCounts {
   scenario: string;
-  orders: number;
-  ok: number;
-  lost: number;
-  stuck: number;
-  double_charged: number;
-  oversold: number;
-  audit_missing: number;
-  duplicate_emails: number;
   p50_ms: number | null;
   p99_ms: number | null;
   recovery_s: number | null;
@@ -71,10 +80,6 @@ export interface ScenarioResult {
   summary: string;
   system: string;
   rate: number;
-  sent: number;
-  not_accepted: number;
-  confirmed: number;
-  cancelled: number;
   fault_window_s: number | null;
   fault_orders: number;
   baseline_p50_ms: number | null;

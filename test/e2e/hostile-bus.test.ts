@@ -256,19 +256,8 @@ async function healthy(): Promise<void> {
   for (const name of ["orders", "inventory", "payments", "notifications", "audit"] as const) {
     const h = await fetch(`${sys.urls[name]}/health`);
     assert.equal(h.status, 200, `${name}/health`);
-    let last = "";
-    await sys
-      .until(
-        `${name} ready`,
-        async () => {
-          const r = await fetch(`${sys.urls[name]}/ready`);
-          last = `${r.status} ${await r.text()}`;
-          return r.status === 200;
-        },
-        10_000,
-      )
-      .catch(() => assert.fail(`${name}/ready: ${last}`));
   }
+  await sys.untilAllReady();
 }
 
 describe("hostile input on the bus", () => {

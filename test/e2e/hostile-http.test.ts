@@ -833,22 +833,7 @@ describe("hostile input on the HTTP API", () => {
     for (const url of Object.values(sys.urls)) {
       assert.equal((await fetch(`${url}/health`)).status, 200, `${url}/health`);
     }
-    // Ready: waited for a little, since a runner counts as unbound between a failed pull and the next good
-    // one, which a loaded machine can cause.
-    for (const name of ["orders", "inventory", "payments", "notifications", "audit"] as const) {
-      let last = "";
-      await sys
-        .until(
-          `${name} ready`,
-          async () => {
-            const r = await fetch(`${sys.urls[name]}/ready`);
-            last = `${r.status} ${await r.text()}`;
-            return r.status === 200;
-          },
-          10_000,
-        )
-        .catch(() => assert.fail(`${name}/ready: ${last}`));
-    }
+    await sys.untilAllReady();
     const metrics = await (await fetch(`${sys.urls.orders}/metrics`)).text();
     assert.doesNotMatch(metrics, /http_requests_total\{[^}]*status="5\d\d"[^}]*\} [1-9]/, "no 5xx answered");
     const r = await sys.placeOrder({

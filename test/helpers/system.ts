@@ -5,6 +5,7 @@
  * server). Audit stores in PostgreSQL when `DATABASE_URL` is set (a fresh schema per system), else in
  * PGlite under the temp dir.
  */
+import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -67,6 +68,11 @@ export interface System {
     cond: () => Promise<T | undefined | false> | T | undefined | false,
     timeoutMs?: number,
   ): Promise<T>;
+  /**
+   * Waits until every service answers /ready 200 (at most `timeoutMs` each), failing with the last answer: a
+   * runner counts as unbound between a failed pull and the next good one, which a loaded machine can cause.
+   */
+  untilAllReady(timeoutMs?: number): Promise<void>;
   setGatewayFaults(f: { outage?: boolean; failureRate?: number; latencyMs?: number }): Promise<void>;
   setMailFaults(f: { outage?: boolean; failureRate?: number; latencyMs?: number }): Promise<void>;
   check(): Promise<CheckReport>;
@@ -210,6 +216,20 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       return getJson(`${urls.orders}/orders/${orderId}`);
     },
     until,
+    async untilAllReady(timeoutMs = 10_000) {
+      for (const name of ["orders", "inventory", "payments", "notifications", "audit"] as const) {
+        let last = "";
+        await until(
+          `${name} ready`,
+          async () => {
+            const r = await fetch(`${urls[name]}/ready`);
+            last = `${r.status} ${await r.text()}`;
+            return r.status === 200;
+          },
+          timeoutMs,
+        ).catch(() => assert.fail(`${name}/ready: ${last}`));
+      }
+    },
     async setGatewayFaults(f) {
       await fetch(`${gatewayUrl}/admin/faults`, {
         method: "PUT",
