@@ -13,6 +13,7 @@ import { Streams } from "../lib/events/catalog.js";
 import { decodeEvent } from "../lib/events/codec.js";
 import { Hdr } from "../lib/messaging/headers.js";
 import { TerminalTracker } from "../load/generator.js";
+import { consumerBacklogs, type Backlog } from "../checker/checker.js";
 
 /** Consumers whose backlog is a timer, not work (an open ack per open order until its deadline). */
 export const TIMER_CONSUMERS = new Set(["orders-timeouts"]);
@@ -77,32 +78,6 @@ export class OrderWatch {
   }
 }
 
-/** A durable consumer with work left. */
-export interface Backlog {
-  consumer: string;
-  pending: number;
-  ackPending: number;
-}
-
-/** Durable consumers (timers aside) of the five streams that have undelivered or unacknowledged messages. */
-export async function consumerBacklogs(jsm: JetStreamManager): Promise<Backlog[]> {
-  const out: Backlog[] = [];
-  for (const stream of [
-    Streams.ORDERS,
-    Streams.INVENTORY,
-    Streams.PAYMENTS,
-    Streams.NOTIFICATIONS,
-    Streams.DLQ,
-  ]) {
-    for await (const c of jsm.consumers.list(stream)) {
-      if (!c.config.durable_name || TIMER_CONSUMERS.has(c.name)) continue;
-      if (c.num_pending > 0 || c.num_ack_pending > 0)
-        out.push({ consumer: `${stream}/${c.name}`, pending: c.num_pending, ackPending: c.num_ack_pending });
-    }
-  }
-  return out;
-}
-
 /** What {@link waitQuiet} found. */
 export interface QuietResult {
   quiet: boolean;
@@ -142,7 +117,7 @@ export async function waitQuiet(
         await watch.resolveFromStream(m, open.slice(0, 500));
         open = open.filter((id) => !watch.isTerminal(id));
       }
-      backlogs = open.length === 0 ? await consumerBacklogs(m) : backlogs;
+      backlogs = open.length === 0 ? await consumerBacklogs(m, TIMER_CONSUMERS) : backlogs;
     } catch (err) {
       backlogs = [{ consumer: `(NATS not answering: ${(err as Error).message})`, pending: 1, ackPending: 0 }];
     }

@@ -1,4 +1,4 @@
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { decodeEvent, Streams, type AnyEnvelope } from "../lib/events/mod.js";
 import { listDeadLetters } from "../lib/messaging/dlq.js";
@@ -87,6 +87,38 @@ const result = (id: InvariantResult["id"], name: string, violations: Violation[]
   ok: violations.length === 0,
   violations,
 });
+
+/** A durable consumer with work left: `stream/name`, messages not delivered, and delivered but not acknowledged. */
+export interface Backlog {
+  consumer: string;
+  pending: number;
+  ackPending: number;
+}
+
+/**
+ * Durable consumers of the five streams with undelivered or unacknowledged messages, `timers` aside (consumers
+ * that hold messages on purpose, e.g. the order-timeout timer).
+ */
+export async function consumerBacklogs(
+  jsm: JetStreamManager,
+  timers: ReadonlySet<string>,
+): Promise<Backlog[]> {
+  const out: Backlog[] = [];
+  for (const stream of [
+    Streams.ORDERS,
+    Streams.INVENTORY,
+    Streams.PAYMENTS,
+    Streams.NOTIFICATIONS,
+    Streams.DLQ,
+  ]) {
+    for await (const c of jsm.consumers.list(stream)) {
+      if (!c.config.durable_name || timers.has(c.name)) continue;
+      if (c.num_pending > 0 || c.num_ack_pending > 0)
+        out.push({ consumer: `${stream}/${c.name}`, pending: c.num_pending, ackPending: c.num_ack_pending });
+    }
+  }
+  return out;
+}
 
 /**
  * Checks invariants I1–I6 of ARCHITECTURE.md against the running system: the ORDERS, INVENTORY,
@@ -236,23 +268,11 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   }
 
   // I6 no silent loss
-  const i6: Violation[] = [];
-  const timers = new Set(t.timerConsumers ?? ["orders-timeouts"]);
-  for (const stream of [
-    Streams.ORDERS,
-    Streams.INVENTORY,
-    Streams.PAYMENTS,
-    Streams.NOTIFICATIONS,
-    Streams.DLQ,
-  ]) {
-    for await (const c of jsm.consumers.list(stream)) {
-      if (timers.has(c.name) || !c.config.durable_name) continue;
-      if (c.num_pending > 0 || c.num_ack_pending > 0)
-        i6.push({
-          detail: `consumer ${stream}/${c.name}: ${c.num_pending} not delivered, ${c.num_ack_pending} not acknowledged`,
-        });
-    }
-  }
+  const i6: Violation[] = (await consumerBacklogs(jsm, new Set(t.timerConsumers ?? ["orders-timeouts"]))).map(
+    (b) => ({
+      detail: `consumer ${b.consumer}: ${b.pending} not delivered, ${b.ackPending} not acknowledged`,
+    }),
+  );
 
   const invariants = [
     result("I1", "terminal: every accepted order ends in exactly one terminal state", i1),
