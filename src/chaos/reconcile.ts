@@ -141,6 +141,16 @@ export async function gatherFacts(src: FactSources, accepted: Iterable<string>):
   return { orders, ledger, mails, audited, oversoldSkus, check, undecodable };
 }
 
+/** The counts of a {@link Reconciliation} that must be zero: each is orders (or SKUs) gone wrong. */
+export const PROBLEM_COUNTS = [
+  "lost",
+  "stuck",
+  "double_charged",
+  "oversold",
+  "audit_missing",
+  "duplicate_emails",
+] as const;
+
 /** The reconciliation of one scenario's orders. */
 export interface Reconciliation {
   /** Orders sent (each with its own key). */

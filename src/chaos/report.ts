@@ -7,6 +7,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
 import { findNatsServerBinary } from "../stack/nats-server.js";
+import { PROBLEM_COUNTS } from "./reconcile.js";
 import type { RunReport, ScenarioResult } from "./run.js";
 import type { Scenario } from "./scenario.js";
 
@@ -47,12 +48,7 @@ const COLUMNS = [
   "scenario",
   "orders",
   "ok",
-  "lost",
-  "stuck",
-  "double_charged",
-  "oversold",
-  "audit_missing",
-  "duplicate_emails",
+  ...PROBLEM_COUNTS,
   "p50_ms",
   "p99_ms",
   "recovery_s",
@@ -80,14 +76,7 @@ export function table(results: ScenarioResult[]): string {
 export function problems(r: ScenarioResult): string[] {
   const out: string[] = [];
   if (r.error) out.push(r.error.split("\n")[0]!);
-  for (const k of [
-    "lost",
-    "stuck",
-    "double_charged",
-    "oversold",
-    "audit_missing",
-    "duplicate_emails",
-  ] as const)
+  for (const k of PROBLEM_COUNTS)
     if (r[k] > 0) out.push(`${r[k]} ${k}${r.examples[k] ? ` (e.g. ${r.examples[k].join(", ")})` : ""}`);
   if (r.orders === 0 && !r.error) out.push("no order was accepted");
   for (const v of r.violations.slice(0, 10)) out.push(`invariant: ${v}`);

@@ -14,6 +14,7 @@ import type { ChaosOrder } from "./load.js";
 import { OrdersBalancer, runOpenLoad } from "./load.js";
 import { OrderWatch, waitQuiet, type QuietResult } from "./quiet.js";
 import {
+  PROBLEM_COUNTS,
   gatherFacts,
   reconcile,
   timing,
@@ -364,8 +365,7 @@ function result(
 ): ScenarioResult {
   const invariantsOk = rec.violations.length === 0;
   const checksOk = checks.every((c) => c.ok);
-  const counts =
-    rec.lost + rec.stuck + rec.double_charged + rec.oversold + rec.audit_missing + rec.duplicate_emails;
+  const counts = PROBLEM_COUNTS.reduce((sum, k) => sum + rec[k], 0);
   return {
     scenario: r.scenario.name,
     orders: rec.orders,
