@@ -86,8 +86,7 @@ export function initTracing(opts: TracingOptions): Tracing {
 
 /** Is a span context of `ctx` (or of the active context) valid, i.e. is some span active? */
 export function hasActiveSpan(ctx: Context = context.active()): boolean {
-  const sc = trace.getSpanContext(ctx);
-  return sc !== undefined && trace.isSpanContextValid(sc);
+  return activeTraceId(ctx) !== undefined;
 }
 
 /** The tracer used by the shared library (a no-op one until {@link initTracing} runs). */
