@@ -3,6 +3,8 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import { Writable } from "node:stream";
 import { Type } from "@sinclair/typebox";
+import fc from "fast-check";
+import { canonicalJson, canonicalJsonOf, fingerprint } from "../../src/lib/canonical.js";
 import { ConfigError } from "../../src/lib/errors.js";
 import { Env, parseConfig } from "../../src/lib/config.js";
 import { CommonConfig } from "../../src/lib/service.js";
@@ -176,4 +178,92 @@ void test("RecentMap keeps at most max entries, forgetting the least recently se
   m.delete("a");
   assert.equal(m.has("a"), false);
   assert.throws(() => new RecentMap(0), RangeError);
+});
+
+void test("canonical JSON: equal values serialise identically, keys sorted at every level", () => {
+  assert.equal(
+    canonicalJson({ b: 1, a: { d: [1, "x", null], c: true } }),
+    '{"a":{"c":true,"d":[1,"x",null]},"b":1}',
+  );
+  assert.equal(canonicalJson({ a: 1, b: 2 }), canonicalJson({ b: 2, a: 1 }));
+  assert.equal(canonicalJson({ a: undefined, b: [undefined] }), '{"b":[null]}');
+  assert.equal(canonicalJson("\ud800\u0000é"), '"\\ud800\\u0000é"');
+  assert.equal(canonicalJson(new Date(0)), "{}", "toJSON is not called");
+  assert.equal(fingerprint({ a: 1, b: 2 }), fingerprint({ b: 2, a: 1 }));
+  assert.match(fingerprint({}), /^[0-9a-f]{64}$/);
+});
+
+void test("canonical JSON: what JSON cannot represent faithfully throws instead of becoming null", () => {
+  for (const bad of [Number.NaN, Infinity, -Infinity, 1n, () => 1, Symbol("s"), undefined]) {
+    assert.throws(() => canonicalJson(bad), TypeError, String(bad));
+    assert.throws(() => canonicalJson({ x: [bad === undefined ? Number.NaN : bad] }), TypeError, String(bad));
+    assert.throws(() => fingerprint({ x: bad === undefined ? Number.NaN : bad }), TypeError, String(bad));
+  }
+  assert.throws(() => canonicalJson({ x: Number.NaN }), TypeError);
+  assert.throws(() => canonicalJson({ x: 1n }), TypeError);
+  // JSON text can still hold a number beyond the double range: it parses to Infinity.
+  assert.throws(() => canonicalJson(JSON.parse('{"x":1e400}')), TypeError);
+});
+
+void test("canonical JSON matches the plain definition (sorted keys, undefined members left out) for any JSON value", () => {
+  const reference = (v: unknown): string => {
+    if (v === null || typeof v !== "object") return JSON.stringify(v);
+    if (Array.isArray(v)) return `[${v.map((x) => (x === undefined ? "null" : reference(x))).join(",")}]`;
+    const o = v as Record<string, unknown>;
+    const keys = Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${reference(o[k])}`).join(",")}}`;
+  };
+  fc.assert(
+    fc.property(
+      fc.jsonValue(),
+      fc.dictionary(fc.string(), fc.option(fc.jsonValue(), { nil: undefined })),
+      (json, obj) => {
+        assert.equal(canonicalJson(json), reference(json));
+        assert.equal(canonicalJson(obj), reference(obj));
+      },
+    ),
+    { numRuns: 500 },
+  );
+});
+
+void test("canonicalJsonOf(keys) writes exactly what canonicalJson writes (or throws the same) for objects of those keys", () => {
+  const outcome = (f: () => string): string => {
+    try {
+      return f();
+    } catch (err) {
+      return `throws ${(err as Error).constructor.name}`;
+    }
+  };
+  const value = fc.oneof(
+    fc.string(),
+    fc.string({ unit: "binary" }),
+    fc.constant(null),
+    fc.constant(undefined),
+    fc.boolean(),
+    fc.integer(),
+    fc.double(),
+    fc.jsonValue(),
+  );
+  fc.assert(
+    fc.property(
+      fc.uniqueArray(fc.oneof(fc.string(), fc.constantFrom("a", "b", "__proto__", "é", "\ud800")), {
+        maxLength: 8,
+      }),
+      fc.infiniteStream(value),
+      (keys, values) => {
+        const obj: Record<string, unknown> = {};
+        for (const k of keys) Object.defineProperty(obj, k, { value: values.next().value, enumerable: true });
+        const write = canonicalJsonOf(keys);
+        assert.equal(
+          outcome(() => write(obj)),
+          outcome(() => canonicalJson(obj)),
+        );
+      },
+    ),
+    { numRuns: 500 },
+  );
+  assert.equal(canonicalJsonOf([])({}), "{}");
+  assert.equal(canonicalJsonOf(["b", "a", "b"])({ a: 1, b: "x" }), '{"a":1,"b":"x"}');
 });

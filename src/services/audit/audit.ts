@@ -6,15 +6,20 @@
  *
  *     hash(row) = hex(SHA-256(prev_hash + canonical(row without hash)))
  *
- * where `prev_hash` is the previous row's hash (64 zeros for position 1) and `canonical` is the JSON of an
- * object whose keys are the column names, sorted: `causation_id, event_id, event_type, occurred_at,
- * order_id, payload, position, prev_hash, recorded_at, source, stream, stream_seq, subject, trace_id`.
+ * where `prev_hash` is the previous row's hash (64 zeros for position 1) and `canonical` is the canonical
+ * JSON (`canonicalJson` of `src/lib/canonical.ts`, the one definition) of an object whose keys are the
+ * column names, sorted: `causation_id, event_id, event_type, occurred_at, order_id, payload, position,
+ * prev_hash, recorded_at, source, stream, stream_seq, subject, trace_id`.
  * Numbers are JSON numbers, timestamps ISO-8601 UTC with milliseconds (`2024-01-01T00:00:00.000Z`),
  * absent values `null`, and `payload` the stored text itself (a JSON string value).
  */
 import { createHash } from "node:crypto";
+import { canonicalJson, canonicalJsonOf } from "../../lib/canonical.js";
 import type { AnyEnvelope } from "../../lib/events/envelope.js";
 import { Hdr } from "../../lib/messaging/headers.js";
+
+/** Re-exported for the audit's importers: the one definition is in `src/lib/canonical.ts`. */
+export { canonicalJson };
 
 /** `prev_hash` of the first row. */
 export const GENESIS_HASH = "0".repeat(64);
@@ -50,51 +55,8 @@ export interface AuditRow extends AuditEntry {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// canonical JSON, sanitising, hashing
+// sanitising, hashing
 // ---------------------------------------------------------------------------------------------------
-
-/**
- * JSON with object keys sorted (by UTF-16 code units) at every level and `undefined` members left out,
- * so one value always has one text. Strings are escaped as `JSON.stringify` does (lone surrogates as
- * `\udxxx`), so the text is always valid UTF-8 once encoded.
- * @throws TypeError for values JSON cannot represent faithfully (non-finite numbers, bigint, functions).
- */
-export function canonicalJson(value: unknown): string {
-  // Hot (two calls per audited event): plain loops and string building, no intermediate arrays.
-  switch (typeof value) {
-    case "string":
-      return JSON.stringify(value);
-    case "boolean":
-      return value ? "true" : "false";
-    case "number":
-      if (!Number.isFinite(value)) throw new TypeError(`canonicalJson: ${value} is not a JSON number`);
-      return JSON.stringify(value);
-    case "object": {
-      if (value === null) return "null";
-      if (Array.isArray(value)) {
-        let out = "[";
-        for (let i = 0; i < value.length; i++) {
-          const v: unknown = value[i];
-          out += (i > 0 ? "," : "") + (v === undefined ? "null" : canonicalJson(v));
-        }
-        return out + "]";
-      }
-      const obj = value as Record<string, unknown>;
-      const keys = Object.keys(obj).sort();
-      let out = "{";
-      let first = true;
-      for (const k of keys) {
-        const v = obj[k];
-        if (v === undefined) continue;
-        out += (first ? "" : ",") + JSON.stringify(k) + ":" + canonicalJson(v);
-        first = false;
-      }
-      return out + "}";
-    }
-    default:
-      throw new TypeError(`canonicalJson: cannot represent a ${typeof value}`);
-  }
-}
 
 // eslint-disable-next-line no-control-regex -- NUL is exactly what must be replaced
 const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
@@ -125,8 +87,26 @@ export function normalizeTimestamp(value: unknown): string | null {
   return d.toISOString();
 }
 
+/** The hashed columns: every column but `hash`, as named in {@link hashedFields}. */
+const HASHED_COLUMNS = [
+  "causation_id",
+  "event_id",
+  "event_type",
+  "occurred_at",
+  "order_id",
+  "payload",
+  "position",
+  "prev_hash",
+  "recorded_at",
+  "source",
+  "stream",
+  "stream_seq",
+  "subject",
+  "trace_id",
+] as const;
+
 /** The object whose canonical JSON is hashed (every column but `hash`). */
-export function hashedFields(row: Omit<AuditRow, "hash">): Record<string, unknown> {
+export function hashedFields(row: Omit<AuditRow, "hash">): Record<(typeof HASHED_COLUMNS)[number], unknown> {
   return {
     causation_id: row.causationId,
     event_id: row.eventId,
@@ -150,41 +130,16 @@ export function rowHash(row: Omit<AuditRow, "hash">): string {
   return createHash("sha256").update(row.prevHash).update(hashedText(row)).digest("hex");
 }
 
-const text = (v: string | null): string => (v === null ? "null" : JSON.stringify(v));
+/** {@link canonicalJson} for the hashed columns, with their order worked out once (hot: once per row). */
+const hashedColumnsText = canonicalJsonOf(HASHED_COLUMNS);
 
 /**
- * `canonicalJson(hashedFields(row))`, written out field by field in the canonical (sorted) order for the
- * usual row; anything unusual (an undefined or non-finite value) takes the generic path, which also
- * reports what cannot be represented. A unit test holds the two equal.
+ * `canonicalJson(hashedFields(row))`, through the fixed-shape writer of `src/lib/canonical.ts` (an unusual
+ * row, e.g. with an undefined or non-finite value, takes `canonicalJson` itself). A unit test holds the
+ * two equal.
  */
 export function hashedText(row: Omit<AuditRow, "hash">): string {
-  const r = row as Partial<Omit<AuditRow, "hash">>;
-  if (
-    r.causationId === undefined ||
-    r.orderId === undefined ||
-    r.occurredAt === undefined ||
-    r.source === undefined ||
-    r.subject === undefined ||
-    r.traceId === undefined ||
-    r.streamSeq === undefined ||
-    typeof r.eventId !== "string" ||
-    typeof r.eventType !== "string" ||
-    typeof r.payload !== "string" ||
-    typeof r.prevHash !== "string" ||
-    typeof r.recordedAt !== "string" ||
-    typeof r.stream !== "string" ||
-    !Number.isFinite(r.position) ||
-    (r.streamSeq !== null && !Number.isFinite(r.streamSeq))
-  )
-    return canonicalJson(hashedFields(row));
-  return (
-    `{"causation_id":${text(row.causationId)},"event_id":${text(row.eventId)}` +
-    `,"event_type":${text(row.eventType)},"occurred_at":${text(row.occurredAt)}` +
-    `,"order_id":${text(row.orderId)},"payload":${text(row.payload)},"position":${JSON.stringify(row.position)}` +
-    `,"prev_hash":${text(row.prevHash)},"recorded_at":${text(row.recordedAt)},"source":${text(row.source)}` +
-    `,"stream":${text(row.stream)},"stream_seq":${row.streamSeq === null ? "null" : JSON.stringify(row.streamSeq)}` +
-    `,"subject":${text(row.subject)},"trace_id":${text(row.traceId)}}`
-  );
+  return hashedColumnsText(hashedFields(row));
 }
 
 /**
