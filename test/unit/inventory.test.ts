@@ -27,7 +27,6 @@ import {
   type ReservationRecord,
   type StockRecord,
 } from "../../src/services/inventory/inventory.js";
-import { KeyedLock } from "../../src/services/inventory/store.js";
 
 function apply(s: StockRecord, next: StockRecord | typeof Unchanged): StockRecord {
   return next === Unchanged ? s : next;
@@ -168,36 +167,6 @@ void describe("inventory domain: reservation state machine", () => {
     assert.deepEqual(decideRelease(null), { status: "released", items: [] });
     for (const s of ["rejected", "committed", "released"] as const)
       assert.equal(decideRelease(rec(s)), Unchanged);
-  });
-});
-
-void describe("KeyedLock", () => {
-  void it("runs work of one key one at a time, other keys in parallel", async () => {
-    const lock = new KeyedLock();
-    const log: string[] = [];
-    let releaseFirst!: () => void;
-    const gate = new Promise<void>((r) => (releaseFirst = r));
-    const a1 = lock.run("a", async () => {
-      log.push("a1 start");
-      await gate;
-      log.push("a1 end");
-    });
-    const a2 = lock.run("a", async () => {
-      log.push("a2");
-    });
-    const b = lock.run("b", async () => {
-      log.push("b");
-    });
-    await b;
-    assert.deepEqual(log, ["a1 start", "b"]);
-    releaseFirst();
-    await Promise.all([a1, a2]);
-    assert.deepEqual(log, ["a1 start", "b", "a1 end", "a2"]);
-    await assert.rejects(
-      lock.run("a", () => Promise.reject(new Error("boom"))),
-      /boom/,
-    );
-    assert.equal(await lock.run("a", async () => 42), 42, "a failure does not block the key");
   });
 });
 

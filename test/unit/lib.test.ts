@@ -12,6 +12,7 @@ import { createLogger } from "../../src/lib/telemetry/logger.js";
 import { initTracing, tracer } from "../../src/lib/telemetry/tracing.js";
 import { backoffDelay } from "../../src/lib/messaging/backoff.js";
 import { RecentMap } from "../../src/lib/recent-map.js";
+import { KeyedQueue } from "../../src/lib/keyed-queue.js";
 import {
   DecodeErrorCode,
   decodeEvent,
@@ -266,4 +267,39 @@ void test("canonicalJsonOf(keys) writes exactly what canonicalJson writes (or th
   );
   assert.equal(canonicalJsonOf([])({}), "{}");
   assert.equal(canonicalJsonOf(["b", "a", "b"])({ a: 1, b: "x" }), '{"a":1,"b":"x"}');
+});
+
+void test("KeyedQueue runs work of one key one at a time, in call order, other keys in parallel", async () => {
+  const queue = new KeyedQueue();
+  const log: string[] = [];
+  let releaseFirst!: () => void;
+  const gate = new Promise<void>((r) => (releaseFirst = r));
+  const a1 = queue.run("a", async () => {
+    log.push("a1 start");
+    await gate;
+    log.push("a1 end");
+  });
+  const a2 = queue.run("a", async () => {
+    log.push("a2");
+  });
+  const b = queue.run("b", async () => {
+    log.push("b");
+  });
+  await b;
+  assert.deepEqual(log, ["a1 start", "b"]);
+  releaseFirst();
+  await Promise.all([a1, a2]);
+  assert.deepEqual(log, ["a1 start", "b", "a1 end", "a2"]);
+  await assert.rejects(
+    queue.run("a", () => Promise.reject(new Error("boom"))),
+    /boom/,
+  );
+  assert.equal(await queue.run("a", async () => 42), 42, "a failure does not block the key");
+  await assert.rejects(
+    queue.run("a", () => {
+      throw new Error("sync boom");
+    }),
+    /sync boom/,
+  );
+  assert.equal(await queue.run("a", async () => 43), 43, "nor does a synchronous throw");
 });

@@ -16,6 +16,7 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { NonRetryableError, RetryableError } from "../../lib/errors.js";
 import { Streams, type EventData } from "../../lib/events/catalog.js";
 import { makeEvent, subjectOf, type Envelope } from "../../lib/events/envelope.js";
+import { KeyedQueue } from "../../lib/keyed-queue.js";
 import type { HandlerContext, HandlerMap } from "../../lib/messaging/consumer.js";
 import type { Publisher } from "../../lib/messaging/publisher.js";
 import {
@@ -35,7 +36,7 @@ import {
   type ReservationRecord,
   type StockLine,
 } from "./inventory.js";
-import { KeyedLock, type InventoryStore } from "./store.js";
+import type { InventoryStore } from "./store.js";
 
 /** What the handlers need. */
 export interface InventoryDeps {
@@ -62,7 +63,7 @@ type Cause = Envelope<"OrderPlaced" | "OrderConfirmed" | "OrderCancelled">;
 /** The reserve/commit/release logic; exported for tests. */
 export class InventoryHandlers {
   readonly #d: InventoryDeps;
-  readonly #orders = new KeyedLock();
+  readonly #orders = new KeyedQueue();
 
   constructor(deps: InventoryDeps) {
     this.#d = deps;

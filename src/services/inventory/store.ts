@@ -104,26 +104,6 @@ class StockWriter {
   }
 }
 
-/** Serialises async work per key within this process (e.g. every handler of one order). */
-export class KeyedLock {
-  readonly #tails = new Map<string, Promise<void>>();
-
-  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#tails.get(key) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const tail = prev.then(() => mine);
-    this.#tails.set(key, tail);
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.#tails.get(key) === tail) this.#tails.delete(key);
-    }
-  }
-}
-
 /** A catalog entry with its stock figures, as the HTTP API shows it. */
 export type StockView = CatalogEntry & Pick<StockRecord, "initial" | "available" | "reserved" | "committed">;
 
