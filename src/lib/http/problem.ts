@@ -1,6 +1,7 @@
 import { STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { Type, type Static } from "@sinclair/typebox";
 import { ShopStreamError, describeError } from "../errors.js";
 
 // ---------------------------------------------------------------------------------------------------
@@ -24,6 +25,43 @@ export interface ProblemDocument {
   status: number;
   detail: string;
   errors?: ProblemFieldError[];
+}
+
+/**
+ * JSON Schema of a {@link ProblemDocument} as this library sends it (no other members), for route response
+ * schemas: declare error responses with {@link problemResponse}, which also types them `application/problem+json`.
+ */
+export const ProblemSchema = Type.Object(
+  {
+    type: Type.String({ format: "uri", description: "URI identifying the problem type" }),
+    title: Type.String({ description: "short summary of the problem type" }),
+    status: Type.Integer({ minimum: 400, maximum: 599, description: "the HTTP status code" }),
+    detail: Type.String({ description: "explanation of this occurrence" }),
+    errors: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            pointer: Type.String({ description: "JSON pointer into the request, e.g. `/body/items/0/sku`" }),
+            message: Type.String(),
+          },
+          { additionalProperties: false },
+        ),
+        { description: "the offending fields, when the request was invalid" },
+      ),
+    ),
+  },
+  { additionalProperties: false, description: "RFC 9457 problem details" },
+);
+// Compile-time check: the schema and the interface describe the same document.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const _problemSchemaMatches: Same<Static<typeof ProblemSchema>, ProblemDocument> = true;
+
+/**
+ * A route response schema for an error status, declared as it is sent: `application/problem+json` with
+ * {@link ProblemSchema}. Fastify picks the serializer by the reply's content type, which {@link sendProblem} sets.
+ */
+export function problemResponse(description: string) {
+  return { description, content: { [PROBLEM_CONTENT_TYPE]: { schema: ProblemSchema } } };
 }
 
 /** An error rendered as `application/problem+json` with the given status. */

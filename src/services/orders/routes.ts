@@ -4,7 +4,7 @@ import { Type, type Static } from "@sinclair/typebox";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { fingerprint } from "../../lib/canonical.js";
 import { makeEvent, type EventData } from "../../lib/events/mod.js";
-import { ProblemError } from "../../lib/http/problem.js";
+import { ProblemError, problemResponse } from "../../lib/http/problem.js";
 import { SpanKind, SpanStatusCode, tracer } from "../../lib/telemetry/tracing.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
 import { ConcurrencyError } from "../../lib/messaging/publisher.js";
@@ -55,10 +55,6 @@ const OrderView = Type.Object({
   createdAt: Type.String({ format: "date-time" }),
   updatedAt: Type.String({ format: "date-time" }),
 });
-const Problem = Type.Object(
-  { type: Type.String(), title: Type.String(), status: Type.Integer(), detail: Type.String() },
-  { additionalProperties: true },
-);
 const OrderIdParam = Type.Object({ id: Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" }) });
 
 /** A new order id: time-ordered (sorts by creation) and random, subject-token safe. */
@@ -109,11 +105,14 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
         }),
         response: {
           202: Type.Object({ orderId: Type.String(), status: Type.String() }),
-          400: Problem,
-          409: Problem,
-          413: Problem,
-          422: Problem,
-          503: Problem,
+          400: problemResponse("The request is malformed or fails the schema (each field in `errors`)"),
+          409: problemResponse("A concurrent write conflicted: retry"),
+          413: problemResponse("The body is larger than the limit"),
+          415: problemResponse("The body's media type is not supported: send `application/json` (UTF-8)"),
+          422: problemResponse(
+            "The order cannot be placed as given (unknown or duplicate SKU, wrong currency), or the Idempotency-Key was used with another body",
+          ),
+          503: problemResponse("Temporarily unavailable: retry later (`Retry-After`)"),
         },
       },
     },
@@ -231,7 +230,12 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
       schema: {
         summary: "Read an order",
         params: OrderIdParam,
-        response: { 200: OrderView, 404: Problem },
+        response: {
+          200: OrderView,
+          400: problemResponse("The order id is malformed"),
+          404: problemResponse("No such order"),
+          503: problemResponse("Temporarily unavailable: retry later (`Retry-After`)"),
+        },
       },
     },
     async (req) => {
@@ -259,6 +263,8 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
         querystring: ListQuery,
         response: {
           200: Type.Object({ orders: Type.Array(OrderView), next: Type.Union([Type.String(), Type.Null()]) }),
+          400: problemResponse("The query is malformed (each field in `errors`)"),
+          503: problemResponse("Temporarily unavailable: retry later (`Retry-After`)"),
         },
       },
     },
