@@ -13,12 +13,14 @@ import { initTracing, tracer } from "../../src/lib/telemetry/tracing.js";
 import { backoffDelay } from "../../src/lib/messaging/backoff.js";
 import { RecentMap } from "../../src/lib/recent-map.js";
 import { KeyedQueue } from "../../src/lib/keyed-queue.js";
+import { ORDER_ID_PATTERN, isOrderId } from "../../src/lib/ids.js";
 import {
   DecodeErrorCode,
   decodeEvent,
   encodeEvent,
   EventDecodeError,
   makeEvent,
+  OrderId,
   subjectOf,
 } from "../../src/lib/events/mod.js";
 
@@ -302,4 +304,13 @@ void test("KeyedQueue runs work of one key one at a time, in call order, other k
     /sync boom/,
   );
   assert.equal(await queue.run("a", async () => 43), 43, "nor does a synchronous throw");
+});
+
+void test("order ids: one pattern, subject-token safe, used by the event catalog", () => {
+  assert.equal(ORDER_ID_PATTERN, "^[A-Za-z0-9_-]{1,64}$");
+  assert.equal(OrderId.pattern, ORDER_ID_PATTERN);
+  for (const ok of ["ord_0mwpzy1g7ab7c9302ac80ddcc", "a", "A-9_z", "x".repeat(64)])
+    assert.ok(isOrderId(ok), ok);
+  for (const bad of ["", "x".repeat(65), "a.b", "a b", "a*", "a>", "é", "a\n", "\u0000"])
+    assert.ok(!isOrderId(bad), JSON.stringify(bad));
 });

@@ -1,4 +1,5 @@
 import { type Static, type TObject, Type } from "@sinclair/typebox";
+import { ORDER_ID_PATTERN } from "../ids.js";
 
 /**
  * The catalog of every event of the order saga: its type name, owning stream, schema version and
@@ -9,8 +10,8 @@ import { type Static, type TObject, Type } from "@sinclair/typebox";
  */
 
 const Id = Type.String({ minLength: 1, maxLength: 128 });
-/** Order ids appear as a subject token, so they are restricted to subject-safe characters. */
-export const OrderId = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" });
+/** Order ids appear as a subject token, so they are restricted to subject-safe characters (`src/lib/ids.ts`). */
+export const OrderId = Type.String({ pattern: ORDER_ID_PATTERN });
 const Sku = Type.String({ minLength: 1, maxLength: 64 });
 const Currency = Type.String({ pattern: "^[A-Z]{3}$" });
 const Cents = Type.Integer({ minimum: 0 });

@@ -16,6 +16,7 @@
 import { createHash } from "node:crypto";
 import { canonicalJson, canonicalJsonOf } from "../../lib/canonical.js";
 import type { AnyEnvelope } from "../../lib/events/envelope.js";
+import { ORDER_ID_UNANCHORED } from "../../lib/ids.js";
 import { Hdr } from "../../lib/messaging/headers.js";
 
 /** Re-exported for the audit's importers: the one definition is in `src/lib/canonical.ts`. */
@@ -254,8 +255,10 @@ export interface DeadLetterMessage {
   storedAt: Date;
 }
 
-const ORDER_ID = /^[A-Za-z0-9_-]{1,64}$/;
-const ORDER_SUBJECT = /^(?:orders|inventory|payments|notifications)\.([A-Za-z0-9_-]{1,64})(?:\.|$)/;
+/** A saga subject, its order id captured. */
+const ORDER_SUBJECT = new RegExp(
+  `^(?:orders|inventory|payments|notifications)\\.(${ORDER_ID_UNANCHORED})(?:\\.|$)`,
+);
 const TRACE_PARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/;
 const TRACE_ID = /^[0-9a-f]{32}$/;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -336,11 +339,6 @@ export function entryFromDeadLetter(m: DeadLetterMessage): AuditEntry {
     occurredAt: normalizeTimestamp(dlq.at) ?? normalizeTimestamp(m.storedAt),
     payload: canonicalJson(payload),
   };
-}
-
-/** Is `s` a well-formed order id (the subject-safe form every saga event uses)? */
-export function isOrderId(s: string): boolean {
-  return ORDER_ID.test(s);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { RetryableError, describeError } from "../../lib/errors.js";
 import { problem, sendProblem } from "../../lib/http/problem.js";
-import { isOrderId, orderTimeline } from "./audit.js";
+import { ORDER_ID_PATTERN, isOrderId } from "../../lib/ids.js";
+import { orderTimeline } from "./audit.js";
 import type { AuditStore } from "./store.js";
 
 /** One event of `GET /audit/orders/:id`. */
@@ -75,7 +76,7 @@ async function fromStore<T>(fn: () => Promise<T>): Promise<T> {
 export function registerAuditRoutes(app: FastifyInstance, store: AuditStore): void {
   app.get<{ Params: { id: string } }>("/audit/orders/:id", async (req, reply) => {
     const orderId = req.params.id;
-    if (!isOrderId(orderId)) return badRequest(reply, "order id must match ^[A-Za-z0-9_-]{1,64}$");
+    if (!isOrderId(orderId)) return badRequest(reply, `order id must match ${ORDER_ID_PATTERN}`);
     const rows = await fromStore(() => store.timeline(orderId));
     if (rows.length === 0)
       return sendProblem(

@@ -8,14 +8,13 @@
  * Errors are RFC 9457 problem documents (`application/problem+json`, `{type, title, status, detail}`).
  */
 import type { FastifyInstance, FastifyReply } from "fastify";
-import { OrderId } from "../../lib/events/catalog.js";
+import { isOrderId } from "../../lib/ids.js";
 import { ShopStreamError, describeError } from "../../lib/errors.js";
 import { isSkuId } from "./catalog.js";
 import type { InventoryStore } from "./store.js";
 
 export const PROBLEM_CONTENT_TYPE = "application/problem+json";
 const PROBLEM_BASE = "https://shopstream.dev/problems/inventory/";
-const orderIdRegExp = new RegExp(OrderId.pattern ?? "^[A-Za-z0-9_-]{1,64}$");
 
 /** An RFC 9457 problem document. */
 export interface Problem {
@@ -64,7 +63,7 @@ export function registerInventoryRoutes(app: FastifyInstance, getStore: () => In
 
       api.get<{ Params: { orderId: string } }>("/reservations/:orderId", async (req, reply) => {
         const { orderId } = req.params;
-        const record = orderIdRegExp.test(orderId) ? await getStore().getReservation(orderId) : null;
+        const record = isOrderId(orderId) ? await getStore().getReservation(orderId) : null;
         if (!record)
           return sendProblem(
             reply,

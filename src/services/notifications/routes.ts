@@ -1,9 +1,7 @@
 import type { FastifyInstance } from "fastify";
-import { OrderId } from "../../lib/events/catalog.js";
+import { ORDER_ID_PATTERN, isOrderId } from "../../lib/ids.js";
 import { problem, sendProblem } from "../../lib/http/problem.js";
 import type { NotificationStore } from "./store.js";
-
-const orderIdRegExp = new RegExp(OrderId.pattern ?? "^[A-Za-z0-9_-]{1,64}$");
 
 /**
  * `GET /notifications/:orderId` → `{orderId, notifications: [{orderId, kind, messageId, sentAt}]}` (no
@@ -12,10 +10,10 @@ const orderIdRegExp = new RegExp(OrderId.pattern ?? "^[A-Za-z0-9_-]{1,64}$");
 export function registerNotificationRoutes(app: FastifyInstance, store: NotificationStore): void {
   app.get<{ Params: { orderId: string } }>("/notifications/:orderId", async (req, reply) => {
     const { orderId } = req.params;
-    if (!orderIdRegExp.test(orderId)) {
+    if (!isOrderId(orderId)) {
       return sendProblem(
         reply,
-        problem(400, "invalid-order-id", "Bad Request", `orderId must match ${orderIdRegExp.source}`),
+        problem(400, "invalid-order-id", "Bad Request", `orderId must match ${ORDER_ID_PATTERN}`),
       );
     }
     const notifications = await store.list(orderId);

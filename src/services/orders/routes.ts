@@ -4,6 +4,7 @@ import { Type, type Static } from "@sinclair/typebox";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { fingerprint } from "../../lib/canonical.js";
 import { makeEvent, type EventData } from "../../lib/events/mod.js";
+import { ORDER_ID_PATTERN } from "../../lib/ids.js";
 import { ProblemError, problemResponse } from "../../lib/http/problem.js";
 import { SpanKind, SpanStatusCode, tracer } from "../../lib/telemetry/tracing.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
@@ -55,7 +56,7 @@ const OrderView = Type.Object({
   createdAt: Type.String({ format: "date-time" }),
   updatedAt: Type.String({ format: "date-time" }),
 });
-const OrderIdParam = Type.Object({ id: Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" }) });
+const OrderIdParam = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN }) });
 
 /** A new order id: time-ordered (sorts by creation) and random, subject-token safe. */
 export function newOrderId(now = Date.now()): string {
@@ -250,7 +251,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
     limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
     after: Type.Optional(
       Type.String({
-        pattern: "^[A-Za-z0-9_-]{1,64}$",
+        pattern: ORDER_ID_PATTERN,
         description: "cursor: the last orderId of the previous page",
       }),
     ),
