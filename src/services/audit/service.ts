@@ -9,7 +9,8 @@ import type { CommonConfig, ServiceContext, ServiceDefinition } from "../../lib/
 import { AuditConfig } from "./config.js";
 import { auditConsumers } from "./handlers.js";
 import { registerAuditRoutes } from "./routes.js";
-import { AuditStore, openDb, type SqlDb } from "./store.js";
+import type { SqlDb } from "./store-sql.js";
+import { AuditStore, openDb } from "./store.js";
 import { AuditWriter } from "./writer.js";
 
 type Config = Static<typeof AuditConfig> & CommonConfig;

@@ -6,7 +6,7 @@
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
-import type { SqlDb, SqlExecutor } from "./store.js";
+import type { SqlDb, SqlExecutor } from "./store-sql.js";
 
 /** Options for {@link openPglite}. */
 export interface PgliteOptions {

@@ -1,7 +1,7 @@
 /** The PostgreSQL adapter of {@link SqlDb}: a `pg` pool. */
 import pg from "pg";
 import type { Logger } from "../../lib/telemetry/logger.js";
-import type { SqlDb, SqlExecutor } from "./store.js";
+import type { SqlDb, SqlExecutor } from "./store-sql.js";
 
 /** Options for {@link openPostgres}. */
 export interface PostgresOptions {

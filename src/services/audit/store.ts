@@ -1,7 +1,7 @@
 /**
- * The audit log's storage: one small SQL interface ({@link SqlDb}) with two adapters — PostgreSQL through
- * `pg` (`DATABASE_URL`) and embedded PGlite under the data directory — and the {@link AuditStore} that
- * runs the same SQL on either.
+ * The audit log's storage: {@link openDb} chooses one of the two adapters of the small SQL interface of
+ * `store-sql.ts` ({@link SqlDb}) — PostgreSQL through `pg` (`DATABASE_URL`) or embedded PGlite under the data
+ * directory — and the {@link AuditStore} runs the same SQL on either.
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "../../lib/telemetry/logger.js";
@@ -14,19 +14,10 @@ import {
   type AuditRow,
   type VerifyResult,
 } from "./audit.js";
+import type { SqlDb, SqlExecutor } from "./store-sql.js";
 
-/** Runs one statement (with `$1`-style parameters) and returns its rows. */
-export interface SqlExecutor {
-  query<R extends object = Record<string, unknown>>(text: string, params?: unknown[]): Promise<R[]>;
-}
-
-/** A database: statements, transactions, close. Implemented for PostgreSQL and PGlite. */
-export interface SqlDb extends SqlExecutor {
-  readonly kind: "postgres" | "pglite";
-  /** Runs `fn` in one transaction: committed when it resolves, rolled back when it throws. */
-  transaction<T>(fn: (tx: SqlExecutor) => Promise<T>): Promise<T>;
-  close(): Promise<void>;
-}
+/** Re-exported for the store's users (the definitions are in `store-sql.ts`, which the adapters import). */
+export type { SqlDb, SqlExecutor };
 
 /** Where the audit log lives. */
 export interface OpenDbOptions {
