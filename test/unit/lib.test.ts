@@ -14,6 +14,7 @@ import { backoffDelay } from "../../src/lib/messaging/backoff.js";
 import { RecentMap } from "../../src/lib/recent-map.js";
 import { KeyedQueue } from "../../src/lib/keyed-queue.js";
 import { ORDER_ID_PATTERN, isOrderId } from "../../src/lib/ids.js";
+import { Durables } from "../../src/lib/events/consumers.js";
 import {
   DecodeErrorCode,
   decodeEvent,
@@ -313,4 +314,10 @@ void test("order ids: one pattern, subject-token safe, used by the event catalog
     assert.ok(isOrderId(ok), ok);
   for (const bad of ["", "x".repeat(65), "a.b", "a b", "a*", "a>", "é", "a\n", "\u0000"])
     assert.ok(!isOrderId(bad), JSON.stringify(bad));
+});
+
+void test("durable consumer names: one per consumer, each a valid durable name of the form <service>-<what>", () => {
+  const names = Object.values(Durables);
+  assert.equal(new Set(names).size, names.length);
+  for (const n of names) assert.match(n, /^(orders|inventory|payments|notifications)-[a-z]+$/);
 });

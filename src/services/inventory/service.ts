@@ -3,6 +3,7 @@
  * (reserve on OrderPlaced, commit on OrderConfirmed, release on OrderCancelled) and a read-only HTTP API.
  */
 import { Streams } from "../../lib/events/catalog.js";
+import { Durables } from "../../lib/events/consumers.js";
 import type { ServiceContext, ServiceDefinition } from "../../lib/service.js";
 import type { CommonConfig } from "../../lib/service.js";
 import { DEFAULT_CATALOG, loadCatalogFile } from "./catalog.js";
@@ -13,7 +14,7 @@ import { InventoryStore } from "./store.js";
 
 export const SERVICE_NAME = "inventory";
 /** The durable consumer of the ORDERS stream shared by every inventory replica. */
-export const ORDERS_CONSUMER = "inventory-orders";
+export const ORDERS_CONSUMER = Durables.INVENTORY_ORDERS;
 
 type Ctx = ServiceContext<InventoryConfig & CommonConfig>;
 

@@ -1,4 +1,5 @@
 import { Streams } from "../../lib/events/catalog.js";
+import { Durables } from "../../lib/events/consumers.js";
 import { HttpDependency, breakerGauge, pauseWhileOpen } from "../../lib/http-client.js";
 import type { ServiceDefinition } from "../../lib/service.js";
 import { NotificationsConfig } from "./config.js";
@@ -9,7 +10,7 @@ import { NotificationStore } from "./store.js";
 
 export const SERVICE = "notifications";
 /** Durable consumer of OrderConfirmed and OrderCancelled. */
-export const ORDERS_CONSUMER = "notifications-orders";
+export const ORDERS_CONSUMER = Durables.NOTIFICATIONS_ORDERS;
 
 /** What `setup` builds for `consumers`, per running instance (tests run several in one process). */
 const depsOf = new WeakMap<object, NotificationsDeps>();

@@ -1,4 +1,5 @@
 import swagger from "@fastify/swagger";
+import { Durables } from "../../lib/events/consumers.js";
 import { Streams } from "../../lib/events/mod.js";
 import { openBucket } from "../../lib/kv.js";
 import type { ServiceDefinition } from "../../lib/service.js";
@@ -60,19 +61,23 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
         {
           spec: {
             stream: Streams.INVENTORY,
-            durable: "orders-inventory",
+            durable: Durables.ORDERS_INVENTORY,
             filterSubject: "inventory.*.StockRejected",
           },
           handlers: sagaHandlers(store),
         },
         {
-          spec: { stream: Streams.PAYMENTS, durable: "orders-payments", filterSubject: "payments.*.*" },
+          spec: {
+            stream: Streams.PAYMENTS,
+            durable: Durables.ORDERS_PAYMENTS,
+            filterSubject: "payments.*.*",
+          },
           handlers: sagaHandlers(store),
         },
         {
           spec: {
             stream: Streams.ORDERS,
-            durable: "orders-timeouts",
+            durable: Durables.ORDERS_TIMEOUTS,
             filterSubject: "orders.*",
             maxAckPending: ctx.config.TIMEOUT_MAX_ACK_PENDING,
           },

@@ -1,6 +1,7 @@
 import { Histogram } from "prom-client";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { Streams } from "../../lib/events/catalog.js";
+import { Durables } from "../../lib/events/consumers.js";
 import { HttpDependency, breakerGauge, pauseWhileOpen } from "../../lib/http-client.js";
 import { directGet } from "../../lib/messaging/direct.js";
 import type { ConsumerDefinition, ServiceDefinition } from "../../lib/service.js";
@@ -12,9 +13,9 @@ import { PaymentStore } from "./store.js";
 
 export const SERVICE = "payments";
 /** Durable consumer of StockReserved. */
-export const INVENTORY_CONSUMER = "payments-inventory";
+export const INVENTORY_CONSUMER = Durables.PAYMENTS_INVENTORY;
 /** Durable consumer of OrderCancelled. */
-export const ORDERS_CONSUMER = "payments-orders";
+export const ORDERS_CONSUMER = Durables.PAYMENTS_ORDERS;
 
 /** Is there an event on the order's ORDERS subject (its first is OrderPlaced)? */
 async function orderExists(jsm: JetStreamManager, orderId: string): Promise<boolean> {
