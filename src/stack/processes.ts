@@ -38,7 +38,7 @@ export interface StackProcess {
   readonly metrics: boolean;
 }
 
-/** Every process of the stack, in start order. Services whose entry point does not exist yet are skipped. */
+/** Every process of the stack, in start order. Each must have its entry point: a missing one stops the stack. */
 export const stackProcesses: readonly StackProcess[] = [
   {
     name: "payment-gateway",
@@ -136,7 +136,7 @@ export function processNamed(name: ProcessName): StackProcess {
 /** `dev` runs the `.ts` sources through tsx; `production` runs what `npm run build` compiled into `dist/`. */
 export type StackMode = "dev" | "production";
 
-/** Where a process's entry point is, or why it cannot be started. */
+/** Where a process's entry point is, or why it cannot be started (both failures are errors). */
 export type EntryPoint =
   | { status: "ok"; file: string }
   | { status: "missing"; reason: string }
@@ -145,8 +145,9 @@ export type EntryPoint =
 /**
  * The absolute entry point of `p` under `root` in `mode`.
  *
- * `missing`: the source does not exist (yet): the process is skipped with a warning. `not-built`: in production
- * mode the source exists but `dist/` lacks it: `npm run build` is stale, which is an error.
+ * `missing`: the entry point does not exist (the reason names the file): the stack refuses to start, since a system
+ * without one of its processes would accept orders it can never finish. `not-built`: in production mode the source
+ * exists but `dist/` lacks it: `npm run build` is stale.
  */
 export function resolveEntryPoint(
   p: StackProcess,

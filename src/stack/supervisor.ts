@@ -141,11 +141,18 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
   const ports = config as unknown as Record<string, number>; // the <NAME>_PORT variables, validated above
   const urlOf = (proc: StackProcess) => `http://${reach}:${ports[proc.portEnv] ?? proc.defaultPort}`;
   const planned: Planned[] = [];
+  const noEntry: string[] = [];
   for (const proc of selected) {
     const entry = resolveEntryPoint(proc, ROOT, config.STACK_MODE);
-    if (entry.status === "not-built") return fail(`${proc.name} cannot start: ${entry.reason}`);
+    if (entry.status === "not-built") {
+      noEntry.push(`${proc.name} cannot start: ${entry.reason}`);
+      continue;
+    }
     if (entry.status === "missing") {
-      warn(`skipping ${proc.name}: ${entry.reason} (not written yet?)`);
+      noEntry.push(
+        `${proc.name} cannot start: ${entry.reason} (every process of the stack needs its entry point: ` +
+          `restore the file, or name the processes to start in STACK_ONLY)`,
+      );
       continue;
     }
     planned.push({
@@ -155,6 +162,8 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
       entry: entry.file,
     });
   }
+  // Every entry point is needed (a missing one is an error, not a skip): all of them reported at once.
+  if (noEntry.length > 0) return fail(noEntry.join("\n"));
 
   // 3. nats-server: found before anything starts, so a missing one fails at once with how to install it.
   let natsBinary: string | undefined;
@@ -324,13 +333,11 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
         );
       });
     }
-    const skipped = selected.filter((p) => !planned.some((q) => q.proc === p)).map((p) => p.name);
     printSummary(printer, {
       seconds: (Date.now() - startedAt) / 1000,
       nats,
       natsUrl,
       planned,
-      skipped,
       dataDir,
     });
     await stopRequested;
@@ -439,7 +446,6 @@ function printSummary(
     nats: NatsServer | undefined;
     natsUrl: string;
     planned: readonly Planned[];
-    skipped: readonly string[];
     dataDir: string;
   },
 ): void {
@@ -469,7 +475,6 @@ function printSummary(
       "",
     ].join("\n"),
   );
-  if (s.skipped.length > 0) printer.plain(`  not started (no entry point yet): ${s.skipped.join(", ")}\n`);
   const orders = s.planned.find((p) => p.proc.name === "orders");
   if (orders !== undefined) {
     printer.plain(

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { defaultPorts } from "../../src/lib/ports.js";
 import { Printer, forEachLine, prettyPinoLine } from "../../src/stack/output.js";
 import {
@@ -41,6 +43,8 @@ void describe("stack process table", () => {
   });
 });
 
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
 void describe("resolveEntryPoint", () => {
   const orders = stackProcesses.find((p) => p.name === "orders")!;
   const only =
@@ -48,13 +52,25 @@ void describe("resolveEntryPoint", () => {
     (path: string) =>
       files.includes(path);
 
-  void it("uses the .ts source in dev mode and skips a process whose source is missing", () => {
+  void it("uses the .ts source in dev mode and reports a missing source, naming the file", () => {
     assert.deepEqual(resolveEntryPoint(orders, "/r", "dev", only("/r/src/services/orders/main.ts")), {
       status: "ok",
       file: "/r/src/services/orders/main.ts",
     });
-    const missing = resolveEntryPoint(orders, "/r", "dev", only());
-    assert.equal(missing.status, "missing");
+    assert.deepEqual(resolveEntryPoint(orders, "/r", "dev", only()), {
+      status: "missing",
+      reason: "src/services/orders/main.ts not found",
+    });
+  });
+
+  void it("finds the entry point of every process of the table in this repository", () => {
+    for (const p of stackProcesses) {
+      assert.deepEqual(
+        resolveEntryPoint(p, ROOT, "dev"),
+        { status: "ok", file: join(ROOT, p.source) },
+        p.name,
+      );
+    }
   });
 
   void it("uses dist/ in production mode and calls a stale build an error, not a skip", () => {

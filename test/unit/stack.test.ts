@@ -1,11 +1,12 @@
 /**
  * The local stack (`npm start`) as a user runs it: a real child process that starts a real nats-server and every
- * process of the table whose entry point exists, on free ports with a temp data dir.
+ * process of the table, on free ports with a temp data dir; and a checkout lacking one entry point, which must not
+ * start at all.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readdir, rm, symlink } from "node:fs/promises";
 import { type Server, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -16,35 +17,53 @@ import { READY_MESSAGE } from "../../src/stack/supervisor.js";
 import { freePort } from "../helpers/nats.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const MAIN = join(ROOT, "src", "stack", "main.ts");
 
 interface RunningStack {
   pid: number;
   out: () => string;
   err: () => string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** Resolves once stdout matches `re`; rejects if the stack exits first or after `timeoutMs`. */
+  /**
+   * Resolves once stdout matches `re` (checked now and on every chunk the stack prints); rejects if the stack exits
+   * first or after `timeoutMs`.
+   */
   waitForOutput(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
   signal(sig: NodeJS.Signals): void;
 }
 
-/** Runs `node --import tsx src/stack/main.ts` with the test's environment plus `env`. */
-function startStack(env: Record<string, string>): RunningStack {
+/**
+ * Runs `node --import tsx <root>/src/stack/main.ts` in `root` (default: this repository) with the test's environment
+ * plus `env`.
+ */
+function startStack(env: Record<string, string>, root = ROOT): RunningStack {
   const base = { ...process.env };
   // The stack must start its own NATS and everything in the table, whatever the caller's shell has set.
   for (const k of ["NATS_URL", "NATS_SERVER_BIN", "STACK_ONLY", "STACK_MODE", "PORT", "DATABASE_URL"])
     delete base[k];
-  const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
-    cwd: ROOT,
+  const child = spawn(process.execPath, ["--import", "tsx", join(root, "src", "stack", "main.ts")], {
+    cwd: root,
     env: { ...base, LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
   let err = "";
-  child.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
+  let closed = false;
+  /** Called after every chunk of stdout and when the stack has exited. */
+  const listeners = new Set<() => void>();
+  const changed = () => {
+    for (const l of [...listeners]) l();
+  };
+  child.stdout.setEncoding("utf8").on("data", (c: string) => {
+    out += c;
+    changed();
+  });
   child.stderr.setEncoding("utf8").on("data", (c: string) => (err += c));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
-    child.once("close", (code, signal) => res({ code, signal })),
+    child.once("close", (code, signal) => {
+      closed = true;
+      res({ code, signal });
+      changed();
+    }),
   );
   return {
     pid: child.pid!,
@@ -52,20 +71,54 @@ function startStack(env: Record<string, string>): RunningStack {
     err: () => err,
     exited,
     signal: (sig) => child.kill(sig),
-    async waitForOutput(re, timeoutMs) {
-      const deadline = Date.now() + timeoutMs;
-      let done = false;
-      void exited.then(() => (done = true));
-      for (;;) {
-        const m = out.match(re);
-        if (m) return m;
-        if (done || Date.now() > deadline) {
-          throw new Error(`stack output never matched ${re}\n--- stdout ---\n${out}\n--- stderr ---\n${err}`);
-        }
-        await new Promise((r) => setTimeout(r, 100)); // poll interval for the output buffer
-      }
+    waitForOutput(re, timeoutMs) {
+      return new Promise((resolvePromise, reject) => {
+        const failure = (why: string) =>
+          new Error(
+            `stack output never matched ${re} (${why})\n--- stdout ---\n${out}\n--- stderr ---\n${err}`,
+          );
+        const check = () => {
+          const m = out.match(re);
+          if (m) done(() => resolvePromise(m));
+          else if (closed) done(() => reject(failure("the stack exited")));
+        };
+        const timer = setTimeout(() => done(() => reject(failure(`${timeoutMs} ms passed`))), timeoutMs);
+        const done = (settle: () => void) => {
+          clearTimeout(timer);
+          listeners.delete(check);
+          settle();
+        };
+        listeners.add(check);
+        check();
+      });
     },
   };
+}
+
+/**
+ * A checkout of this repository without `missing` (a path under src/): its own copy of src/stack (the stack finds
+ * the entry points relative to its own files), everything else the stack could need linked to the real one.
+ */
+async function checkoutWithout(dir: string, missing: string): Promise<string> {
+  await mkdir(join(dir, "src", "stack"), { recursive: true });
+  for (const f of ["package.json", "tsconfig.json"]) await copyFile(join(ROOT, f), join(dir, f));
+  await symlink(join(ROOT, "node_modules"), join(dir, "node_modules"));
+  for (const f of await readdir(join(ROOT, "src", "stack"))) {
+    await copyFile(join(ROOT, "src", "stack", f), join(dir, "src", "stack", f));
+  }
+  /** Links every entry of src/<sub>, descending only into the folders on the way to `missing`. */
+  const link = async (sub: string): Promise<void> => {
+    await mkdir(join(dir, "src", sub), { recursive: true });
+    for (const e of await readdir(join(ROOT, "src", sub))) {
+      const rel = join(sub, e);
+      if (`src/${rel}` === missing || rel === "stack") continue;
+      if (missing.startsWith(`src/${rel}/`)) await link(rel);
+      else await symlink(join(ROOT, "src", rel), join(dir, "src", rel));
+    }
+  };
+  await link("");
+  assert.equal(existsSync(join(dir, missing)), false);
+  return dir;
 }
 
 async function exitOf(stack: RunningStack, timeoutMs: number) {
@@ -95,7 +148,7 @@ async function freePorts(): Promise<Record<string, string>> {
   return env;
 }
 
-void describe("npm start (src/stack/main.ts)", { timeout: 60_000 }, () => {
+void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
   let dataDir: string;
   const running: RunningStack[] = [];
   before(async () => {
@@ -113,8 +166,8 @@ void describe("npm start (src/stack/main.ts)", { timeout: 60_000 }, () => {
     const env = await freePorts();
     const stack = startStack({ ...env, DATA_DIR: join(dataDir, "full") });
     running.push(stack);
-    await stack.waitForOutput(new RegExp(READY_MESSAGE), 45_000);
-    const started = stackProcesses.filter((p) => existsSync(join(ROOT, p.source)));
+    // Every process of the table, none left out.
+    await stack.waitForOutput(new RegExp(`${READY_MESSAGE}: ${stackProcesses.length} processes`), 45_000);
     const monitor = await stack.waitForOutput(
       /nats-server\s+nats:\/\/127\.0\.0\.1:(\d+)\s+http:\/\/127\.0\.0\.1:(\d+)\//,
       1,
@@ -123,7 +176,7 @@ void describe("npm start (src/stack/main.ts)", { timeout: 60_000 }, () => {
     const monitorPort = Number(monitor[2]);
 
     assert.equal((await fetch(`http://127.0.0.1:${monitorPort}/healthz`)).status, 200);
-    for (const p of started) {
+    for (const p of stackProcesses) {
       const url = `http://127.0.0.1:${env[p.portEnv]}`;
       const health = await fetch(`${url}/health`);
       assert.equal(health.status, 200, `${p.name} /health`);
@@ -131,9 +184,6 @@ void describe("npm start (src/stack/main.ts)", { timeout: 60_000 }, () => {
         const ready = await fetch(`${url}/ready`);
         assert.equal(ready.status, 200, `${p.name} /ready: ${await ready.text()}`);
       }
-    }
-    for (const p of stackProcesses.filter((q) => !started.includes(q))) {
-      assert.match(stack.err(), new RegExp(`skipping ${p.name}: ${p.source} not found`));
     }
 
     stack.signal("SIGTERM");
@@ -144,9 +194,13 @@ void describe("npm start (src/stack/main.ts)", { timeout: 60_000 }, () => {
     const stopOrder = [...stack.out().matchAll(/^stack\s+\| (\S+) stopped/gm)]
       .map((m) => m[1])
       .filter((name) => name !== "all");
-    if (stopOrder.includes("orders")) assert.equal(stopOrder[0], "orders", stopOrder.join(", "));
+    assert.equal(stopOrder[0], "orders", stopOrder.join(", "));
     assert.equal(stopOrder.at(-1), "nats-server");
-    const ports = [Number(env["NATS_PORT"]), monitorPort, ...started.map((p) => Number(env[p.portEnv]))];
+    const ports = [
+      Number(env["NATS_PORT"]),
+      monitorPort,
+      ...stackProcesses.map((p) => Number(env[p.portEnv])),
+    ];
     for (const port of ports)
       assert.equal(await canListen(port), true, `port ${port} still in use after stop`);
     assert.equal(
@@ -155,6 +209,21 @@ void describe("npm start (src/stack/main.ts)", { timeout: 60_000 }, () => {
       "JetStream data kept in DATA_DIR",
     );
     assert.equal(existsSync(join(dataDir, "full", "stack.pid")), false);
+  });
+
+  void it("exits 1 naming the file when a service's entry point is missing, and starts nothing", async () => {
+    const env = await freePorts();
+    const checkout = await checkoutWithout(join(dataDir, "checkout"), "src/services/payments/main.ts");
+    const stack = startStack({ ...env, DATA_DIR: join(dataDir, "no-entry") }, checkout);
+    running.push(stack);
+    const exit = await exitOf(stack, 20_000);
+    assert.equal(exit.code, 1, `${stack.out()}\n${stack.err()}`);
+    assert.match(stack.err(), /payments cannot start: src\/services\/payments\/main\.ts not found/);
+    assert.doesNotMatch(stack.out(), new RegExp(READY_MESSAGE));
+    assert.doesNotMatch(stack.out(), /nats-server/, "nats-server was not started");
+    for (const port of [env["NATS_PORT"], ...stackProcesses.map((p) => env[p.portEnv])]) {
+      assert.equal(await canListen(Number(port)), true, `port ${port} free: nothing was started`);
+    }
   });
 
   void it("exits 1 with how to install nats-server when it is missing", async () => {
