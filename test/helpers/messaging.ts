@@ -28,6 +28,7 @@ import { Publisher, type PublisherOptions } from "../../src/lib/messaging/publis
 import { ensureConsumer, ensureStream, type ConsumerSpec } from "../../src/lib/messaging/topology.js";
 import { streamSpecs } from "../../src/lib/service.js";
 import { createLogger, type Logger } from "../../src/lib/telemetry/logger.js";
+import { eventually as pollEventually } from "./eventually.js";
 import { type NatsCluster, type NatsServer, connectTo, startNatsCluster, startNatsServer } from "./nats.js";
 
 /** Source of every event the suite publishes. */
@@ -50,23 +51,12 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
 }
 
 /**
- * Calls `fn` until it returns without throwing (its value is returned) or `timeoutMs` passes (its last error is
- * thrown). For conditions on the server that no event announces; the interval is a poll rate, not a wait.
+ * Calls `fn` until it returns without throwing (its value is returned) or `timeoutMs` passes: the shared
+ * {@link pollEventually} with this suite's positional arguments. For conditions on the server that no event
+ * announces; the interval is a poll rate, not a wait.
  */
-export async function eventually<T>(
-  fn: () => Promise<T> | T,
-  timeoutMs = 10_000,
-  intervalMs = 50,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() >= deadline) throw err;
-      await new Promise((r) => setTimeout(r, intervalMs));
-    }
-  }
+export function eventually<T>(fn: () => Promise<T> | T, timeoutMs = 10_000, intervalMs = 50): Promise<T> {
+  return pollEventually(fn, { timeoutMs, intervalMs });
 }
 
 /** Resolves when `nc` next reports a status of `type` (e.g. `reconnect`); call it before causing the event. */
@@ -421,15 +411,18 @@ export class Messaging {
 
   /** Resolves once the consumer has nothing pending and nothing unacknowledged: every message acked or termed. */
   async settled(spec: Pick<ConsumerSpec, "stream" | "durable">, timeoutMs = 15_000): Promise<ConsumerInfo> {
-    return eventually(async () => {
-      const ci = await this.info(spec);
-      if (ci.num_pending !== 0 || ci.num_ack_pending !== 0) {
-        throw new Error(
-          `consumer ${spec.durable} not settled: pending ${ci.num_pending}, ack pending ${ci.num_ack_pending}`,
-        );
-      }
-      return ci;
-    }, timeoutMs);
+    return pollEventually(
+      async () => {
+        const ci = await this.info(spec);
+        if (ci.num_pending !== 0 || ci.num_ack_pending !== 0) {
+          throw new Error(
+            `consumer ${spec.durable} not settled: pending ${ci.num_pending}, ack pending ${ci.num_ack_pending}`,
+          );
+        }
+        return ci;
+      },
+      { what: `consumer ${spec.durable} settled`, timeoutMs },
+    );
   }
 
   /** Entries of the DLQ (optionally of one consumer). */

@@ -22,6 +22,7 @@ import { definition as notifications } from "../../src/services/notifications/se
 import { definition as audit } from "../../src/services/audit/service.js";
 import { checkInvariants, formatReport, type CheckReport } from "../../src/checker/checker.js";
 import { decodeEvent } from "../../src/lib/events/codec.js";
+import { until as pollUntil } from "./eventually.js";
 import { connectTo } from "./nats.js";
 
 export interface SystemOptions {
@@ -62,7 +63,10 @@ export interface System {
   ): Promise<{ status: number; body: any; headers: Headers }>;
   /** Resolves with the order's terminal view (CONFIRMED or CANCELLED), awaiting its terminal event. */
   waitForTerminal(orderId: string, timeoutMs?: number): Promise<any>;
-  /** Polls `cond` until it is truthy (for state that has no event to await, e.g. metrics). */
+  /**
+   * Polls `cond` until it is truthy (for state that has no event to await, e.g. metrics); a thrown error counts as
+   * "not yet". Fails after `timeoutMs` (30 s) naming `what` and the last value or error ({@link pollUntil}).
+   */
   until<T>(
     what: string,
     cond: () => Promise<T | undefined | false> | T | undefined | false,
@@ -140,15 +144,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   };
   const accepted = new Set<string>();
 
-  const until: System["until"] = async (what, cond, timeoutMs = 30_000) => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const v = await cond();
-      if (v) return v;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  };
+  const until: System["until"] = (what, cond, timeoutMs = 30_000) => pollUntil(what, cond, timeoutMs);
 
   // Terminal events of every order, as they are published (core subscription on the ORDERS subjects).
   const terminal = new Map<string, string>();

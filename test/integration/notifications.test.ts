@@ -19,6 +19,7 @@ import { startService, type CommonConfig, type RunningService } from "../../src/
 import type { NotificationsConfig } from "../../src/services/notifications/config.js";
 import { buildMailProvider, type StoredMessage } from "../../src/simulators/mail-provider/app.js";
 import { ORDERS_CONSUMER, definition, internalsOf } from "../../src/services/notifications/service.js";
+import { eventually } from "../helpers/eventually.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
 
 const HALF_OPEN_MS = 800;
@@ -69,19 +70,6 @@ class EventLog {
 
   close(): void {
     this.#stop?.();
-  }
-}
-
-/** Calls `fn` until it stops throwing, or rethrows after `timeoutMs` (polling a condition, not sleeping). */
-async function eventually<T>(fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() >= deadline) throw err;
-      await new Promise((r) => setTimeout(r, 25));
-    }
   }
 }
 
@@ -198,11 +186,14 @@ void describe("notifications service", () => {
     return res.json<{ messages: StoredMessage[] }>().messages;
   };
   const drained = () =>
-    eventually(async () => {
-      const info = await jsm.consumers.info("ORDERS", ORDERS_CONSUMER);
-      assert.equal(info.num_pending + info.num_ack_pending, 0, "consumer not drained");
-      return info;
-    });
+    eventually(
+      async () => {
+        const info = await jsm.consumers.info("ORDERS", ORDERS_CONSUMER);
+        assert.equal(info.num_pending + info.num_ack_pending, 0, "consumer not drained");
+        return info;
+      },
+      { what: `${ORDERS_CONSUMER} drained` },
+    );
   const deadLettersOf = async (orderIds: string[]) =>
     (await listDeadLetters(jsm, { limit: 1000 })).filter((d) => orderIds.some((o) => d.subject.includes(o)));
   const notified = (orderId: string, kind: string) =>
@@ -259,7 +250,9 @@ void describe("notifications service", () => {
     await place(orderId);
     await confirm(orderId);
     // The provider records the message, but the client gives up before the answer arrives.
-    await eventually(async () => assert.equal((await messages(orderId)).length, 1));
+    await eventually(async () => assert.equal((await messages(orderId)).length, 1), {
+      what: `the mail provider to record the message of ${orderId}`,
+    });
     assert.equal(sent.of("NotificationSent", orderId).length, 0);
     await mail.inject({ method: "PUT", url: "/admin/faults", payload: { latencyMs: 0 } });
     await notified(orderId, "order_confirmed");
@@ -271,11 +264,14 @@ void describe("notifications service", () => {
   void it("dead-letters an outcome whose order has no OrderPlaced", async () => {
     const orderId = newOrderId("ghost");
     await confirm(orderId);
-    const [dl] = await eventually(async () => {
-      const d = await deadLettersOf([orderId]);
-      assert.equal(d.length, 1);
-      return d;
-    });
+    const [dl] = await eventually(
+      async () => {
+        const d = await deadLettersOf([orderId]);
+        assert.equal(d.length, 1);
+        return d;
+      },
+      { what: `the dead letter of ${orderId}` },
+    );
     assert.equal(dl!.consumer, ORDERS_CONSUMER);
     assert.equal(dl!.code, "ORDER_PLACED_NOT_FOUND");
     assert.deepEqual(await messages(orderId), []);

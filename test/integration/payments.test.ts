@@ -30,6 +30,7 @@ import {
   definition,
   internalsOf,
 } from "../../src/services/payments/service.js";
+import { eventually } from "../helpers/eventually.js";
 import { orderPlacedData } from "../helpers/messaging.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
 
@@ -88,19 +89,6 @@ class EventLog {
 
   close(): void {
     this.#stop?.();
-  }
-}
-
-/** Calls `fn` until it stops throwing, or rethrows after `timeoutMs` (polling a condition, not sleeping). */
-async function eventually<T>(fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() >= deadline) throw err;
-      await new Promise((r) => setTimeout(r, 25));
-    }
   }
 }
 
@@ -232,11 +220,14 @@ void describe("payments service", () => {
   };
   /** Resolves once the consumer has delivered and acknowledged everything in its stream. */
   const drained = (stream: string, durable: string) =>
-    eventually(async () => {
-      const info = await jsm.consumers.info(stream, durable);
-      assert.equal(info.num_pending + info.num_ack_pending, 0, `${durable} not drained`);
-      return info;
-    });
+    eventually(
+      async () => {
+        const info = await jsm.consumers.info(stream, durable);
+        assert.equal(info.num_pending + info.num_ack_pending, 0, `${durable} not drained`);
+        return info;
+      },
+      { what: `${durable} drained` },
+    );
   const deadLettersOf = async (orderIds: string[]) =>
     (await listDeadLetters(jsm, { limit: 1000 })).filter((d) => orderIds.some((o) => d.subject.includes(o)));
   const gateway = () => internalsOf(svc.ctx)!.gateway.http;
@@ -351,7 +342,9 @@ void describe("payments service", () => {
   void it("charges nothing when the order is cancelled before the stock is reserved", async () => {
     const orderId = newOrderId("early");
     await cancel(orderId);
-    await eventually(async () => assert.equal((await state(orderId)).body.status, "cancelled"));
+    await eventually(async () => assert.equal((await state(orderId)).body.status, "cancelled"), {
+      what: `payment of ${orderId} cancelled`,
+    });
     await reserve(orderId);
     await drained("INVENTORY", INVENTORY_CONSUMER);
     assert.deepEqual(await ledger(orderId), []);
@@ -415,9 +408,12 @@ void describe("payments service", () => {
     const orders = Array.from({ length: 3 }, (_, i) => newOrderId(`slow${i}`));
     await Promise.all(orders.map((o) => reserve(o)));
     // The gateway records each charge, but the client gives up before the answer arrives.
-    await eventually(async () => {
-      for (const o of orders) assert.equal((await summary(o))?.charges, 1);
-    }, 10_000);
+    await eventually(
+      async () => {
+        for (const o of orders) assert.equal((await summary(o))?.charges, 1);
+      },
+      { what: "one charge per slow order recorded at the gateway" },
+    );
     assert.equal(orders.filter((o) => payments.of("PaymentCaptured", o).length > 0).length, 0);
     await faults({ latencyMs: 0 });
     await payments.waitUntil("every slow order captured", () =>
@@ -440,11 +436,14 @@ void describe("payments service", () => {
       payload: { orderId, customerId: "cus_42", amount: 1, currency: "EUR" },
     });
     await reserve(orderId);
-    const [dl] = await eventually(async () => {
-      const d = await deadLettersOf([orderId]);
-      assert.equal(d.length, 1);
-      return d;
-    });
+    const [dl] = await eventually(
+      async () => {
+        const d = await deadLettersOf([orderId]);
+        assert.equal(d.length, 1);
+        return d;
+      },
+      { what: `the dead letter of ${orderId}` },
+    );
     assert.equal(dl!.consumer, INVENTORY_CONSUMER);
     assert.equal(dl!.code, "UPSTREAM_REJECTED");
     assert.equal(dl!.attempts, 1);

@@ -17,7 +17,6 @@ import { once } from "node:events";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { after, describe, it } from "node:test";
 import { type TObject, Type } from "@sinclair/typebox";
@@ -36,6 +35,7 @@ import { parseAllDocuments, parse as parseYaml } from "yaml";
 import { parseConfig } from "../../src/lib/config.js";
 import { defaultPorts } from "../../src/lib/ports.js";
 import { CommonConfig, streamSpecs } from "../../src/lib/service.js";
+import { until } from "../helpers/eventually.js";
 import { connectTo, findNatsServerBinary, freePort } from "../helpers/nats.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -1021,15 +1021,8 @@ async function jsz(
   return (await res.json()) as never;
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100); // polling a real condition, not a wait for it
-  }
-}
+/** How long {@link until} may wait for the local nats-servers (a cluster forms in a few seconds). */
+const NATS_WAIT = { timeoutMs: 20_000, intervalMs: 100 };
 
 describe("the NATS configuration on nats-server", () => {
   const local = new LocalNats();
@@ -1045,14 +1038,17 @@ describe("the NATS configuration on nats-server", () => {
       const leader = await until(
         "a meta leader",
         async () => (await jsz(s.http)).meta_cluster?.leader || undefined,
+        NATS_WAIT,
       );
       assert.match(leader, /^nats-[0-2]$/, local.log.join(""));
     }
     const nc = await connectTo(`nats://127.0.0.1:${servers[0]!.client}`);
     try {
       const jsm = await jetstreamManager(nc);
-      const info = await until("an R3 stream", () =>
-        jsm.streams.add({ name: "K8S_TEST", subjects: ["k8s.test.>"], num_replicas: 3 }),
+      const info = await until(
+        "an R3 stream",
+        () => jsm.streams.add({ name: "K8S_TEST", subjects: ["k8s.test.>"], num_replicas: 3 }),
+        NATS_WAIT,
       );
       assert.equal(info.config.num_replicas, 3);
     } finally {
@@ -1065,9 +1061,7 @@ describe("the NATS configuration on nats-server", () => {
       encoding: "utf8",
     });
     assert.equal(signalled.status, 0, signalled.stderr);
-    await until("lame duck mode", async () =>
-      local.log.join("").includes("Entering lame duck mode") ? true : undefined,
-    );
+    await until("lame duck mode", () => local.log.join("").includes("Entering lame duck mode"), NATS_WAIT);
   });
 
   it(
@@ -1078,10 +1072,14 @@ describe("the NATS configuration on nats-server", () => {
       const data = c.volumeMounts!.find((m) => m.name === "data")!.mountPath;
       const pid = c.volumeMounts!.find((m) => m.name === "pid")!.mountPath;
       const [server] = await local.start(natsConfig(dev).text, 1, { data, pid });
-      const info = await until("JetStream", async () => {
-        const j = await jsz(server!.http);
-        return j.config?.store_dir ? j : undefined;
-      });
+      const info = await until(
+        "JetStream",
+        async () => {
+          const j = await jsz(server!.http);
+          return j.config?.store_dir ? j : undefined;
+        },
+        NATS_WAIT,
+      );
       assert.equal(info.meta_cluster?.cluster_size ?? 1, 1);
     },
   );

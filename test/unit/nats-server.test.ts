@@ -16,23 +16,11 @@ import {
   startNatsCluster,
   startNatsServer,
 } from "../helpers/nats.js";
+import { eventually } from "../helpers/eventually.js";
 
 /** Resolves when `nc` next reports the status `type`; call it before causing the event. */
 async function nextStatus(nc: NatsConnection, type: string): Promise<void> {
   for await (const s of nc.status()) if (s.type === type) return;
-}
-
-/** Calls `fn` until it succeeds or `timeoutMs` passes; polling a real condition, not sleeping. */
-async function eventually<T>(fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() >= deadline) throw err;
-      await new Promise((r) => setTimeout(r, 50)); // poll interval, not a wait for the condition
-    }
-  }
 }
 
 function canListen(port: number): Promise<boolean> {
@@ -217,7 +205,9 @@ void describe("a 3-node nats-server cluster", () => {
     await cluster.kill(victim);
     assert.equal(cluster.servers[victim]!.running, false);
 
-    const ack = await eventually(() => js.publish("r3.a", "two", { msgID: "two", timeout: 1_000 }));
+    const ack = await eventually(() => js.publish("r3.a", "two", { msgID: "two", timeout: 1_000 }), {
+      what: "a publish to R3 accepted by the new stream leader",
+    });
     assert.equal(ack.seq, 2);
     const during = await jsm.streams.info("R3");
     assert.notEqual(during.cluster?.leader, leaderName);
@@ -225,16 +215,19 @@ void describe("a 3-node nats-server cluster", () => {
 
     await cluster.restart(victim);
     await cluster.waitForJetStream();
-    const caughtUp = await eventually(async () => {
-      const info = await jsm.streams.info("R3");
-      const replicas = info.cluster?.replicas ?? [];
-      assert.equal(replicas.length, 2);
-      assert.ok(
-        replicas.every((r) => r.current),
-        "all replicas current",
-      );
-      return info;
-    });
+    const caughtUp = await eventually(
+      async () => {
+        const info = await jsm.streams.info("R3");
+        const replicas = info.cluster?.replicas ?? [];
+        assert.equal(replicas.length, 2);
+        assert.ok(
+          replicas.every((r) => r.current),
+          "all replicas current",
+        );
+        return info;
+      },
+      { what: "the restarted node to catch up on R3" },
+    );
     assert.equal(caughtUp.state.messages, 2);
   });
 });
