@@ -207,9 +207,19 @@ void describe("HttpDependency", () => {
   });
 
   void it("does not count 4xx answers against the breaker", async () => {
-    const { dep } = await client([{ status: 400, body: {} }], { breakerThreshold: 1 });
-    for (let i = 0; i < 3; i++) await dep.post("/p", {}, { idempotencyKey: "k" }).catch(() => undefined);
+    const { dep, calls } = await client([{ status: 400, body: {} }], { breakerThreshold: 1 });
+    for (let i = 0; i < 3; i++) {
+      // Each call reaches the server and is rejected for what it is; an open breaker would defer it instead.
+      await assert.rejects(dep.post("/p", {}, { idempotencyKey: "k" }), (err: unknown) => {
+        assert.ok(err instanceof UpstreamError, `call ${i + 1}: ${String(err)}`);
+        assert.equal(err.code, UpstreamErrorCode.Rejected);
+        assert.equal(err.httpStatus, 400);
+        return true;
+      });
+    }
+    assert.equal(calls.length, 3, "every call was sent");
     assert.equal(dep.state, "closed");
+    dep.close();
   });
 
   void it("pauses runners while open, resumes them on half-open, and exports the state", async () => {
@@ -229,7 +239,12 @@ void describe("HttpDependency", () => {
     breakerGauge(dep, registry, "gw_breaker_state");
     const value = async () => (await registry.getSingleMetric("gw_breaker_state")!.get()).values[0]!.value;
     assert.equal(await value(), 0);
-    await dep.post("/p", {}, { idempotencyKey: "k" }).catch(() => undefined);
+    await assert.rejects(dep.post("/p", {}, { idempotencyKey: "k" }), (err: unknown) => {
+      assert.ok(err instanceof UpstreamError, String(err));
+      assert.equal(err.code, UpstreamErrorCode.Unavailable);
+      assert.equal(err.httpStatus, 503);
+      return true;
+    });
     assert.deepEqual(log, ["a:pause", "b:pause"]);
     assert.equal(await value(), 1);
     assert.equal(await nextState(dep), "half-open");
