@@ -24,6 +24,7 @@ import {
   fingerprint,
   type ProblemDocument,
 } from "../../src/simulators/shared.js";
+import { eventually } from "../helpers/eventually.js";
 
 function charge(app: FastifyInstance, key: string | undefined, body: Record<string, unknown>) {
   return app.inject({
@@ -300,14 +301,23 @@ void describe("payment gateway", () => {
   });
 
   void it("latency delays the response but the effect is already recorded; the retry replays it", async () => {
-    await setFaults(app, { latencyMs: 80 });
+    const latencyMs = 400;
+    await setFaults(app, { latencyMs });
     const started = Date.now();
-    const pending = charge(app, "slow", basic);
-    await sleep(25);
-    const during = await ledger(app);
-    assert.equal(during.length, 1, "effect recorded before the delayed response");
+    let answered = false;
+    const pending = charge(app, "slow", basic).finally(() => (answered = true));
+    // The charge shows in the ledger while its answer is still held back (within the latency, or it fails).
+    const during = await eventually(
+      async () => {
+        const entries = await ledger(app);
+        assert.equal(entries.length, 1);
+        return entries;
+      },
+      { what: "the slow charge in the ledger", timeoutMs: latencyMs, intervalMs: 5 },
+    );
+    assert.equal(answered, false, "effect recorded before the delayed response");
     const res = await pending;
-    assert.ok(Date.now() - started >= 75, "response was delayed");
+    assert.ok(Date.now() - started >= latencyMs - 5, "response was delayed");
     assert.equal(res.statusCode, 201);
 
     // The client "timed out"; it retries with the same key and gets the stored result.
