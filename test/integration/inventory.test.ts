@@ -34,22 +34,10 @@ import {
   type StockRecord,
 } from "../../src/services/inventory/inventory.js";
 import { ORDERS_CONSUMER, definition } from "../../src/services/inventory/service.js";
+import { eventually } from "../helpers/eventually.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
 
 const WAIT_MS = 15_000;
-
-/** Polls `fn` until it stops throwing, or throws its last error after `timeoutMs` (a condition, not a sleep). */
-async function eventually<T>(fn: () => Promise<T>, timeoutMs = WAIT_MS): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() >= deadline) throw err;
-      await new Promise((r) => setTimeout(r, 25)); // poll interval
-    }
-  }
-}
 
 /** Every event on the INVENTORY stream, as it arrives (a JetStream ordered consumer). */
 class Outcomes {
@@ -125,6 +113,8 @@ const testCatalog = {
     item("T-CRASH-A", 5),
     item("T-CRASH-B", 5),
     item("T-WAIT", 4),
+    item("T-I3-A", 4),
+    item("T-I3-B", 2),
   ],
 };
 
@@ -225,10 +215,13 @@ void describe("inventory service", () => {
 
   /** Resolves once the inventory consumer has acknowledged every ORDERS message up to `seq`. */
   async function processed(seq: number): Promise<void> {
-    await eventually(async () => {
-      const info = await jsm.consumers.info("ORDERS", ORDERS_CONSUMER);
-      assert.ok(info.ack_floor.stream_seq >= seq, `ack floor ${info.ack_floor.stream_seq} < ${seq}`);
-    });
+    await eventually(
+      async () => {
+        const info = await jsm.consumers.info("ORDERS", ORDERS_CONSUMER);
+        assert.ok(info.ack_floor.stream_seq >= seq, `ack floor ${info.ack_floor.stream_seq} < ${seq}`);
+      },
+      { what: `ORDERS up to ${seq} acknowledged by ${ORDERS_CONSUMER}`, timeoutMs: WAIT_MS },
+    );
   }
 
   async function stock(sku: string): Promise<StockRecord> {
@@ -617,14 +610,17 @@ void describe("inventory service", () => {
 
   void it("dead-letters confirmations and cancellations that would break the saga's invariants", async () => {
     const dlqEntry = async (eventId: string) =>
-      eventually(async () => {
-        const info = await jsm.streams.info("DLQ");
-        for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
-          const m = await jsm.streams.getMessage("DLQ", { seq });
-          if (m && m.subject === `dlq.${ORDERS_CONSUMER}` && decodeEvent(m.data).id === eventId) return m;
-        }
-        throw new Error(`no DLQ entry for ${eventId}`);
-      });
+      eventually(
+        async () => {
+          const info = await jsm.streams.info("DLQ");
+          for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+            const m = await jsm.streams.getMessage("DLQ", { seq });
+            if (m && m.subject === `dlq.${ORDERS_CONSUMER}` && decodeEvent(m.data).id === eventId) return m;
+          }
+          throw new Error(`no DLQ entry for ${eventId}`);
+        },
+        { what: `the DLQ entry of ${eventId}`, timeoutMs: WAIT_MS },
+      );
 
     // Confirmed without any reservation.
     const ghost = await confirm("o-ghost-1");
@@ -682,7 +678,10 @@ void describe("inventory service", () => {
         assert.equal(records.filter((r) => r?.status === "reserved").length, 50);
         assert.equal(records.filter((r) => r?.status === "rejected").length, 150);
         // I3 held at every revision the watcher saw, up to the final one.
-        await eventually(async () => assert.ok(seen.some((s) => s.available === 0 && s.reserved === 50)));
+        await eventually(() => assert.ok(seen.some((s) => s.available === 0 && s.reserved === 50)), {
+          what: "the watcher to see the final T-RACE revision",
+          timeoutMs: WAIT_MS,
+        });
         assert.ok(seen.length > 1);
         for (const s of seen) assert.deepEqual(stockViolations(s), []);
       } finally {
@@ -693,7 +692,64 @@ void describe("inventory service", () => {
     },
   );
 
-  void it("keeps I3 for every SKU", async () => {
+  void it("keeps I3 for every SKU while orders compete, are duplicated, committed and released", async () => {
+    // Its own SKUs: 4 of T-I3-A and 2 of T-I3-B for ten orders at once, each placed twice.
+    const ids = Array.from({ length: 10 }, (_, i) => `o-i3-${i}`);
+    const linesOf = (i: number): [string, number][] =>
+      i % 2 === 0
+        ? [
+            ["T-I3-A", 1],
+            ["T-I3-B", 1],
+          ]
+        : [["T-I3-A", 1]];
+    const placed = await Promise.all(ids.map((id, i) => place(id, linesOf(i))));
+    await Promise.all(placed.map((p) => duplicate(p.ev)));
+    const decided = await Promise.all(
+      ids.map((id) =>
+        outcomes.waitFor(
+          `the outcome of ${id}`,
+          () => outcomes.of(id, "StockReserved")[0] ?? outcomes.of(id, "StockRejected")[0],
+        ),
+      ),
+    );
+    const reserved = ids.filter((_, i) => decided[i]!.type === "StockReserved");
+    // Every order wants one T-I3-A: exactly four are reserved, whichever they are.
+    assert.equal(reserved.length, 4, `reserved: ${reserved.join(", ")}`);
+
+    // Half of the reserved orders are confirmed; the others, and every rejected one, cancelled.
+    const committed = reserved.filter((_, k) => k % 2 === 0);
+    const cancelled = ids.filter((id) => !committed.includes(id));
+    await Promise.all([...committed.map((id) => confirm(id)), ...cancelled.map((id) => cancel(id))]);
+    await Promise.all([
+      ...committed.map((id) => outcomes.next(id, "StockCommitted")),
+      ...cancelled.map((id) => outcomes.next(id, "StockReleased")),
+    ]);
+    for (const id of ids) {
+      const stockOutcome = reserved.includes(id) ? "StockReserved" : "StockRejected";
+      const end = committed.includes(id) ? "StockCommitted" : "StockReleased";
+      assert.deepEqual(
+        await stored(id),
+        { [stockOutcome]: 1, [end]: 1 },
+        `${id}: one of each, duplicates aside`,
+      );
+    }
+
+    const sold = (sku: string) =>
+      committed
+        .flatMap((id) => linesOf(ids.indexOf(id)))
+        .filter(([s]) => s === sku)
+        .reduce((n, [, q]) => n + q, 0);
+    for (const [sku, initial] of [
+      ["T-I3-A", 4],
+      ["T-I3-B", 2],
+    ] as const) {
+      assert.deepEqual(await figures(sku), {
+        available: initial - sold(sku),
+        reserved: 0,
+        committed: sold(sku),
+      });
+      assert.deepEqual((await stock(sku)).holds, {}, `${sku}: no hold left`);
+    }
     assert.deepEqual(await allStockViolations(), []);
   });
 
