@@ -1,6 +1,13 @@
 import type { Consumer, JetStreamClient, JsMsg } from "@nats-io/jetstream";
+import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { context, trace, type Span } from "@opentelemetry/api";
-import { RetryableError, ShopStreamError, describeError, isNonRetryable } from "../errors.js";
+import {
+  NonRetryableError,
+  RetryableError,
+  ShopStreamError,
+  describeError,
+  isNonRetryable,
+} from "../errors.js";
 import { catalog, isEventType, type EventType } from "../events/catalog.js";
 import { decodeEvent } from "../events/codec.js";
 import type { AnyEnvelope, Envelope } from "../events/envelope.js";
@@ -14,7 +21,7 @@ import {
   tracer,
 } from "../telemetry/tracing.js";
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff.js";
-import { deadLetter } from "./dlq.js";
+import { DeadLetterCode, deadLetter } from "./dlq.js";
 import { Hdr } from "./headers.js";
 import { isTransientNatsError, type Publisher } from "./publisher.js";
 import type { ConsumerSpec } from "./topology.js";
@@ -36,7 +43,8 @@ export class DeferError extends RetryableError {
 /**
  * Thrown by a handler to have the message delivered again after `delayMs` — a durable timer (e.g. an
  * order's timeout). Nak'd with that delay; not a failure, never dead-lettered for it, but each
- * redelivery does count in the server's delivery count, so give such consumers a high `maxAttempts`.
+ * redelivery does count in the server's delivery count, so give such consumers a high `maxAttempts` and
+ * `maxDeliveries` (orders' `orders-timeouts`: 50 and 1000).
  */
 export class RedeliverLaterError extends RetryableError {
   override readonly name = "RedeliverLaterError";
@@ -46,6 +54,36 @@ export class RedeliverLaterError extends RetryableError {
     this.delayMs = Math.max(0, Math.round(delayMs));
   }
 }
+
+/**
+ * The runner gave up waiting for a handler call: it had not settled after the consumer's handler timeout. A
+ * failed attempt (nak with backoff; dead-lettered as `HANDLER_TIMEOUT` on the last one). Made by the runner,
+ * never thrown by handlers.
+ */
+export class HandlerTimeoutError extends RetryableError {
+  override readonly name = "HandlerTimeoutError";
+  constructor(elapsedMs: number, timeoutMs: number) {
+    super(
+      DeadLetterCode.HandlerTimeout,
+      `handler did not settle within ${timeoutMs} ms (abandoned after ${elapsedMs} ms; its outcome is ignored)`,
+    );
+  }
+}
+
+/** The server has delivered a message more often than the consumer's `maxDeliveries`. Made by the runner. */
+export class MaxDeliveriesError extends NonRetryableError {
+  override readonly name = "MaxDeliveriesError";
+  constructor(deliveries: number, maxDeliveries: number) {
+    super(
+      DeadLetterCode.MaxDeliveries,
+      `delivered ${deliveries} times, more than maxDeliveries ${maxDeliveries}: earlier deliveries ended without ` +
+        `an outcome (the process died or hung while handling it); the handler was not run again`,
+    );
+  }
+}
+
+/** Handler timeout of a consumer that declares none (120 s): see {@link ConsumerRunnerOptions.handlerTimeoutMs}. */
+export const DEFAULT_HANDLER_TIMEOUT_MS = 120_000;
 
 /** What a handler gets besides the event. */
 export interface HandlerContext {
@@ -99,13 +137,58 @@ export interface ConsumerRunnerOptions {
   metrics?: Metrics | undefined;
   /** Messages handled at once by this process (default 16); keep below the consumer's max_ack_pending. */
   concurrency?: number;
-  /** Failed attempts before a message goes to the DLQ (default 5). */
+  /**
+   * Failed attempts before a message goes to the DLQ (default 5). Attempts are the server's delivery count: a
+   * failure on delivery `maxAttempts` or later is dead-lettered with the handler's error code.
+   */
   maxAttempts?: number;
+  /**
+   * Deliveries, as counted by the server (`deliveryCount`, so it survives crashes and restarts), after which a
+   * message is dead-lettered with code `MAX_DELIVERIES` **without running the handler again**: poison that kills
+   * the process (or freezes it past the ack wait) never reports a failure, so `maxAttempts` alone would let it
+   * come back forever. Overrides the spec's `maxDeliveries`; default 2 × `maxAttempts` — one half for the
+   * failed attempts, the other for deliveries lost for reasons that are not the message's (another message
+   * crashed the process, graceful-stop hand-backs, a NATS outage longer than the ack wait). Every redelivery
+   * counts, `RedeliverLaterError` ones too: timer consumers need a high value (`Infinity`: never). Parked
+   * (`DeferError`, paused) and kept-in-place messages are kept alive with `working()` and are not redelivered,
+   * so they use none.
+   */
+  maxDeliveries?: number;
+  /**
+   * Longest one handler call may run (default {@link DEFAULT_HANDLER_TIMEOUT_MS}, 120 s: far above the slowest
+   * legitimate handler — a payment with three 2 s gateway attempts, or a publish retried through a NATS
+   * election, ≈ 40 s; `Infinity`: never). A call still running then is abandoned: its message is nak'd with
+   * backoff as a failed attempt (or dead-lettered as `HANDLER_TIMEOUT` on the last attempt) and its
+   * concurrency slot is freed; the hung promise is left behind and its eventual outcome ignored. Time spent
+   * parked or waiting to retry in place does not count. Overrides the spec's `handlerTimeoutMs`.
+   */
+  handlerTimeoutMs?: number;
   backoff?: Partial<BackoffOptions>;
   /** Longest a pull request waits for messages (default and minimum 1 s). Bounds stop latency. */
   fetchExpiresMs?: number;
   /** Interval of automatic `working()` while a handler runs or a message is parked (default ack wait / 3). */
   heartbeatMs?: number;
+  /**
+   * Called after a pull found the durable consumer missing on the server (deleted underneath the runner, which
+   * then reports itself not ready until a pull succeeds again): the service provisions it again from its spec.
+   */
+  onConsumerMissing?: (() => void) | undefined;
+}
+
+/**
+ * A message between the start of its handling and its outcome (handler running, parked, or waiting to run again
+ * in place). One runner-wide ticker walks these for heartbeats and handler timeouts: no timer per message.
+ */
+interface Flight {
+  readonly m: JsMsg;
+  /** `performance.now()` of the last `working()` (of the start, before the first). */
+  beat: number;
+  /** `performance.now()` when the current handler call began. */
+  since: number;
+  /** Rejects the current handler call with a timeout; set only while a call runs. */
+  abandon: ((err: Error) => void) | undefined;
+  /** The runner is done with the message: a late `ctx.working()` of an abandoned handler is not sent. */
+  done: boolean;
 }
 
 type State = "idle" | "running" | "stopping" | "stopped";
@@ -123,7 +206,12 @@ type State = "idle" | "running" | "stopping" | "stopped";
  *   again after resume, no attempt used;
  * - **keep and retry in place** when NATS itself was briefly unavailable to the handler (a timeout, no
  *   responders, no stream leader during an election): kept with `working()`, run again with backoff until
- *   NATS answers, no attempt used — an election must not dead-letter business events.
+ *   NATS answers, no attempt used — an election must not dead-letter business events;
+ * - **abandon** a handler call that has not settled after `handlerTimeoutMs`: a failed attempt like a thrown
+ *   retryable error (nak with backoff, DLQ `HANDLER_TIMEOUT` on the last attempt), its slot freed at once, the
+ *   hung promise left behind and its outcome ignored;
+ * - **DLQ without running the handler** (`MAX_DELIVERIES`) when the server's delivery count exceeds
+ *   `maxDeliveries`: earlier deliveries ended without an outcome, e.g. the handler crashed the process.
  *
  * Backpressure: the runner pulls only as many messages as it has free slots, so nothing is buffered
  * beyond `concurrency`. `pause()` stops pulling; `stop()` stops pulling, hands back (nak) messages not
@@ -131,15 +219,25 @@ type State = "idle" | "running" | "stopping" | "stopped";
  */
 export class ConsumerRunner {
   readonly name: string;
-  readonly #o: Required<Omit<ConsumerRunnerOptions, "metrics" | "backoff" | "heartbeatMs" | "raw">> & {
+  readonly #o: Required<
+    Omit<ConsumerRunnerOptions, "metrics" | "backoff" | "heartbeatMs" | "raw" | "onConsumerMissing">
+  > & {
     metrics?: Metrics | undefined;
+    onConsumerMissing?: (() => void) | undefined;
     raw?: RawHandler | undefined;
     backoff: BackoffOptions;
     heartbeatMs: number;
   };
+  /** Period of the ticker: the heartbeat interval, finer when the handler timeout needs it. */
+  readonly #tickMs: number;
+  #ticker: NodeJS.Timeout | undefined;
+  /** Messages being handled, parked or kept in place: what the ticker beats and times. */
+  readonly #flights = new Set<Flight>();
   #state: State = "idle";
   #paused = false;
   #bound = false;
+  /** Why the last pull failed, while not bound (for {@link notReadyReason}). */
+  #unbound: string | undefined;
   #inFlight = 0;
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
@@ -157,19 +255,35 @@ export class ConsumerRunner {
   constructor(opts: ConsumerRunnerOptions) {
     this.name = opts.spec.durable;
     const ackWait = opts.spec.ackWaitMs ?? 30_000;
+    const maxAttempts = Math.max(1, opts.maxAttempts ?? 5);
     this.#o = {
       ...opts,
       concurrency: Math.max(1, opts.concurrency ?? 16),
-      maxAttempts: Math.max(1, opts.maxAttempts ?? 5),
+      maxAttempts,
+      maxDeliveries: Math.max(1, opts.maxDeliveries ?? opts.spec.maxDeliveries ?? 2 * maxAttempts),
+      handlerTimeoutMs: Math.max(
+        1,
+        opts.handlerTimeoutMs ?? opts.spec.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS,
+      ),
       backoff: { ...defaultBackoff, ...opts.backoff },
       fetchExpiresMs: Math.max(1_000, opts.fetchExpiresMs ?? 1_000),
       heartbeatMs: opts.heartbeatMs ?? Math.max(100, Math.floor(ackWait / 3)),
     };
+    // A timeout is noticed at most a quarter of it late; setInterval takes at most 2^31-1 ms.
+    this.#tickMs = Math.max(10, Math.min(this.#o.heartbeatMs, this.#o.handlerTimeoutMs / 4, 2 ** 31 - 1));
   }
 
   /** True while running, bound to its consumer and not stopping (feeds `/ready`). */
   get ready(): boolean {
     return this.#state === "running" && this.#bound;
+  }
+  /** Why the runner is not {@link ready}, naming its consumer; undefined when it is ready. */
+  get notReadyReason(): string | undefined {
+    if (this.ready) return undefined;
+    const what = `consumer ${this.#o.spec.stream}/${this.name}`;
+    if (this.#state === "idle") return `${what}: not started`;
+    if (this.#state !== "running") return `${what}: stopping`;
+    return `${what}: ${this.#unbound ?? "not bound"}`;
   }
   get paused(): boolean {
     return this.#paused;
@@ -184,6 +298,8 @@ export class ConsumerRunner {
     this.#consumer = await this.#o.js.consumers.get(this.#o.spec.stream, this.#o.spec.durable);
     this.#bound = true;
     this.#state = "running";
+    this.#ticker = setInterval(() => this.#tick(), this.#tickMs);
+    this.#ticker.unref();
     this.#loop = this.#pullLoop();
   }
 
@@ -208,8 +324,8 @@ export class ConsumerRunner {
    * Graceful stop: stop pulling, hand back (nak, redelivered after one pull expiry) messages not yet started or
    * parked, and wait for in-flight handlers to finish and ack, at most `timeoutMs`.
    * Concurrent and repeated calls share the one stop and its result.
-   * @returns how many handlers were still running when the timeout hit (their messages are redelivered
-   * after the ack wait).
+   * @returns how many handlers were still running when the timeout hit (no more heartbeats for them: their
+   * messages are redelivered after the ack wait).
    */
   stop(timeoutMs = 10_000): Promise<{ abandoned: number }> {
     return (this.#stopping ??= this.#stop(timeoutMs));
@@ -240,7 +356,33 @@ export class ConsumerRunner {
       this.#o.logger.warn({ consumer: this.name, abandoned }, "drain timeout: handlers still running");
     await this.#currentFetch?.close().catch(() => undefined);
     this.#state = "stopped";
+    clearInterval(this.#ticker);
     return { abandoned };
+  }
+
+  /**
+   * The runner's one periodic task: abandons handler calls past the handler timeout, and sends `working()` for
+   * every message held longer than the heartbeat interval minus one tick (so at least once per interval).
+   */
+  #tick(): void {
+    const now = performance.now();
+    const { heartbeatMs, handlerTimeoutMs } = this.#o;
+    const beatAfter = heartbeatMs - this.#tickMs;
+    for (const f of this.#flights) {
+      if (f.abandon && now - f.since >= handlerTimeoutMs) {
+        const abandon = f.abandon;
+        f.abandon = undefined;
+        abandon(new HandlerTimeoutError(Math.round(now - f.since), handlerTimeoutMs));
+      }
+      if (now - f.beat >= beatAfter) {
+        f.beat = now;
+        try {
+          f.m.working();
+        } catch {
+          // Connection closed: the server redelivers the message after the ack wait.
+        }
+      }
+    }
   }
 
   #kick(): void {
@@ -292,7 +434,13 @@ export class ConsumerRunner {
         this.#currentFetch = undefined;
         failures++;
         this.#bound = false;
-        this.#o.logger.warn({ consumer: this.name, err: describeError(err) }, "fetch failed; retrying");
+        const missing = await this.#consumerMissing(err);
+        this.#unbound = missing ? "not found on the server" : `pull failed (${describeError(err)})`;
+        this.#o.logger.warn(
+          { consumer: this.name, err: describeError(err) },
+          missing ? "consumer not found on the server; retrying" : "fetch failed; retrying",
+        );
+        if (missing && this.#state === "running") this.#o.onConsumerMissing?.();
         if (this.#state === "running") await this.#sleep(Math.min(5_000, 100 * 2 ** Math.min(failures, 6)));
       }
     }
@@ -305,6 +453,19 @@ export class ConsumerRunner {
         // Connection closed: the server redelivers it after the ack wait.
       }
     }
+  }
+
+  /**
+   * After a failed pull: is the durable consumer gone from the server? A pull open when it is deleted fails with
+   * 409 "consumer deleted"; a pull on a missing one gets no answer from nats-server 2.9 (it fails on missed
+   * heartbeats), so the consumer's info is asked.
+   */
+  async #consumerMissing(err: unknown): Promise<boolean> {
+    if (err instanceof Error && err.message === "consumer deleted") return true;
+    return this.#consumer!.info().then(
+      () => false,
+      (e: unknown) => e instanceof JetStreamApiError && e.code === JetStreamApiCodes.ConsumerNotFound,
+    );
   }
 
   #settled(): void {
@@ -352,14 +513,21 @@ export class ConsumerRunner {
     const started = performance.now();
     const attempt = m.info.deliveryCount;
     const hinted = m.headers?.get(Hdr.Type) ?? "";
-    if (this.#o.raw) {
-      await this.#processRaw(m, this.#o.raw, started);
-      return;
-    }
     // Known type this consumer does not handle: ack without decoding.
-    if (hinted && isEventType(hinted) && !this.#o.handlers[hinted]) {
+    if (!this.#o.raw && hinted && isEventType(hinted) && !this.#o.handlers[hinted]) {
       m.ack();
       this.#count(hinted, "skipped", started);
+      return;
+    }
+    // Delivered too often without an outcome (the server's count: a process that died or hung on it counted
+    // too): dead-lettered before anything — decoding included — runs on it again.
+    if (attempt > this.#o.maxDeliveries) {
+      const error = new MaxDeliveriesError(attempt, this.#o.maxDeliveries);
+      await this.#deadLetter(m, error, attempt, hinted || "unknown", started);
+      return;
+    }
+    if (this.#o.raw) {
+      await this.#processRaw(m, this.#o.raw, started);
       return;
     }
     let event: AnyEnvelope;
@@ -407,18 +575,20 @@ export class ConsumerRunner {
         event_type: event.type,
         consumer: this.name,
       }));
-    const ctx = handlerContext(m, attempt, logger, span);
-    await this.#run(m, event.type, attempt, logger, span, started, () =>
+    const f = flight(m, started);
+    const ctx = handlerContext(f, attempt, logger, span);
+    await this.#run(f, event.type, attempt, logger, span, started, () =>
       context.with(trace.setSpan(parent, span), () => handler(event, ctx)),
     );
   }
 
   /**
    * Runs a handler under the runner's policy — ack on success; nak with backoff, DLQ, park or delayed
-   * redelivery on failure (see the class contract) — with `working()` heartbeats while it runs.
+   * redelivery on failure; abandon past the handler timeout (see the class contract) — with `working()`
+   * heartbeats from the runner's ticker while it runs, is parked or is kept in place.
    */
   async #run(
-    m: JsMsg,
+    f: Flight,
     type: string,
     attempt: number,
     logger: () => Logger,
@@ -426,7 +596,8 @@ export class ConsumerRunner {
     started: number,
     invoke: () => Promise<void>,
   ): Promise<void> {
-    const heartbeat = setInterval(() => m.working(), this.#o.heartbeatMs);
+    const m = f.m;
+    this.#flights.add(f);
     let parked = 0;
     try {
       for (;;) {
@@ -436,21 +607,25 @@ export class ConsumerRunner {
           return;
         }
         try {
-          await invoke();
+          await this.#call(f, invoke);
+          f.abandon = undefined;
           m.ack();
           this.#count(type, "ack", started);
           return;
         } catch (err) {
+          f.abandon = undefined;
           if (err instanceof RedeliverLaterError) {
             m.nak(err.delayMs);
             this.#count(type, "delayed", started);
             return;
           }
-          const deferred = err instanceof DeferError;
+          // Abandoned: a failed attempt, never parked or retried here (the hung call may still be running).
+          const timedOut = err instanceof HandlerTimeoutError;
+          const deferred = !timedOut && err instanceof DeferError;
           // NATS itself briefly unavailable (a stream or KV bucket without a leader during an election, a
           // timeout, no responders): nothing is wrong with the message, so it uses up no attempt; it is kept
           // and run again here, with backoff, until NATS answers (or the runner stops and hands it back).
-          if (!deferred && !isNonRetryable(err) && isNatsUnavailable(err)) {
+          if (!timedOut && !deferred && !isNonRetryable(err) && isNatsUnavailable(err)) {
             parked++;
             if (parked === 1 || parked % 10 === 0)
               logger().warn(
@@ -460,7 +635,7 @@ export class ConsumerRunner {
             await this.#delayUnlessStopping(Math.min(5_000, backoffDelay(parked, this.#o.backoff)));
             continue;
           }
-          if (deferred || (this.#paused && !isNonRetryable(err))) {
+          if (deferred || (!timedOut && this.#paused && !isNonRetryable(err))) {
             logger().debug({ err: describeError(err) }, "handler deferred; parking message");
             if (deferred) await this.#delayUnlessStopping(err.retryAfterMs);
             continue;
@@ -474,7 +649,7 @@ export class ConsumerRunner {
           const delay = backoffDelay(attempt, this.#o.backoff);
           logger().warn(
             { err: describeError(err), attempt, retry_in_ms: delay },
-            "handler failed; will retry",
+            timedOut ? "handler timed out; abandoned, will retry" : "handler failed; will retry",
           );
           m.nak(delay);
           this.#count(type, "retry", started);
@@ -482,9 +657,23 @@ export class ConsumerRunner {
         }
       }
     } finally {
-      clearInterval(heartbeat);
+      f.done = true;
+      this.#flights.delete(f);
       span.end();
     }
+  }
+
+  /**
+   * One handler call, which the ticker can abandon: the returned promise rejects with a
+   * {@link HandlerTimeoutError} once the call has run `handlerTimeoutMs`, and a promise settles only once, so
+   * whatever the abandoned call does later is ignored (no second ack or nak).
+   */
+  #call(f: Flight, invoke: () => Promise<void>): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      f.since = performance.now();
+      f.abandon = reject;
+      invoke().then(resolve, reject);
+    });
   }
 
   async #processRaw(m: JsMsg, raw: RawHandler, started: number): Promise<void> {
@@ -511,8 +700,9 @@ export class ConsumerRunner {
       timestamp: new Date(Math.floor(m.info.timestampNanos / 1e6)),
     };
     const attempt = m.info.deliveryCount;
-    const ctx = handlerContext(m, attempt, logger, span);
-    await this.#run(m, type, attempt, logger, span, started, () => raw(msg, ctx));
+    const f = flight(m, started);
+    const ctx = handlerContext(f, attempt, logger, span);
+    await this.#run(f, type, attempt, logger, span, started, () => raw(msg, ctx));
   }
 
   /** Waits (the message kept alive by the heartbeat) until resumed or stopping. */
@@ -539,7 +729,7 @@ export class ConsumerRunner {
   }
 
   async #deadLetter(m: JsMsg, err: unknown, attempt: number, type: string, started: number): Promise<void> {
-    const code = err instanceof ShopStreamError ? err.code : "HANDLER_FAILED";
+    const code = err instanceof ShopStreamError ? err.code : DeadLetterCode.HandlerFailed;
     const logger = this.#o.logger.child({ consumer: this.name, subject: m.subject, seq: m.seq });
     try {
       await deadLetter(this.#o.publisher, m, {
@@ -571,8 +761,14 @@ function isNatsUnavailable(err: unknown): boolean {
   return false;
 }
 
+/** A message's {@link Flight}, not yet tracked. */
+function flight(m: JsMsg, now: number): Flight {
+  return { m, beat: now, since: 0, abandon: undefined, done: false };
+}
+
 /** What a handler (typed or raw) is given for one delivery; the logger is made on first use. */
-function handlerContext(m: JsMsg, attempt: number, logger: () => Logger, span: Span): HandlerContext {
+function handlerContext(f: Flight, attempt: number, logger: () => Logger, span: Span): HandlerContext {
+  const m = f.m;
   return {
     attempt,
     subject: m.subject,
@@ -581,7 +777,10 @@ function handlerContext(m: JsMsg, attempt: number, logger: () => Logger, span: S
       return logger();
     },
     span,
-    working: () => m.working(),
+    // Not once the runner is done with the message: an abandoned handler must not keep its redelivery at bay.
+    working: () => {
+      if (!f.done) m.working();
+    },
   };
 }
 

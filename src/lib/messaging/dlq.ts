@@ -14,6 +14,27 @@ export const dlqStreamSpec = {
   description: "Dead letters: messages past max attempts or non-retryable, with the error in headers",
 };
 
+/**
+ * The codes the consumer runner itself puts on a DLQ entry (`Shopstream-Dlq-Code`); every other code is the
+ * `code` of the error the handler threw (e.g. `GATEWAY_DOWN`, `EVENT_SCHEMA_INVALID`).
+ */
+export const DeadLetterCode = {
+  /** The handler threw something that is not a ShopStream error, on its last attempt. */
+  HandlerFailed: "HANDLER_FAILED",
+  /**
+   * The handler did not settle within the consumer's handler timeout on its last attempt (each earlier timeout
+   * was a failed attempt too); the hung call was abandoned.
+   */
+  HandlerTimeout: "HANDLER_TIMEOUT",
+  /**
+   * The server had delivered the message more often than the consumer's `maxDeliveries`: earlier deliveries
+   * ended without any outcome (the process died or hung while handling it). Dead-lettered without running the
+   * handler again.
+   */
+  MaxDeliveries: "MAX_DELIVERIES",
+} as const;
+export type DeadLetterCode = (typeof DeadLetterCode)[keyof typeof DeadLetterCode];
+
 /** Why a message was dead-lettered. */
 export interface DeadLetterReason {
   consumer: string;

@@ -38,6 +38,20 @@ export interface ConsumerSpec {
   ackWaitMs?: number;
   /** Cap of delivered-but-unacknowledged messages across all replicas (default 1000). */
   maxAckPending?: number;
+  /**
+   * Runner policy, not server configuration (the server keeps `max_deliver` unlimited): deliveries, as counted by
+   * the server, after which the runner dead-letters a message (`MAX_DELIVERIES`) without running its handler
+   * again — poison that kills or hangs the process. Default 2 × the runner's `maxAttempts`; `Infinity` for never.
+   * Consumers whose handlers throw `RedeliverLaterError` (timers: each one is a delivery) need a high value.
+   * See `ConsumerRunnerOptions.maxDeliveries`, which overrides it.
+   */
+  maxDeliveries?: number;
+  /**
+   * Runner policy: longest one handler call may run before the runner abandons it — a failed attempt, nak'd with
+   * backoff (dead-lettered as `HANDLER_TIMEOUT` on the last attempt). Default 120 s; `Infinity` for never. See
+   * `ConsumerRunnerOptions.handlerTimeoutMs`, which overrides it.
+   */
+  handlerTimeoutMs?: number;
 }
 
 /** Cluster-wide settings applied to every stream. */
@@ -81,8 +95,9 @@ export function consumerConfig(spec: ConsumerSpec): Partial<ConsumerConfig> {
     deliver_policy: DeliverPolicy.All,
     replay_policy: ReplayPolicy.Instant,
     ack_wait: nanos(spec.ackWaitMs ?? 30_000),
-    // Unlimited on the server: the runner moves a message to the DLQ after its own max attempts,
-    // so the server never silently stops delivering one.
+    // Unlimited on the server: the runner moves a message to the DLQ after its own max attempts (failures) or
+    // max deliveries (the server's delivery count: crashes, hangs), so the server never silently stops
+    // delivering one — past max_deliver it would only drop it from delivery, with no DLQ copy.
     max_deliver: -1,
     max_ack_pending: spec.maxAckPending ?? 1000,
   };

@@ -80,6 +80,10 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
             durable: Durables.ORDERS_TIMEOUTS,
             filterSubject: "orders.*",
             maxAckPending: ctx.config.TIMEOUT_MAX_ACK_PENDING,
+            // A durable timer: each RedeliverLaterError is a delivery on the server's count, so the runner's
+            // poison limit (default 2 × maxAttempts) is raised far above what a timer uses (about 2), and kept
+            // finite so an OrderPlaced that crashes the process at its deadline still ends in the DLQ.
+            maxDeliveries: 1_000,
           },
           handlers: timeoutHandlers(store),
           maxAttempts: 50,
