@@ -931,7 +931,22 @@ describe("hostile input on the HTTP API", () => {
     );
   });
 
-  test("every accepted order completes and the invariants hold", async () => {
+  test("valid orders sent among hostile requests are accepted and CONFIRMED, and the invariants hold", async () => {
+    // Its own orders (not declined by the gateway simulator), sent at the same time as malformed ones.
+    const orders = fc.sample(
+      validOrder.filter((o) => !o.customerId.startsWith("decline-")),
+      10,
+    );
+    const hostile = ['{"customerId":', "[]", "null", JSON.stringify({ ...orders[0], items: [] })];
+    const [accepted, refused] = await Promise.all([
+      Promise.all(orders.map((o) => sys.placeOrder(o))),
+      Promise.all(hostile.map((body) => post(body))),
+    ]);
+    for (const [i, r] of refused.entries()) assertProblem(r, 400, hostile[i]);
+    for (const r of accepted) assert.equal(r.status, 202, JSON.stringify(r.body));
+    const finals = await Promise.all(accepted.map((r) => sys.waitForTerminal(r.body.orderId, 60_000)));
+    for (const f of finals)
+      assert.equal(f.status, "CONFIRMED", `${f.orderId}: ${f.status} ${f.reason ?? ""}`);
     await settled();
     await sys.assertInvariants();
   });
