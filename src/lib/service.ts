@@ -6,7 +6,7 @@ import { Env, parseConfig } from "./config.js";
 import { Streams } from "./events/catalog.js";
 import { createOpsServer, type OpsServer, type ReadinessCheck } from "./http/ops-server.js";
 import { runShutdown, onTerminationSignal } from "./lifecycle.js";
-import { connectNats } from "./messaging/connection.js";
+import { connectNats, natsUnavailable } from "./messaging/connection.js";
 import { ConsumerRunner, type HandlerMap, type RawHandler } from "./messaging/consumer.js";
 import { dlqStreamSpec } from "./messaging/dlq.js";
 import { Publisher } from "./messaging/publisher.js";
@@ -48,6 +48,10 @@ export const CommonConfig = Type.Object({
   }),
   RETRY_INITIAL_MS: Env.ms(250, "first redelivery delay"),
   RETRY_MAX_MS: Env.ms(30_000, "longest redelivery delay"),
+  CONSUMER_RECREATE_MS: Env.ms(
+    10_000,
+    "a durable consumer deleted on the server is provisioned again from its declaration after this long (/ready is 503 meanwhile)",
+  ),
 });
 export type CommonConfig = Static<typeof CommonConfig>;
 
@@ -144,6 +148,7 @@ export async function startService<S extends TObject>(
   let ops: OpsServer | undefined;
   let hooks: ServiceHooks = {};
   const runners = new Map<string, ConsumerRunner>();
+  const reprovisions: Reprovisioner[] = [];
   let address: string;
   let ctx: ServiceContext<C>;
   try {
@@ -151,7 +156,7 @@ export async function startService<S extends TObject>(
     const jsm = await jetstreamManager(nc);
     for (const s of streamSpecs) await ensureStream(jsm, s, { replicas: config.STREAM_REPLICAS }, logger);
     const publisher = new Publisher(js, { metrics });
-    const readiness: Record<string, ReadinessCheck> = { nats: () => (nc.isClosed() ? "closed" : true) };
+    const readiness: Record<string, ReadinessCheck> = { nats: () => natsUnavailable(nc) ?? true };
     ops = createOpsServer({
       service: def.name,
       metrics,
@@ -177,6 +182,8 @@ export async function startService<S extends TObject>(
     const consumers = def.consumers?.(ctx) ?? [];
     for (const c of consumers) {
       await ensureConsumer(jsm, c.spec, logger);
+      const reprovision = reprovisioner(jsm, c.spec, () => runners.get(c.spec.durable), config, logger);
+      reprovisions.push(reprovision);
       runners.set(
         c.spec.durable,
         new ConsumerRunner({
@@ -190,12 +197,13 @@ export async function startService<S extends TObject>(
           concurrency: c.concurrency ?? config.CONSUMER_CONCURRENCY,
           maxAttempts: c.maxAttempts ?? config.MAX_ATTEMPTS,
           backoff: { initialMs: config.RETRY_INITIAL_MS, maxMs: config.RETRY_MAX_MS, ...c.backoff },
+          onConsumerMissing: reprovision.schedule,
         }),
       );
     }
     readiness["consumers"] = () => {
-      const notReady = [...runners.values()].filter((r) => !r.ready).map((r) => r.name);
-      return notReady.length === 0 ? true : `not bound: ${notReady.join(", ")}`;
+      const reasons = [...runners.values()].flatMap((r) => r.notReadyReason ?? []);
+      return reasons.length === 0 ? true : reasons.join("; ");
     };
     collectConsumerGauges(
       metrics,
@@ -208,6 +216,7 @@ export async function startService<S extends TObject>(
     await hooks.started?.();
     logger.info({ url: address, consumers: [...runners.keys()] }, `${def.name} started`);
   } catch (err) {
+    for (const r of reprovisions) r.cancel();
     await Promise.all([...runners.values()].map((r) => r.stop(0))).catch(() => undefined);
     await ops?.app.close().catch(() => undefined);
     await hooks.close?.().catch(() => undefined);
@@ -224,7 +233,13 @@ export async function startService<S extends TObject>(
       const t0 = Date.now();
       const ok = await runShutdown(
         [
-          { name: "readiness false", run: () => app.setDraining() },
+          {
+            name: "readiness false",
+            run: () => {
+              app.setDraining();
+              for (const r of reprovisions) r.cancel();
+            },
+          },
           {
             name: "stop consumers",
             run: () =>
@@ -261,6 +276,68 @@ function warnIfConditionalWritesUnsafe(version: string | undefined, replicas: nu
       { server_version: version, issue: "https://github.com/nats-io/nats-server/issues/4320" },
       "nats-server before 2.9.21 does not serialize concurrent conditional writes on replicated streams: run one replica per service, or upgrade",
     );
+}
+
+/** Provisions one deleted consumer again, {@link CommonConfig.CONSUMER_RECREATE_MS} after its runner found it missing. */
+interface Reprovisioner {
+  /** Called by the runner on each pull that finds the consumer missing; the first schedules the recreation. */
+  schedule: () => void;
+  /** No recreation any more (the service is stopping). */
+  cancel: () => void;
+}
+
+/**
+ * A consumer deleted underneath a running service (by hand, or by a tool) is provisioned again from its declaration,
+ * as a restart of the service would, so the service heals without one. Not at once: for `CONSUMER_RECREATE_MS` the
+ * runner stays unready (`/ready` names the consumer) and an operator may recreate it first, e.g. on purpose with other
+ * settings (then `ensureConsumer` finds it and, if it differs from the declaration, logs the TopologyError and changes
+ * nothing). A recreated consumer starts from the beginning of its stream (the declared deliver policy): the service's
+ * handlers are idempotent, so that costs time, not correctness.
+ */
+function reprovisioner(
+  jsm: JetStreamManager,
+  spec: ConsumerSpec,
+  runner: () => ConsumerRunner | undefined,
+  config: CommonConfig,
+  logger: Logger,
+): Reprovisioner {
+  let timer: NodeJS.Timeout | undefined;
+  let cancelled = false;
+  const recreate = async () => {
+    timer = undefined;
+    if (cancelled || runner()?.ready !== false) return;
+    try {
+      const outcome = await ensureConsumer(jsm, spec, logger);
+      logger.warn(
+        { stream: spec.stream, consumer: spec.durable, outcome },
+        outcome === "created"
+          ? "durable consumer was deleted on the server: provisioned again from its declaration"
+          : "durable consumer found again on the server",
+      );
+    } catch (err) {
+      // Retried when the runner next finds it missing.
+      logger.error(
+        { stream: spec.stream, consumer: spec.durable, err },
+        "could not provision the deleted consumer",
+      );
+    }
+  };
+  return {
+    schedule: () => {
+      if (cancelled || timer) return;
+      logger.warn(
+        { stream: spec.stream, consumer: spec.durable, recreate_in_ms: config.CONSUMER_RECREATE_MS },
+        "durable consumer not found on the server: not ready until it is back",
+      );
+      timer = setTimeout(() => void recreate(), config.CONSUMER_RECREATE_MS);
+      timer.unref();
+    },
+    cancel: () => {
+      cancelled = true;
+      clearTimeout(timer);
+      timer = undefined;
+    },
+  };
 }
 
 /** Keeps consumer pending counts fresh for `/metrics`: read from the server at scrape time. */

@@ -14,10 +14,23 @@ export interface ConnectOptions {
   maxReconnectDelayMs?: number;
 }
 
+/** Why a connection made by {@link connectNats} cannot reach NATS right now; absent while it is connected. */
+const unavailable = new WeakMap<NatsConnection, string>();
+
+/**
+ * Why `nc` cannot reach NATS right now — closed, or disconnected and reconnecting (since when, to which server) —
+ * or undefined while it is connected: what `/ready` reports for NATS. Knows the state changes of connections made
+ * by {@link connectNats}; of any other connection, only whether it is closed.
+ */
+export function natsUnavailable(nc: NatsConnection): string | undefined {
+  if (nc.isClosed()) return "NATS connection closed";
+  return unavailable.get(nc);
+}
+
 /**
  * Connects to NATS with a connection that never gives up: the first connect waits for the server,
  * reconnects go on forever with exponential backoff and jitter, and every state change
- * (disconnect, reconnecting, reconnect, error, lame-duck mode) is logged.
+ * (disconnect, reconnecting, reconnect, error, lame-duck mode) is logged and kept for {@link natsUnavailable}.
  */
 export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
   const servers = Array.isArray(opts.servers)
@@ -54,12 +67,17 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
     for await (const s of nc.status()) {
       switch (s.type) {
         case "disconnect":
+          unavailable.set(
+            nc,
+            `NATS connection lost (${s.server}) at ${new Date().toISOString()}; reconnecting`,
+          );
           opts.logger.warn({ server: s.server }, "nats disconnected");
           break;
         case "reconnecting":
           opts.logger.debug("nats reconnecting");
           break;
         case "reconnect":
+          unavailable.delete(nc);
           attempt = 0;
           opts.logger.info({ server: s.server }, "nats reconnected");
           break;
