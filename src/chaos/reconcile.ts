@@ -174,7 +174,10 @@ export interface Reconciliation {
   cancelled: number;
   /** Sent but never answered 202 (refused, failed, timed out even after retries): not accepted, not counted. */
   not_accepted: number;
-  /** Invariant violations naming this scenario's orders, or naming no order at all. */
+  /**
+   * Invariant violations naming this scenario's orders, or naming no order at all; each keeps its `kind`, and its
+   * `detail` starts with the invariant and the kind (`I2 double-capture: …`) for reports that print only the text.
+   */
   violations: Violation[];
   /** Examples per problem (order ids). */
   examples: Record<string, string[]>;
@@ -253,7 +256,7 @@ export function reconcile(
     for (const v of inv.violations) {
       const owner = v.orderId === undefined ? undefined : allScenarioIds.get(v.orderId);
       if (owner === undefined || owner === scenario)
-        r.violations.push({ ...v, detail: `${inv.id}: ${v.detail}` });
+        r.violations.push({ ...v, detail: `${inv.id} ${v.kind}: ${v.detail}` });
     }
   }
   return r;

@@ -18,15 +18,69 @@ export interface CheckTargets {
   timerConsumers?: string[];
 }
 
-/** One violated invariant, naming the order when there is one. */
+/** The invariants of ARCHITECTURE.md. */
+export type InvariantId = "I1" | "I2" | "I3" | "I4" | "I5" | "I6";
+
+/**
+ * Every kind of violation the checker reports, with the invariant it breaks. The kind is the stable name of a
+ * violation (tests, tools and dashboards match on it); `detail` is free text for people.
+ */
+export const VIOLATION_KINDS = {
+  /** Answered 202 but not in the ORDERS stream. */
+  lost: "I1",
+  /** Placed, and no terminal event (older than the pending grace). */
+  "no-terminal": "I1",
+  /** More than one terminal event (CONFIRMED and CANCELLED, or one of them twice). */
+  "two-terminals": "I1",
+  /** More than one captured charge for one order at the gateway. */
+  "double-capture": "I2",
+  /** CONFIRMED, and nothing captured (net zero) at the gateway. */
+  "confirmed-without-capture": "I2",
+  /** CONFIRMED, one charge, but a net that is neither zero nor the order total (e.g. a partial refund). */
+  "confirmed-net-mismatch": "I2",
+  /** CANCELLED, and money still captured (net not zero) at the gateway. */
+  "cancelled-with-net-capture": "I2",
+  /** Money captured at the gateway for an order that is not in the ORDERS stream. */
+  "capture-without-order": "I2",
+  /** A SKU with fewer than zero units available: oversold. */
+  "negative-available": "I3",
+  /** A SKU whose `initial` is not `available + reserved + committed`. */
+  "stock-unbalanced": "I3",
+  /** A SKU whose `committed` is not the units of its CONFIRMED orders. */
+  "committed-mismatch": "I3",
+  /** Units still reserved although every order is terminal. */
+  "reserved-after-terminal": "I3",
+  /** More than one e-mail of one kind for one order at the mail provider. */
+  "duplicate-email": "I4",
+  /** A terminal order without its e-mail, and its terminal event not dead-lettered by notifications. */
+  "missing-email": "I4",
+  /** An e-mail of the other outcome (e.g. "cancelled" for a CONFIRMED order). */
+  "wrong-kind-email": "I4",
+  /** The audit log's hash chain does not verify. */
+  "audit-chain-broken": "I5",
+  /** An event of the streams that is not in the audit log. */
+  "audit-missing-event": "I5",
+  /** An event of the streams that is in the audit log more than once. */
+  "audit-duplicate-event": "I5",
+  /** A durable consumer with messages neither processed (acknowledged) nor dead-lettered. */
+  "unprocessed-message": "I6",
+} as const satisfies Record<string, InvariantId>;
+
+/** The stable name of a violation, e.g. `no-terminal` or `double-capture` (see {@link VIOLATION_KINDS}). */
+export type ViolationKind = keyof typeof VIOLATION_KINDS;
+
+/** One violated invariant: its kind, and the order, SKU or consumer concerned when there is one. */
 export interface Violation {
+  kind: ViolationKind;
   orderId?: string;
   sku?: string;
+  /** `stream/durable` of the consumer concerned (I6). */
+  consumer?: string;
   detail: string;
 }
 
 export interface InvariantResult {
-  id: "I1" | "I2" | "I3" | "I4" | "I5" | "I6";
+  id: InvariantId;
   name: string;
   ok: boolean;
   violations: Violation[];
@@ -47,6 +101,17 @@ interface OrderFacts {
   items: { sku: string; quantity: number }[];
   terminals: ("CONFIRMED" | "CANCELLED")[];
 }
+
+/** Consumers whose backlog is a timer, not lost work: the orders service's order-timeout timer. */
+export const DEFAULT_TIMER_CONSUMERS: readonly string[] = ["orders-timeouts"];
+
+/**
+ * The durable of the notifications service that e-mails on OrderConfirmed and OrderCancelled
+ * (`src/services/notifications/service.ts`, ORDERS_CONSUMER): its dead letter of a terminal event is the one
+ * excuse I4 accepts for a missing e-mail. Named here rather than imported, so the checker does not load a
+ * service's composition root.
+ */
+export const NOTIFICATIONS_CONSUMER = "notifications-orders";
 
 async function getJson<T>(url: string): Promise<T> {
   const res = await fetch(url);
@@ -81,7 +146,7 @@ export async function readStream(
   return { count, undecodable };
 }
 
-const result = (id: InvariantResult["id"], name: string, violations: Violation[]): InvariantResult => ({
+const result = (id: InvariantId, name: string, violations: Violation[]): InvariantResult => ({
   id,
   name,
   ok: violations.length === 0,
@@ -95,6 +160,14 @@ export interface Backlog {
   ackPending: number;
 }
 
+const CONSUMED_STREAMS = [
+  Streams.ORDERS,
+  Streams.INVENTORY,
+  Streams.PAYMENTS,
+  Streams.NOTIFICATIONS,
+  Streams.DLQ,
+];
+
 /**
  * Durable consumers of the five streams with undelivered or unacknowledged messages, `timers` aside (consumers
  * that hold messages on purpose, e.g. the order-timeout timer).
@@ -104,13 +177,7 @@ export async function consumerBacklogs(
   timers: ReadonlySet<string>,
 ): Promise<Backlog[]> {
   const out: Backlog[] = [];
-  for (const stream of [
-    Streams.ORDERS,
-    Streams.INVENTORY,
-    Streams.PAYMENTS,
-    Streams.NOTIFICATIONS,
-    Streams.DLQ,
-  ]) {
+  for (const stream of CONSUMED_STREAMS) {
     for await (const c of jsm.consumers.list(stream)) {
       if (!c.config.durable_name || timers.has(c.name)) continue;
       if (c.num_pending > 0 || c.num_ack_pending > 0)
@@ -120,19 +187,66 @@ export async function consumerBacklogs(
   return out;
 }
 
+/** Last sequence of each of the five streams, in one string: it changes whenever anything is published. */
+async function streamHeads(jsm: JetStreamManager): Promise<string> {
+  const heads: number[] = [];
+  for (const stream of CONSUMED_STREAMS) heads.push((await jsm.streams.info(stream)).state.last_seq);
+  return heads.join(",");
+}
+
+/** What {@link waitForDrain} found. */
+export interface DrainResult {
+  drained: boolean;
+  waitedMs: number;
+  /** Consumers with work left when it gave up (empty when drained). */
+  backlogs: Backlog[];
+}
+
+/**
+ * Waits until the system has no work left in flight: every durable consumer of the five streams (`timers`
+ * aside, default {@link DEFAULT_TIMER_CONSUMERS}) has nothing pending and nothing unacknowledged, and nothing
+ * was published while the consumers were being read (the streams' last sequences are the same before and after
+ * the scan; otherwise a handler may have acknowledged its message after publishing the next one onto a stream
+ * already scanned). Handlers acknowledge only after their effect is done (a stock move, an audit row, a charge,
+ * an e-mail), so a drained system is one whose effects have all landed: the moment to run the checker once.
+ * Polls every `intervalMs` (default 50) for at most `timeoutMs` (default 30 s); never throws on a backlog, it
+ * reports it.
+ */
+export async function waitForDrain(
+  jsm: JetStreamManager,
+  opts: { timers?: Iterable<string>; timeoutMs?: number; intervalMs?: number } = {},
+): Promise<DrainResult> {
+  const timers = new Set(opts.timers ?? DEFAULT_TIMER_CONSUMERS);
+  const t0 = Date.now();
+  const deadline = t0 + (opts.timeoutMs ?? 30_000);
+  for (;;) {
+    const before = await streamHeads(jsm);
+    const backlogs = await consumerBacklogs(jsm, timers);
+    if (backlogs.length === 0 && (await streamHeads(jsm)) === before)
+      return { drained: true, waitedMs: Date.now() - t0, backlogs };
+    if (Date.now() >= deadline) return { drained: false, waitedMs: Date.now() - t0, backlogs };
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 50));
+  }
+}
+
 /**
  * Checks invariants I1–I6 of ARCHITECTURE.md against the running system: the ORDERS, INVENTORY,
  * PAYMENTS and NOTIFICATIONS streams, the DLQ and consumer states (NATS), the inventory, the audit
- * log, the payment gateway's ledger and the mail provider's log. Run it when the system is quiet.
- * Every violation names the order (or SKU) concerned.
+ * log, the payment gateway's ledger and the mail provider's log. Run it when the system is quiet
+ * (see {@link waitForDrain}). Every violation has a {@link ViolationKind} and names the order, SKU or
+ * consumer concerned.
  */
 export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   const jsm = await jetstreamManager(t.nc);
   const orders = new Map<string, OrderFacts>();
   const eventIds = new Set<string>();
+  /** Terminal events in the ORDERS stream by sequence (every stored copy), for the I4 dead-letter excuse. */
+  const terminalAt = new Map<number, { type: string; orderId: string }>();
   let events = 0;
   for (const stream of [Streams.ORDERS, Streams.INVENTORY, Streams.PAYMENTS, Streams.NOTIFICATIONS]) {
-    const r = await readStream(t.nc, stream, (e) => {
+    const r = await readStream(t.nc, stream, (e, seq) => {
+      if (stream === Streams.ORDERS && (e.type === "OrderConfirmed" || e.type === "OrderCancelled"))
+        terminalAt.set(seq, { type: e.type, orderId: e.aggregate_id });
       // The same event stored twice (republished under another message id) is one event: handlers are
       // idempotent on it and the audit records it once. Counting it twice would invent a second order or
       // a second terminal state.
@@ -160,18 +274,19 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   for (const id of t.acceptedOrderIds ?? []) {
     if (!orders.has(id)) {
       lost++;
-      i1.push({ orderId: id, detail: "accepted (202) but not in the ORDERS stream: lost" });
+      i1.push({ kind: "lost", orderId: id, detail: "accepted (202) but not in the ORDERS stream: lost" });
     }
   }
   const grace = t.pendingGraceMs ?? 0;
   for (const o of orders.values()) {
     if (o.terminals.length > 1)
       i1.push({
+        kind: "two-terminals",
         orderId: o.orderId,
         detail: `${o.terminals.length} terminal events: ${o.terminals.join(", ")}`,
       });
     if (o.terminals.length === 0 && Date.now() - o.placedAt > grace)
-      i1.push({ orderId: o.orderId, detail: "stuck: never reached a terminal state" });
+      i1.push({ kind: "no-terminal", orderId: o.orderId, detail: "stuck: never reached a terminal state" });
   }
 
   // I2 money
@@ -184,18 +299,41 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
     const s = ledger.get(o.orderId);
     const net = s?.net ?? 0;
     const st = status(o);
-    if (st === "CONFIRMED" && net !== o.total)
+    if (s && s.charges > 1) {
+      // One fact, one violation: the net of a double capture is off too, and that is this same fault.
       i2.push({
+        kind: "double-capture",
+        orderId: o.orderId,
+        detail: `${st}, charged ${s.charges} times (captured ${s.captured}, refunded ${s.refunded}, net ${net}; total ${o.total})`,
+      });
+      continue;
+    }
+    if (st === "CONFIRMED" && net === 0)
+      i2.push({
+        kind: "confirmed-without-capture",
+        orderId: o.orderId,
+        detail: `CONFIRMED with nothing captured at the gateway, expected a net of ${o.total}`,
+      });
+    else if (st === "CONFIRMED" && net !== o.total)
+      i2.push({
+        kind: "confirmed-net-mismatch",
         orderId: o.orderId,
         detail: `CONFIRMED with net ${net} at the gateway, expected ${o.total}`,
       });
     if (st === "CANCELLED" && net !== 0)
-      i2.push({ orderId: o.orderId, detail: `CANCELLED with net ${net} at the gateway, expected 0` });
-    if (s && s.charges > 1) i2.push({ orderId: o.orderId, detail: `charged ${s.charges} times` });
+      i2.push({
+        kind: "cancelled-with-net-capture",
+        orderId: o.orderId,
+        detail: `CANCELLED with net ${net} at the gateway, expected 0`,
+      });
   }
   for (const s of summary.orders) {
     if (!orders.has(s.orderId) && s.net !== 0)
-      i2.push({ orderId: s.orderId, detail: `net ${s.net} at the gateway for an order that does not exist` });
+      i2.push({
+        kind: "capture-without-order",
+        orderId: s.orderId,
+        detail: `net ${s.net} at the gateway for an order that does not exist`,
+      });
   }
 
   // I3 stock
@@ -210,17 +348,27 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   }
   const allTerminal = [...orders.values()].every((o) => o.terminals.length > 0);
   for (const s of inv.items) {
-    if (s.available < 0) i3.push({ sku: s.sku, detail: `available ${s.available} < 0 (oversold)` });
+    if (s.available < 0)
+      i3.push({ kind: "negative-available", sku: s.sku, detail: `available ${s.available} < 0 (oversold)` });
     if (s.initial !== undefined && s.initial !== s.available + s.reserved + s.committed)
       i3.push({
+        kind: "stock-unbalanced",
         sku: s.sku,
         detail: `initial ${s.initial} != available ${s.available} + reserved ${s.reserved} + committed ${s.committed}`,
       });
     const want = confirmedUnits.get(s.sku) ?? 0;
     if (s.committed !== want)
-      i3.push({ sku: s.sku, detail: `committed ${s.committed}, but CONFIRMED orders hold ${want} units` });
+      i3.push({
+        kind: "committed-mismatch",
+        sku: s.sku,
+        detail: `committed ${s.committed}, but CONFIRMED orders hold ${want} units`,
+      });
     if (allTerminal && s.reserved !== 0)
-      i3.push({ sku: s.sku, detail: `${s.reserved} units still reserved with every order terminal` });
+      i3.push({
+        kind: "reserved-after-terminal",
+        sku: s.sku,
+        detail: `${s.reserved} units still reserved with every order terminal`,
+      });
   }
 
   // I4 notify
@@ -231,27 +379,52 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
     const key = `${m.tags?.["orderId"]}:${m.tags?.["kind"]}`;
     sent.set(key, (sent.get(key) ?? 0) + 1);
   }
-  const dead = await listDeadLetters(jsm, { limit: 100_000 });
-  const deadOrders = new Set(dead.map((d) => d.subject.split(".")[1]));
+  // The one excuse for a missing e-mail: the notifications consumer dead-lettered the terminal event that would
+  // have produced it. Any other dead letter of the order (a poison message on its subject, another consumer's
+  // failure, its OrderPlaced) says nothing about its e-mail. The event is the one stored at the entry's original
+  // sequence, or, when that is gone from ORDERS, the entry's own body.
+  const deadTerminals = new Set<string>();
+  for (const d of await listDeadLetters(jsm, { consumer: NOTIFICATIONS_CONSUMER, limit: 100_000 })) {
+    if (d.stream !== Streams.ORDERS) continue;
+    let e: { type: string; orderId: string } | undefined = terminalAt.get(d.sequence);
+    if (!e && !d.bodyOmitted) {
+      try {
+        const decoded = decodeEvent(d.data);
+        e = { type: decoded.type, orderId: decoded.aggregate_id };
+      } catch {
+        /* not an event: not a terminal event either */
+      }
+    }
+    if (e) deadTerminals.add(`${e.orderId}:${e.type}`);
+  }
   for (const o of orders.values()) {
     const st = status(o);
     if (st === "PENDING") continue;
     const kind = st === "CONFIRMED" ? "order_confirmed" : "order_cancelled";
+    const cause = st === "CONFIRMED" ? "OrderConfirmed" : "OrderCancelled";
     const n = sent.get(`${o.orderId}:${kind}`) ?? 0;
-    if (n > 1) i4.push({ orderId: o.orderId, detail: `${n} ${kind} e-mails` });
-    if (n === 0 && !deadOrders.has(o.orderId))
-      i4.push({ orderId: o.orderId, detail: `no ${kind} e-mail and nothing in the DLQ` });
+    if (n > 1) i4.push({ kind: "duplicate-email", orderId: o.orderId, detail: `${n} ${kind} e-mails` });
+    if (n === 0 && !deadTerminals.has(`${o.orderId}:${cause}`))
+      i4.push({
+        kind: "missing-email",
+        orderId: o.orderId,
+        detail: `no ${kind} e-mail, and its ${cause} is not in the DLQ of ${NOTIFICATIONS_CONSUMER}`,
+      });
     const other = st === "CONFIRMED" ? "order_cancelled" : "order_confirmed";
     if ((sent.get(`${o.orderId}:${other}`) ?? 0) > 0)
-      i4.push({ orderId: o.orderId, detail: `${st} but got an ${other} e-mail` });
+      i4.push({ kind: "wrong-kind-email", orderId: o.orderId, detail: `${st} but got an ${other} e-mail` });
   }
 
   // I5 audit
   const i5: Violation[] = [];
-  const verify = await getJson<{ ok: boolean; rows: number; firstBadPosition?: number }>(
+  const verify = await getJson<{ ok: boolean; rows: number; firstBadPosition?: number; reason?: string }>(
     `${t.auditUrl}/audit/verify`,
   );
-  if (!verify.ok) i5.push({ detail: `hash chain broken at position ${verify.firstBadPosition}` });
+  if (!verify.ok)
+    i5.push({
+      kind: "audit-chain-broken",
+      detail: `hash chain broken at position ${verify.firstBadPosition}${verify.reason ? `: ${verify.reason}` : ""}`,
+    });
   const audited = new Map<string, number>();
   let after = 0;
   for (;;) {
@@ -264,21 +437,34 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   }
   for (const id of eventIds) {
     const n = audited.get(id) ?? 0;
-    if (n !== 1) i5.push({ orderId: id.split(":")[0], detail: `event ${id} is in the audit log ${n} times` });
+    if (n === 0)
+      i5.push({
+        kind: "audit-missing-event",
+        orderId: id.split(":")[0],
+        detail: `event ${id} is not in the audit log`,
+      });
+    else if (n > 1)
+      i5.push({
+        kind: "audit-duplicate-event",
+        orderId: id.split(":")[0],
+        detail: `event ${id} is in the audit log ${n} times`,
+      });
   }
 
   // I6 no silent loss
-  const i6: Violation[] = (await consumerBacklogs(jsm, new Set(t.timerConsumers ?? ["orders-timeouts"]))).map(
-    (b) => ({
-      detail: `consumer ${b.consumer}: ${b.pending} not delivered, ${b.ackPending} not acknowledged`,
-    }),
-  );
+  const i6: Violation[] = (
+    await consumerBacklogs(jsm, new Set(t.timerConsumers ?? DEFAULT_TIMER_CONSUMERS))
+  ).map((b) => ({
+    kind: "unprocessed-message",
+    consumer: b.consumer,
+    detail: `consumer ${b.consumer}: ${b.pending} not delivered, ${b.ackPending} not acknowledged`,
+  }));
 
   const invariants = [
     result("I1", "terminal: every accepted order ends in exactly one terminal state", i1),
     result("I2", "money: confirmed nets its total at the gateway, cancelled nets zero", i2),
     result("I3", "stock: initial = available + reserved + committed, never oversold", i3),
-    result("I4", "notify: one e-mail per (order, kind), or the DLQ", i4),
+    result("I4", "notify: one e-mail per (order, kind), or its dead letter", i4),
     result("I5", "audit: every event once, chain verifies", i5),
     result("I6", "no silent loss: every consumer processed or dead-lettered everything", i6),
   ];
@@ -298,6 +484,23 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   };
 }
 
+/** Every violation of a report, each with the invariant it breaks. */
+export function violationsOf(r: CheckReport): (Violation & { invariant: InvariantId })[] {
+  return r.invariants.flatMap((i) => i.violations.map((v) => ({ ...v, invariant: i.id })));
+}
+
+/** One violation on one line: `<kind> order <id>: <detail>` (or `sku …`, `consumer …`). */
+export function formatViolation(v: Violation): string {
+  const subject = v.orderId
+    ? ` order ${v.orderId}`
+    : v.sku
+      ? ` sku ${v.sku}`
+      : v.consumer
+        ? ` consumer ${v.consumer}`
+        : "";
+  return `${v.kind}${subject}: ${v.detail}`;
+}
+
 /** A plain-text table of a report, one line per invariant and one per violation (capped). */
 export function formatReport(r: CheckReport, maxViolations = 20): string {
   const lines = [
@@ -307,9 +510,7 @@ export function formatReport(r: CheckReport, maxViolations = 20): string {
     lines.push(
       `${i.ok ? "PASS" : "FAIL"}  ${i.id}  ${i.name}${i.ok ? "" : `  (${i.violations.length} violations)`}`,
     );
-    for (const v of i.violations.slice(0, maxViolations)) {
-      lines.push(`        ${v.orderId ? `order ${v.orderId}: ` : v.sku ? `sku ${v.sku}: ` : ""}${v.detail}`);
-    }
+    for (const v of i.violations.slice(0, maxViolations)) lines.push(`        ${formatViolation(v)}`);
   }
   lines.push(r.ok ? "all invariants hold" : "INVARIANTS VIOLATED");
   return lines.join("\n");
