@@ -261,6 +261,22 @@ void describe("audit: entries", () => {
     assert.equal(text.traceId, "c".repeat(32));
     assert.equal((JSON.parse(text.payload) as { body_text: string }).body_text, "not json \u0000");
   });
+
+  void it("records a DLQ body holding a number JSON cannot represent (1e400) as text instead of failing", () => {
+    const raw = '{"aggregate_id":"o8","data":{"x":1e400}}';
+    const e = entryFromDeadLetter({
+      stream: "DLQ",
+      subject: "dlq.payments-inventory",
+      sequence: 5,
+      data: new TextEncoder().encode(raw),
+      headers: { [Hdr.DlqConsumer]: "payments-inventory", [Hdr.DlqSubject]: "orders.o8" },
+      storedAt: new Date(0),
+    });
+    const payload = JSON.parse(e.payload) as { body?: unknown; body_text?: string };
+    assert.equal(payload.body, undefined);
+    assert.equal(payload.body_text, raw);
+    assert.equal(e.orderId, "o8");
+  });
 });
 
 void describe("audit: timelines", () => {

@@ -292,9 +292,12 @@ export function entryFromDeadLetter(m: DeadLetterMessage): AuditEntry {
   try {
     text = utf8.decode(m.data);
     body = JSON.parse(text);
+    // A body that parses to what canonical JSON cannot write (e.g. `1e400`, which parses to Infinity) would make
+    // this entry fail on every attempt: such a body is recorded as the text it is.
+    canonicalJson(body);
     parsed = true;
   } catch {
-    /* not UTF-8 or not JSON: recorded as it is */
+    /* not UTF-8, not JSON, or not representable as canonical JSON: recorded as it is */
   }
   const data =
     parsed && typeof body === "object" && body !== null ? (body as { data?: unknown }).data : undefined;
