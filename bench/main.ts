@@ -33,7 +33,6 @@ import { chartSvg, type ChartPanel } from "./chart.js";
 import { formatSummaries, summariseDir, type ProfileSummary } from "./profile.js";
 import { Sampler, connTraffic, streamCounts, type ProcessUsage, type Sample } from "./sampler.js";
 import { ROOT, SYSTEM_ROOT, ensureBuilt, startStack, type Stack } from "./stack.js";
-import { freePort } from "../src/stack/nats-server.js";
 import type { ProcessName } from "../src/lib/ports.js";
 
 const EVENT_STREAMS = ["ORDERS", "INVENTORY", "PAYMENTS", "NOTIFICATIONS"];
@@ -233,7 +232,7 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
   const stack: Stack = await startStack({
     label: name,
     extraReplicas: extraReplicas(),
-    ...(profile ? { natsPprofPort: await freePort() } : {}),
+    ...(profile ? { natsPprof: true } : {}),
     // The services' heap as the Kubernetes manifests set it (deploy/k8s/base).
     nodeOptions: [
       nodeOptions,

@@ -10,7 +10,15 @@ import { mkdtemp, rm, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { freePort, startNatsServer, type NatsServer } from "../src/stack/nats-server.js";
+import { PortTakenError, onFreshPorts, takenPortIn } from "../src/stack/fresh-ports.js";
+import {
+  NatsServerError,
+  type NatsServer,
+  type PortPicker,
+  freePort,
+  portsInUse,
+  startNatsServer,
+} from "../src/stack/nats-server.js";
 import { READY_MESSAGE } from "../src/stack/supervisor.js";
 import { childEnv, processNamed, stackProcesses } from "../src/stack/processes.js";
 import type { ProcessName } from "../src/lib/ports.js";
@@ -30,7 +38,7 @@ export interface Stack {
   natsUrl: string;
   /** nats-server's HTTP monitoring base URL (varz, connz, jsz). */
   monitorUrl: string | undefined;
-  /** Go pprof base URL of nats-server when started with {@link StackOptions.natsPprofPort}. */
+  /** Go pprof base URL of nats-server when started with {@link StackOptions.natsPprof}. */
   natsPprofUrl: string | undefined;
   urls: Record<(typeof stackProcesses)[number]["name"], string>;
   dataDir: string;
@@ -84,10 +92,11 @@ export interface StackOptions {
    */
   extraReplicas?: Partial<Record<ProcessName, number>>;
   /**
-   * Start nats-server here (not through the stack) with Go's pprof on this port (`--profile`), so its CPU profile
-   * can be taken during the load; the stack then uses it through NATS_URL.
+   * Start nats-server here (not through the stack) with Go's pprof on a free port (`--profile`, see
+   * {@link Stack.natsPprofUrl}), so its CPU profile can be taken during the load; the stack then uses it through
+   * NATS_URL.
    */
-  natsPprofPort?: number;
+  natsPprof?: boolean;
 }
 
 /** Runs SQL on DATABASE_URL with psql-free `pg`. */
@@ -102,76 +111,111 @@ async function sql(url: string, text: string): Promise<void> {
   }
 }
 
-/** Starts the production stack and resolves once it printed {@link READY_MESSAGE}. */
+/**
+ * Starts the production stack and resolves once it printed {@link READY_MESSAGE}.
+ *
+ * Every port is a picked free one, and a free port is free only until someone binds it: when the stack, nats-server's
+ * profiler or an extra replica exits because one was taken in between, it is started again on fresh ports
+ * ({@link onFreshPorts}, at most PORT_ATTEMPTS times).
+ */
 export async function startStack(o: StackOptions): Promise<Stack> {
   const dataDir = await mkdtemp(join(tmpdir(), `shopstream-bench-${o.label}-`));
-  const ports: Record<string, string> = {};
-  const taken = new Set<number>([4222]);
-  const pick = async () => {
+  const used = new Set<number>([4222]);
+  /** A free port, never 4222 and never one handed out before to this stack. */
+  const pick: PortPicker = async (host) => {
     for (;;) {
-      const p = await freePort();
-      if (!taken.has(p)) {
-        taken.add(p);
+      const p = await freePort(host);
+      if (!used.has(p)) {
+        used.add(p);
         return p;
       }
     }
   };
-  const natsPort = await pick();
-  for (const p of stackProcesses) ports[p.portEnv] = String(await pick());
   const databaseUrl = process.env.DATABASE_URL;
   const auditSchema = databaseUrl
     ? `bench_${Date.now().toString(36)}_${o.label.replace(/\W/g, "_")}`
     : undefined;
-  const env: NodeJS.ProcessEnv = {
+  const baseEnv: NodeJS.ProcessEnv = {
     ...process.env,
     ...o.env,
-    ...ports,
     STACK_MODE: "production",
     STACK_LOG_FORMAT: "raw",
     NO_COLOR: "1",
-    NATS_PORT: String(natsPort),
     DATA_DIR: dataDir,
     STACK_READY_TIMEOUT_MS: String(o.readyTimeoutMs ?? 120_000),
     ...(auditSchema ? { AUDIT_SCHEMA: auditSchema } : {}),
     ...(o.nodeOptions ? { NODE_OPTIONS: o.nodeOptions } : {}),
   };
-  delete env.NATS_URL;
+  delete baseEnv.NATS_URL;
   let ownNats: NatsServer | undefined;
-  let monitorOverride: string | undefined;
-  if (o.natsPprofPort !== undefined) {
-    ownNats = await startNatsServer({
-      port: natsPort,
-      storeDir: join(dataDir, "nats"),
-      serverName: "shopstream",
-      extraArgs: ["--profile", String(o.natsPprofPort)],
-    });
-    env.NATS_URL = ownNats.url;
-    delete env.NATS_PORT;
-    monitorOverride = ownNats.monitorUrl;
+  let natsPprofUrl: string | undefined;
+  if (o.natsPprof) {
+    // startNatsServer handles its own ports; the profiler's port is an extra argument, so it is retried here.
+    ownNats = await onFreshPorts(
+      1,
+      async ([pprofPort]) => {
+        try {
+          const server = await startNatsServer({
+            storeDir: join(dataDir, "nats"),
+            serverName: "shopstream",
+            extraArgs: ["--profile", String(pprofPort)],
+            pickPort: pick,
+          });
+          natsPprofUrl = `http://127.0.0.1:${pprofPort}`;
+          return server;
+        } catch (err) {
+          if (err instanceof NatsServerError && portsInUse(err.output).includes(pprofPort!)) {
+            throw new PortTakenError(pprofPort!, err.message);
+          }
+          throw err;
+        }
+      },
+      { pickPort: pick },
+    );
   }
   const logFile = join(dataDir, "stack.log");
-  const fd = openSync(logFile, "a");
-  const child: ChildProcess = spawn(process.execPath, [join(SYSTEM_ROOT, "dist/stack/main.js")], {
-    cwd: SYSTEM_ROOT,
-    env,
-    stdio: ["ignore", fd, fd],
-  });
-  closeSync(fd);
-  const exited = new Promise<void>((r) => child.once("exit", () => r()));
-  let dead = false;
-  void exited.then(() => (dead = true));
-  const deadline = Date.now() + (o.readyTimeoutMs ?? 120_000) + 10_000;
-  for (;;) {
-    const text = await readFile(logFile, "utf8").catch(() => "");
-    if (text.includes(READY_MESSAGE)) break;
-    if (dead || Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(
-        `the stack did not start; its output (${logFile}):\n${text.split("\n").slice(-30).join("\n")}`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  // NATS_PORT (unless nats-server runs here) and <NAME>_PORT for every process.
+  const portNames = [...(ownNats ? [] : ["NATS_PORT"]), ...stackProcesses.map((p) => p.portEnv)];
+  const run = await onFreshPorts(
+    portNames.length,
+    async (picked) => {
+      const ports = Object.fromEntries(portNames.map((n, i) => [n, String(picked[i])]));
+      const env: NodeJS.ProcessEnv = { ...baseEnv, ...ports };
+      if (ownNats) {
+        env.NATS_URL = ownNats.url;
+        delete env.NATS_PORT;
+      }
+      const fd = openSync(logFile, "w");
+      const child: ChildProcess = spawn(process.execPath, [join(SYSTEM_ROOT, "dist/stack/main.js")], {
+        cwd: SYSTEM_ROOT,
+        env,
+        stdio: ["ignore", fd, fd],
+      });
+      closeSync(fd);
+      const exited = new Promise<void>((r) => child.once("exit", () => r()));
+      let dead = false;
+      void exited.then(() => (dead = true));
+      const deadline = Date.now() + (o.readyTimeoutMs ?? 120_000) + 10_000;
+      for (;;) {
+        const text = await readFile(logFile, "utf8").catch(() => "");
+        if (text.includes(READY_MESSAGE)) break;
+        if (dead || Date.now() > deadline) {
+          child.kill("SIGKILL");
+          await exited;
+          const tail = text.split("\n").slice(-30).join("\n");
+          const taken = dead ? takenPortIn(text, picked) : undefined;
+          if (taken !== undefined) throw new PortTakenError(taken, tail);
+          throw new Error(`the stack did not start; its output (${logFile}):\n${tail}`);
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      return { child, exited, ports, env, isDead: () => dead };
+    },
+    { pickPort: pick },
+  );
+  const { child, exited, ports, env } = run;
+  const natsPort = ownNats ? ownNats.port : Number(ports.NATS_PORT);
+  const monitorOverride = ownNats?.monitorUrl;
   const urls = Object.fromEntries(
     stackProcesses.map((p) => [p.name, `http://127.0.0.1:${ports[p.portEnv]}`]),
   ) as Stack["urls"];
@@ -184,48 +228,66 @@ export async function startStack(o: StackOptions): Promise<Stack> {
   for (const [name, count] of Object.entries(o.extraReplicas ?? {}) as [ProcessName, number][]) {
     const proc = processNamed(name);
     for (let r = 1; r <= count; r++) {
-      const port = await pick();
-      const cenv = childEnv({
-        parent: env,
-        name,
-        port,
-        natsUrl: `nats://127.0.0.1:${natsPort}`,
-        logLevel: env.LOG_LEVEL ?? "info",
-        dataDir,
-        paymentGatewayUrl: urls["payment-gateway"],
-        mailProviderUrl: urls["mail-provider"],
-      });
-      // Each replica keeps its own local files (PGlite cannot be shared; KV state lives in NATS anyway).
-      cenv.DATA_DIR = join(dataDir, `${name}-replica${r}`);
-      const efd = openSync(join(dataDir, `${name}-replica${r}.log`), "a");
-      const c = spawn(process.execPath, ["--enable-source-maps", join(SYSTEM_ROOT, proc.compiled)], {
-        cwd: SYSTEM_ROOT,
-        env: cenv,
-        stdio: ["ignore", efd, efd],
-      });
-      closeSync(efd);
-      extras.push({
-        name: `${name}#${r + 1}`,
-        child: c,
-        exited: new Promise((res) => c.once("exit", () => res())),
-      });
-      const readyBy = Date.now() + 60_000;
-      for (;;) {
-        const ok = await fetch(`http://127.0.0.1:${port}${proc.readyPath}`).then(
-          (x) => x.ok,
-          () => false,
-        );
-        if (ok) break;
-        if (Date.now() > readyBy) throw new Error(`replica ${r + 1} of ${name} did not become ready`);
-        await new Promise((res) => setTimeout(res, 200));
-      }
+      const extra = await onFreshPorts(
+        1,
+        async ([port]) => {
+          const cenv = childEnv({
+            parent: env,
+            name,
+            port: port!,
+            natsUrl: `nats://127.0.0.1:${natsPort}`,
+            logLevel: env.LOG_LEVEL ?? "info",
+            dataDir,
+            paymentGatewayUrl: urls["payment-gateway"],
+            mailProviderUrl: urls["mail-provider"],
+          });
+          // Each replica keeps its own local files (PGlite cannot be shared; KV state lives in NATS anyway).
+          cenv.DATA_DIR = join(dataDir, `${name}-replica${r}`);
+          const replicaLog = join(dataDir, `${name}-replica${r}.log`);
+          const efd = openSync(replicaLog, "w");
+          const c = spawn(process.execPath, ["--enable-source-maps", join(SYSTEM_ROOT, proc.compiled)], {
+            cwd: SYSTEM_ROOT,
+            env: cenv,
+            stdio: ["ignore", efd, efd],
+          });
+          closeSync(efd);
+          const e = {
+            name: `${name}#${r + 1}`,
+            child: c,
+            exited: new Promise<void>((res) => c.once("exit", () => res())),
+          };
+          let gone = false;
+          void e.exited.then(() => (gone = true));
+          const readyBy = Date.now() + 60_000;
+          for (;;) {
+            const ok = await fetch(`http://127.0.0.1:${port}${proc.readyPath}`).then(
+              (x) => x.ok,
+              () => false,
+            );
+            if (ok) return e;
+            if (gone || Date.now() > readyBy) {
+              c.kill("SIGKILL");
+              await e.exited;
+              const text = await readFile(replicaLog, "utf8").catch(() => "");
+              const taken = gone ? takenPortIn(text, [port!]) : undefined;
+              if (taken !== undefined) throw new PortTakenError(taken, text.slice(-500));
+              throw new Error(
+                `replica ${r + 1} of ${name} did not become ready; its output (${replicaLog}):\n${text.slice(-2000)}`,
+              );
+            }
+            await new Promise((res) => setTimeout(res, 200));
+          }
+        },
+        { pickPort: pick },
+      );
+      extras.push(extra);
     }
   }
   const stack: Stack = {
     pid,
     natsUrl: `nats://127.0.0.1:${natsPort}`,
     monitorUrl,
-    natsPprofUrl: o.natsPprofPort !== undefined ? `http://127.0.0.1:${o.natsPprofPort}` : undefined,
+    natsPprofUrl,
     urls,
     dataDir,
     logFile,
@@ -240,7 +302,7 @@ export async function startStack(o: StackOptions): Promise<Stack> {
     async stop() {
       for (const e of extras) e.child.kill("SIGTERM");
       await Promise.all(extras.map((e) => e.exited));
-      if (!dead) {
+      if (!run.isDead()) {
         child.kill("SIGTERM");
         const t = setTimeout(() => child.kill("SIGKILL"), 60_000);
         await exited;

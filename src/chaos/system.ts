@@ -21,6 +21,8 @@ import { StackChild, describeExit } from "../stack/child.js";
 import {
   type NatsCluster,
   type NatsServer,
+  PORT_ATTEMPTS,
+  type PortPicker,
   freePort,
   startNatsCluster,
   startNatsServer,
@@ -53,6 +55,11 @@ export interface ChaosSystemOptions {
   logDir: string;
   /** A 3-node JetStream cluster with `STREAM_REPLICAS=3` instead of one node. */
   cluster?: boolean;
+  /**
+   * Start only these processes (default: both simulators and all five services), e.g. for a test of the harness
+   * itself; the others get no instance.
+   */
+  only?: readonly ProcessName[];
   /** Replicas per service (default 1 each). */
   replicas?: Partial<Record<ServiceName, number>>;
   /** PostgreSQL for the audit log; PGlite under `dataDir` when absent. */
@@ -71,6 +78,11 @@ export interface ChaosSystemOptions {
   readyTimeoutMs?: number;
   /** Progress messages. */
   log?: (msg: string) => void;
+  /**
+   * How free ports are picked for nats-server and for every instance; default {@link freePort}. A test can take a
+   * picked port before the process binds it, to check that start-up survives it.
+   */
+  pickPort?: PortPicker;
 }
 
 /** A process the system started that exited without being asked to. */
@@ -88,11 +100,17 @@ export class Instance {
   expectDown = false;
   /** Set once the current process answered its readiness probe. */
   ready = false;
+  /**
+   * Set once any of its processes was ready. Until then its port may still change (when the picked port was taken
+   * before the process could listen on it); afterwards others may know its URL, so it keeps its port.
+   */
+  wasReady = false;
 
   constructor(
     readonly proc: StackProcess,
     readonly replica: number,
-    readonly port: number,
+    /** Its HTTP port; fixed once it was ready (see {@link wasReady}). */
+    public port: number,
   ) {}
 
   /** `orders-1`, `payment-gateway-1`, … */
@@ -114,6 +132,12 @@ export class Instance {
 }
 
 const noCancel = new Promise<void>(() => undefined);
+
+/** Whether a process's last output says it could not listen on `port` because something else had it. */
+export function lostPort(lines: readonly string[], port: number): boolean {
+  const named = new RegExp(`(?<![\\d.])${port}(?!\\d)`);
+  return lines.some((l) => /EADDRINUSE|address already in use/.test(l) && named.test(l));
+}
 
 /** Every child of every system, SIGKILLed if the harness exits without stopping them. */
 const liveChildren = new Set<StackChild>();
@@ -247,6 +271,7 @@ export class ChaosSystem {
         name: "chaos",
         onOutput: (i, line) => natsLog.write(`n${i + 1} | ${line}\n`),
         readyTimeoutMs: 30_000,
+        pickPort: this.opts.pickPort,
       });
       await this.natsCluster.waitForJetStream(30_000);
     } else {
@@ -255,15 +280,17 @@ export class ChaosSystem {
         removeStoreDir: false,
         onOutput: (line) => natsLog.write(`${line}\n`),
         readyTimeoutMs: 30_000,
+        pickPort: this.opts.pickPort,
       });
     }
-    // Ports are chosen once: a process started again gets its old port back.
+    // Ports are chosen once: a process started again gets its old port back (see #spawnAndWait for the exception).
     for (const name of ["payment-gateway", "mail-provider", ...SERVICES] as const) {
+      if (this.opts.only !== undefined && !this.opts.only.includes(name)) continue;
       const n =
         name === "payment-gateway" || name === "mail-provider" ? 1 : (this.opts.replicas?.[name] ?? 1);
       const list: Instance[] = [];
-      for (let r = 1; r <= n; r++) list.push(new Instance(processNamed(name), r, await freePort()));
       this.instances.set(name, list);
+      for (let r = 1; r <= n; r++) list.push(new Instance(processNamed(name), r, await this.#pickPort()));
       this.#nextReplica.set(name, n + 1);
     }
     await this.#startTiers();
@@ -363,23 +390,55 @@ export class ChaosSystem {
     return child;
   }
 
+  /** A port from the picker that no instance has. */
+  async #pickPort(): Promise<number> {
+    const pick = this.opts.pickPort ?? freePort;
+    for (let i = 0; ; i++) {
+      const port = await pick("127.0.0.1");
+      if (!this.all().some((inst) => inst.port === port)) return port;
+      if (i >= 20) throw new Error(`the port picker keeps returning ports the system already uses (${port})`);
+    }
+  }
+
   /**
    * Starts `inst` and waits until it is ready. A process that exits during start-up (e.g. NATS still electing
    * leaders answers its provisioning with timeouts) is started again, up to 4 times, as Kubernetes restarts a
    * crashing container; each such restart is recorded in {@link startupRestarts}.
+   *
+   * A free port is only free until someone binds it: when the first start of an instance fails because its picked
+   * port was taken in the meantime (`EADDRINUSE`), it is started again on a fresh port, up to
+   * {@link PORT_ATTEMPTS} times in all (not counted as a start-up restart). An instance that was ready before keeps
+   * its port, since the others know its URL.
    */
   async #spawnAndWait(inst: Instance): Promise<void> {
     inst.ready = false;
+    let portAttempts = 1;
     for (let attempt = 1; ; attempt++) {
       const child = this.#spawn(inst);
       const ready = await child.waitReady(this.opts.readyTimeoutMs ?? 60_000, noCancel);
       if (ready.ok) {
         inst.ready = true;
+        inst.wasReady = true;
         return;
       }
       child.kill("SIGKILL");
       await child.exited;
       const why = `${ready.reason}\n--- last output of ${inst.id} ---\n${child.lastLines.slice(-10).join("\n")}`;
+      if (!ready.timedOut && !inst.wasReady && lostPort(child.lastLines, inst.port)) {
+        if (portAttempts >= PORT_ATTEMPTS) {
+          throw new Error(
+            `${inst.id} could not start after ${PORT_ATTEMPTS} attempts: each time the port picked for it (last: ${inst.port}) was taken before it could listen on it\n${why}`,
+          );
+        }
+        portAttempts++;
+        attempt--;
+        const old = inst.port;
+        inst.port = await this.#pickPort();
+        this.#log(
+          `${inst.id}: port ${old} was taken before it could listen on it; starting it on ${inst.port}`,
+        );
+        continue;
+      }
       if (ready.timedOut || attempt >= 5) throw new Error(why);
       this.startupRestarts.push({
         id: inst.id,
@@ -445,7 +504,7 @@ export class ChaosSystem {
     while (list.length < n) {
       const r = this.#nextReplica.get(name) ?? list.length + 1;
       this.#nextReplica.set(name, r + 1);
-      const inst = new Instance(processNamed(name), r, await freePort());
+      const inst = new Instance(processNamed(name), r, await this.#pickPort());
       list.push(inst);
       added.push(inst);
     }
@@ -464,7 +523,7 @@ export class ChaosSystem {
     for (const old of olds) {
       const r = this.#nextReplica.get(name) ?? olds.length + 1;
       this.#nextReplica.set(name, r + 1);
-      const fresh = new Instance(processNamed(name), r, await freePort());
+      const fresh = new Instance(processNamed(name), r, await this.#pickPort());
       const list = this.instances.get(name)!;
       if (opts.surge) {
         list.push(fresh);

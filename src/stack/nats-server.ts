@@ -111,8 +111,9 @@ function isExecutableFile(p: string): boolean {
 /**
  * A TCP port that was free on `host` a moment ago: the OS picks one for a listener on port 0, which is then closed.
  *
- * Another process may take it before it is used; {@link startNatsServer} retries on "address already in use" when it
- * chose the ports itself.
+ * Another process (any outgoing connection, too) may take it before it is used: whoever binds it later must handle
+ * "address already in use". {@link startNatsServer} and {@link startNatsCluster} do, by starting again on fresh ports
+ * (at most {@link PORT_ATTEMPTS} times) when a port they picked themselves was taken.
  */
 export function freePort(host = "127.0.0.1"): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -124,6 +125,65 @@ export function freePort(host = "127.0.0.1"): Promise<number> {
       srv.close((err) => (err ? reject(err) : resolve(port)));
     });
   });
+}
+
+/**
+ * Chooses a port for a server to listen on, given the bind address; {@link freePort} by default. The launchers take
+ * one as `pickPort`, so a test can take a chosen port before nats-server binds it, as a stray connection might.
+ */
+export type PortPicker = (host: string) => Promise<number>;
+
+/**
+ * How many times {@link startNatsServer} and {@link startNatsCluster} start with freshly picked ports when one they
+ * picked was taken between its choice and nats-server's bind.
+ */
+export const PORT_ATTEMPTS = 5;
+
+/**
+ * The ports nats-server said it could not listen on because they were in use (client, monitor, route or profiler
+ * port: each fatal message names `listen tcp <host>:<port>: bind: address already in use`), in `output` order.
+ */
+export function portsInUse(output: readonly string[]): number[] {
+  const ports: number[] = [];
+  for (const line of output) {
+    const m = /listen tcp \S*:(\d+): bind: address already in use/.exec(line);
+    if (m !== null) ports.push(Number(m[1]));
+  }
+  return ports;
+}
+
+/**
+ * Whether `err` is a start failure caused only by ports that are in `picked` (chosen by the launcher, so fresh ones
+ * may be chosen instead). Any other failure, and a taken port the caller asked for, is not.
+ */
+function failedOnPickedPorts(err: unknown, picked: ReadonlySet<number>): err is NatsServerError {
+  if (!(err instanceof NatsServerError) || err.code !== "NATS_SERVER_START_FAILED") return false;
+  const taken = portsInUse(err.output);
+  return taken.length > 0 && taken.every((p) => picked.has(p));
+}
+
+/** The final error after {@link PORT_ATTEMPTS} starts that each lost a picked port. */
+function portsExhausted(what: string, last: NatsServerError): NatsServerError {
+  return new NatsServerError(
+    "NATS_SERVER_START_FAILED",
+    `${what} could not start after ${PORT_ATTEMPTS} attempts: each time a port it had picked (last: ${portsInUse(last.output).join(", ")}) was taken before nats-server could bind it`,
+    { output: last.output, cause: last },
+  );
+}
+
+/** A port from `pick` that is not in `taken` (to which it is then added): no two listeners share one. */
+async function pickDistinct(pick: PortPicker, host: string, taken: Set<number>): Promise<number> {
+  for (let i = 0; i < 20; i++) {
+    const port = await pick(host);
+    if (!taken.has(port)) {
+      taken.add(port);
+      return port;
+    }
+  }
+  throw new NatsServerError(
+    "NATS_SERVER_START_FAILED",
+    `the port picker kept returning ports already in use`,
+  );
 }
 
 /** Route settings that make a {@link NatsServer} a member of a NATS cluster. */
@@ -166,6 +226,11 @@ export interface NatsServerOptions {
   readyTimeoutMs?: number;
   /** How long {@link NatsServer.stop} waits after SIGTERM before sending SIGKILL; default 10 s. */
   stopTimeoutMs?: number;
+  /**
+   * How {@link startNatsServer} picks `port` and `monitorPort` when they are absent; default {@link freePort}. Called
+   * again for a fresh port after one it picked was taken before nats-server bound it.
+   */
+  pickPort?: PortPicker;
 }
 
 /** Fully resolved settings of a {@link NatsServer}: what {@link startNatsServer} computes from the options. */
@@ -459,20 +524,30 @@ export class NatsServer {
 /**
  * Starts one `nats-server` (JetStream on by default) on free ports with a temp store dir and resolves once ready.
  *
- * See {@link NatsServerOptions} for defaults and {@link NatsServer.start} for the readiness contract. When this
- * function picked the ports and the server could not bind them, it retries with new ports (up to 3 attempts).
- * On failure nothing is left running and a temp store dir it created is removed.
+ * See {@link NatsServerOptions} for defaults and {@link NatsServer.start} for the readiness contract. A free port is
+ * only free until someone binds it: when nats-server cannot listen on a port this function picked (client or
+ * monitor; "address already in use"), it starts again with fresh picks for those, at most {@link PORT_ATTEMPTS} times
+ * in all, then throws `NATS_SERVER_START_FAILED` saying so. Any other failure, including a taken port given in
+ * `opts`, is thrown at once. On failure nothing is left running and a temp store dir it created is removed.
  */
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
   const binary = findNatsServerBinary(opts.binary);
   const host = opts.host ?? "127.0.0.1";
+  const pick = opts.pickPort ?? freePort;
   const ownDir = opts.storeDir === undefined;
   const storeDir = opts.storeDir ?? (await mkdtemp(join(tmpdir(), "nats-server-")));
-  const pickedPorts = opts.port === undefined || opts.monitorPort === undefined;
   try {
     for (let attempt = 1; ; attempt++) {
-      const port = opts.port ?? (await freePort(host));
-      const monitorPort = opts.monitorPort ?? (await freePort(host));
+      // Only ports picked here may be replaced by fresh ones; a taken port the caller chose is their error.
+      const inUse = new Set([opts.port, opts.monitorPort].filter((p): p is number => p !== undefined));
+      const picked = new Set<number>();
+      const pickOne = async () => {
+        const p = await pickDistinct(pick, host, inUse);
+        picked.add(p);
+        return p;
+      };
+      const port = opts.port ?? (await pickOne());
+      const monitorPort = opts.monitorPort ?? (await pickOne());
       const server = new NatsServer({
         ...opts,
         binary,
@@ -487,10 +562,8 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
         return server;
       } catch (err) {
         await server.kill();
-        const inUse =
-          err instanceof NatsServerError && err.output.some((l) => l.includes("address already in use"));
-        if (pickedPorts && inUse && attempt < 3) continue;
-        throw err;
+        if (!failedOnPickedPorts(err, picked)) throw err;
+        if (attempt >= PORT_ATTEMPTS) throw portsExhausted("nats-server", err);
       }
     }
   } catch (err) {
@@ -517,6 +590,11 @@ export interface NatsClusterOptions {
   extraArgs?: readonly string[];
   /** Called with each line any server prints, with that server's index. */
   onOutput?: (index: number, line: string) => void;
+  /**
+   * How the client, monitor and route ports of every member are picked; default {@link freePort}. Called again for
+   * all of them when a start loses one it picked to another process.
+   */
+  pickPort?: PortPicker;
 }
 
 /**
@@ -621,8 +699,11 @@ export class NatsCluster {
  * client, monitor and route ports, store dir and server name, fully routed to the others.
  *
  * Resolves once every member is healthy, which on nats-server 2.9 includes contact with a JetStream meta leader; call
- * {@link NatsCluster.waitForJetStream} after kills and restarts. On failure nothing is left running and a temp base
- * dir it created is removed.
+ * {@link NatsCluster.waitForJetStream} after kills and restarts. As soon as one member fails, the others are killed.
+ * When that member could not listen on a port picked for it ("address already in use"), the whole cluster starts
+ * again on fresh ports (every member's routes name the others' route ports, so all of them change), at most
+ * {@link PORT_ATTEMPTS} times in all, with the same server names and store dirs. Any other failure is thrown at once.
+ * On failure nothing is left running and a temp base dir it created is removed.
  */
 export async function startNatsCluster(opts: NatsClusterOptions = {}): Promise<NatsCluster> {
   const size = opts.size ?? 3;
@@ -631,42 +712,76 @@ export async function startNatsCluster(opts: NatsClusterOptions = {}): Promise<N
   }
   const binary = findNatsServerBinary(opts.binary);
   const name = opts.name ?? "shopstream";
+  const host = "127.0.0.1";
+  const pick = opts.pickPort ?? freePort;
   const ownDir = opts.baseDir === undefined;
   const baseDir = opts.baseDir ?? (await mkdtemp(join(tmpdir(), "nats-cluster-")));
-  const ports: { port: number; monitorPort: number; clusterPort: number }[] = [];
-  for (let i = 0; i < size; i++) {
-    ports.push({ port: await freePort(), monitorPort: await freePort(), clusterPort: await freePort() });
-  }
-  const servers = ports.map(
-    (p, i) =>
-      new NatsServer({
-        binary,
-        port: p.port,
-        monitorPort: p.monitorPort,
-        storeDir: join(baseDir, `n${i + 1}`),
-        removeStoreDir: false,
-        serverName: `${name}-n${i + 1}`,
-        jetstream: true,
-        cluster: {
-          name,
-          port: p.clusterPort,
-          routes: ports.filter((_, j) => j !== i).map((o) => `nats://127.0.0.1:${o.clusterPort}`),
-        },
-        extraArgs: opts.extraArgs,
-        readyTimeoutMs: opts.readyTimeoutMs,
-        stopTimeoutMs: opts.stopTimeoutMs,
-        onOutput: opts.onOutput ? (line) => opts.onOutput?.(i, line) : undefined,
-      }),
-  );
-  const cluster = new NatsCluster(servers, { name, baseDir, removeBaseDir: ownDir });
-  const results = await Promise.allSettled(servers.map((s) => s.start()));
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
-  if (failed !== undefined) {
-    await Promise.all(servers.map((s) => s.kill()));
+  try {
+    for (let attempt = 1; ; attempt++) {
+      const picked = new Set<number>();
+      const ports: { port: number; monitorPort: number; clusterPort: number }[] = [];
+      for (let i = 0; i < size; i++) {
+        ports.push({
+          port: await pickDistinct(pick, host, picked),
+          monitorPort: await pickDistinct(pick, host, picked),
+          clusterPort: await pickDistinct(pick, host, picked),
+        });
+      }
+      const servers = ports.map(
+        (p, i) =>
+          new NatsServer({
+            binary,
+            host,
+            port: p.port,
+            monitorPort: p.monitorPort,
+            storeDir: join(baseDir, `n${i + 1}`),
+            removeStoreDir: false,
+            serverName: `${name}-n${i + 1}`,
+            jetstream: true,
+            cluster: {
+              name,
+              port: p.clusterPort,
+              routes: ports.filter((_, j) => j !== i).map((o) => `nats://${host}:${o.clusterPort}`),
+            },
+            extraArgs: opts.extraArgs,
+            readyTimeoutMs: opts.readyTimeoutMs,
+            stopTimeoutMs: opts.stopTimeoutMs,
+            onOutput: opts.onOutput ? (line) => opts.onOutput?.(i, line) : undefined,
+          }),
+      );
+      const failed = await startAll(servers);
+      if (failed === undefined) return new NatsCluster(servers, { name, baseDir, removeBaseDir: ownDir });
+      if (!failedOnPickedPorts(failed.reason, picked)) throw failed.reason;
+      if (attempt >= PORT_ATTEMPTS) throw portsExhausted(`cluster ${name}`, failed.reason);
+    }
+  } catch (err) {
     if (ownDir) await rm(baseDir, { recursive: true, force: true });
-    throw failed.reason;
+    throw err;
   }
-  return cluster;
+}
+
+/**
+ * Starts `servers` concurrently. Resolves with nothing once all are ready, or, once they have all exited, with the
+ * first failure: the others are killed as soon as one fails (their own failures are only its consequence), so a
+ * member that dies at once is not hidden behind the others' readiness timeouts.
+ */
+async function startAll(servers: readonly NatsServer[]): Promise<{ reason: unknown } | undefined> {
+  let first: { reason: unknown } | undefined;
+  const results = await Promise.allSettled(
+    servers.map((s) =>
+      s.start().catch(async (err: unknown) => {
+        if (first === undefined) {
+          first = { reason: err };
+          await Promise.all(servers.map((o) => o.kill()));
+        }
+        throw err;
+      }),
+    ),
+  );
+  const rejected = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (rejected === undefined) return undefined;
+  await Promise.all(servers.map((s) => s.kill()));
+  return first ?? rejected;
 }
 
 async function metaLeader(server: NatsServer): Promise<string | undefined> {

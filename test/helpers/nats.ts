@@ -13,8 +13,10 @@ export {
   NatsServerError,
   NatsServerNotFoundError,
   OUTPUT_RING_SIZE,
+  PORT_ATTEMPTS,
   findNatsServerBinary,
   freePort,
+  portsInUse,
   startNatsCluster,
   startNatsServer,
 } from "../../src/stack/nats-server.js";
@@ -25,6 +27,7 @@ export type {
   NatsServerExit,
   NatsServerOptions,
   NatsServerSettings,
+  PortPicker,
 } from "../../src/stack/nats-server.js";
 
 /**

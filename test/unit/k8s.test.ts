@@ -36,7 +36,7 @@ import { parseConfig } from "../../src/lib/config.js";
 import { defaultPorts } from "../../src/lib/ports.js";
 import { CommonConfig, streamSpecs } from "../../src/lib/service.js";
 import { until } from "../helpers/eventually.js";
-import { connectTo, findNatsServerBinary, freePort } from "../helpers/nats.js";
+import { PORT_ATTEMPTS, connectTo, findNatsServerBinary, freePort, portsInUse } from "../helpers/nats.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const K8S = join(ROOT, "deploy/k8s");
@@ -966,41 +966,104 @@ class LocalNats {
     process.on("exit", this.#onExit);
   }
 
+  /**
+   * Starts `nodes` servers on `conf` and resolves once each one listens on all its ports (client, monitor and, in a
+   * cluster, routes). The ports are picked free ones; a free port is free only until someone binds it, so when a
+   * server could not listen on one of them, every server of this start is killed and they all start again on fresh
+   * ports (the routes name each other's), at most PORT_ATTEMPTS times. Any other early exit fails at once.
+   */
   async start(conf: string, nodes: number, mountPaths: { data: string; pid: string }) {
     const binary = findNatsServerBinary();
-    const ports = await Promise.all(
-      Array.from({ length: nodes }, async () => ({
-        client: await freePort(),
-        http: await freePort(),
-        route: await freePort(),
-      })),
-    );
-    const servers = ports.map((p, i) => {
-      const swap = (text: string, from: string | RegExp, to: string) => {
-        const matched = typeof from === "string" ? text.includes(from) : from.test(text);
-        assert.ok(matched, `nats.conf has ${String(from)}`);
-        return text.replaceAll(from, to);
+    for (let attempt = 1; ; attempt++) {
+      const picked = new Set<number>();
+      const pick = async () => {
+        for (;;) {
+          const port = await freePort();
+          if (picked.has(port)) continue;
+          picked.add(port);
+          return port;
+        }
       };
-      let text = conf;
-      text = swap(text, "0.0.0.0:4222", `127.0.0.1:${p.client}`);
-      text = swap(text, "0.0.0.0:8222", `127.0.0.1:${p.http}`);
-      text = swap(text, `store_dir: ${mountPaths.data}`, `store_dir: ${join(this.dir, `data-${i}`)}`);
-      text = swap(text, `pid_file: ${mountPaths.pid}/`, `pid_file: ${this.dir}/${i}-`);
-      if (nodes > 1) {
-        text = swap(text, "0.0.0.0:6222", `127.0.0.1:${p.route}`);
-        text = swap(text, /nats:\/\/nats-(\d+)\.[a-z-]+:6222/g, "nats://127.0.0.1:ROUTE$1");
-        for (let k = 0; k < nodes; k++) text = text.replace(`ROUTE${k}`, String(ports[k]!.route));
+      const ports: { client: number; http: number; route: number }[] = [];
+      for (let i = 0; i < nodes; i++)
+        ports.push({ client: await pick(), http: await pick(), route: await pick() });
+      const servers = ports.map((p, i) => {
+        const swap = (text: string, from: string | RegExp, to: string) => {
+          const matched = typeof from === "string" ? text.includes(from) : from.test(text);
+          assert.ok(matched, `nats.conf has ${String(from)}`);
+          return text.replaceAll(from, to);
+        };
+        let text = conf;
+        text = swap(text, "0.0.0.0:4222", `127.0.0.1:${p.client}`);
+        text = swap(text, "0.0.0.0:8222", `127.0.0.1:${p.http}`);
+        text = swap(text, `store_dir: ${mountPaths.data}`, `store_dir: ${join(this.dir, `data-${i}`)}`);
+        text = swap(text, `pid_file: ${mountPaths.pid}/`, `pid_file: ${this.dir}/${i}-`);
+        if (nodes > 1) {
+          text = swap(text, "0.0.0.0:6222", `127.0.0.1:${p.route}`);
+          text = swap(text, /nats:\/\/nats-(\d+)\.[a-z-]+:6222/g, "nats://127.0.0.1:ROUTE$1");
+          for (let k = 0; k < nodes; k++) text = text.replace(`ROUTE${k}`, String(ports[k]!.route));
+        }
+        const file = join(this.dir, `nats-${i}.conf`);
+        writeFileSync(file, text);
+        const proc = spawn(binary, ["--config", file], { env: { ...process.env, SERVER_NAME: `nats-${i}` } });
+        const listening = this.#listening(proc, nodes > 1);
+        this.procs.push(proc);
+        const pidName = new RegExp(`pid_file: ${mountPaths.pid}/(\\S+)`).exec(conf)![1]!;
+        return { ...p, pidFile: join(this.dir, `${i}-${pidName}`), proc, listening };
+      });
+      const results = await Promise.all(servers.map((s) => s.listening));
+      const failed = results.find((r) => r.ok !== true);
+      if (failed === undefined) return servers;
+      await this.#kill(servers.map((s) => s.proc));
+      const taken = portsInUse(failed.output.split("\n"));
+      if (taken.length === 0 || !taken.every((port) => picked.has(port)) || attempt >= PORT_ATTEMPTS) {
+        assert.fail(`nats-server did not start (attempt ${attempt} of ${PORT_ATTEMPTS}): ${failed.output}`);
       }
-      const file = join(this.dir, `nats-${i}.conf`);
-      writeFileSync(file, text);
-      const proc = spawn(binary, ["--config", file], { env: { ...process.env, SERVER_NAME: `nats-${i}` } });
-      proc.stdout?.on("data", (d: Buffer) => this.log.push(d.toString()));
-      proc.stderr?.on("data", (d: Buffer) => this.log.push(d.toString()));
-      this.procs.push(proc);
-      const pidName = new RegExp(`pid_file: ${mountPaths.pid}/(\\S+)`).exec(conf)![1]!;
-      return { ...p, pidFile: join(this.dir, `${i}-${pidName}`), proc };
+    }
+  }
+
+  /**
+   * Resolves `{ ok: true }` once `proc` has said it listens on its client, monitor and (`cluster`) route ports, or
+   * `{ ok: false }` with its output when it exits first or has not within 20 s; its output also goes to {@link log}.
+   */
+  #listening(proc: ChildProcess, cluster: boolean): Promise<{ ok: boolean; output: string }> {
+    const wanted = ["Listening for client connections on", "Starting http monitor on"];
+    if (cluster) wanted.push("Listening for route connections on");
+    let output = "";
+    return new Promise((resolve) => {
+      const timer = setTimeout(
+        () => resolve({ ok: false, output: `${output}\n(not listening after 20 s)` }),
+        20_000,
+      );
+      const onData = (d: Buffer) => {
+        this.log.push(d.toString());
+        output += d.toString();
+        if (wanted.every((w) => output.includes(w))) {
+          clearTimeout(timer);
+          resolve({ ok: true, output });
+        }
+      };
+      proc.stdout?.on("data", onData);
+      proc.stderr?.on("data", onData);
+      proc.once("close", () => {
+        clearTimeout(timer);
+        resolve({ ok: false, output });
+      });
     });
-    return servers;
+  }
+
+  /** SIGKILLs `procs`, waits for them to exit and forgets them. */
+  async #kill(procs: ChildProcess[]) {
+    await Promise.all(
+      procs.map(async (p) => {
+        if (p.exitCode === null && p.signalCode === null) {
+          const exited = once(p, "exit");
+          p.kill("SIGKILL");
+          await exited;
+        }
+        this.procs.splice(this.procs.indexOf(p), 1);
+      }),
+    );
   }
 
   async stop() {

@@ -14,7 +14,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { stackProcesses } from "../../src/stack/processes.js";
 import { READY_MESSAGE } from "../../src/stack/supervisor.js";
-import { freePort } from "../helpers/nats.js";
+import { PortTakenError, onFreshPorts, takenPortIn } from "../../src/stack/fresh-ports.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
@@ -141,11 +141,52 @@ function canListen(port: number): Promise<boolean> {
   });
 }
 
-/** `<NAME>_PORT` → a free port for every process, plus `NATS_PORT`. */
-async function freePorts(): Promise<Record<string, string>> {
-  const env: Record<string, string> = { NATS_PORT: String(await freePort()) };
-  for (const p of stackProcesses) env[p.portEnv] = String(await freePort());
+/** `NATS_PORT` → the first of `ports`, `<NAME>_PORT` → the next ones, one per process. */
+function portEnv(ports: readonly number[]): Record<string, string> {
+  const env: Record<string, string> = { NATS_PORT: String(ports[0]) };
+  stackProcesses.forEach((p, i) => (env[p.portEnv] = String(ports[i + 1])));
   return env;
+}
+
+/**
+ * `<NAME>_PORT` → a free port for every process, plus `NATS_PORT`: for a stack that binds none of them (else use
+ * {@link startOnFreePorts}).
+ */
+async function freePorts(): Promise<Record<string, string>> {
+  return onFreshPorts(stackProcesses.length + 1, async (ports) => portEnv(ports));
+}
+
+/**
+ * Starts the stack with `env` on fresh free ports (as {@link freePorts}; `env` wins) and resolves once `settled` has.
+ * A free port is free only until someone binds it: when the stack exits saying one of the picked ports was in use
+ * (taken between its choice and the stack's bind), it is started again on fresh ports, at most PORT_ATTEMPTS times
+ * ({@link onFreshPorts}). Every stack started is added to `running`.
+ */
+async function startOnFreePorts(
+  running: RunningStack[],
+  env: Record<string, string>,
+  settled: (stack: RunningStack) => Promise<unknown>,
+): Promise<{ stack: RunningStack; env: Record<string, string> }> {
+  return onFreshPorts(stackProcesses.length + 1, async (ports) => {
+    const all = { ...portEnv(ports), ...env };
+    const stack = startStack(all);
+    running.push(stack);
+    let exited = false;
+    void stack.exited.then(() => (exited = true));
+    const lostPort = () => {
+      const port = exited ? takenPortIn(stack.out() + stack.err(), ports) : undefined;
+      if (port !== undefined)
+        throw new PortTakenError(port, stack.err().trim().split("\n").slice(-3).join(" | "));
+    };
+    try {
+      await settled(stack);
+    } catch (err) {
+      lostPort();
+      throw err;
+    }
+    lostPort();
+    return { stack, env: all };
+  });
 }
 
 void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
@@ -163,14 +204,14 @@ void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
   });
 
   void it("starts every process, each answers /health (services /ready), and SIGTERM stops all with exit 0", async () => {
-    const env = await freePorts();
-    const stack = startStack({ ...env, DATA_DIR: join(dataDir, "full") });
-    running.push(stack);
     // Every process of the table, none left out.
-    await stack.waitForOutput(new RegExp(`${READY_MESSAGE}: ${stackProcesses.length} processes`), 45_000);
+    const { stack, env } = await startOnFreePorts(running, { DATA_DIR: join(dataDir, "full") }, (s) =>
+      s.waitForOutput(new RegExp(`${READY_MESSAGE}: ${stackProcesses.length} processes`), 45_000),
+    );
+    // The table is written after the ready line, possibly in a later chunk: wait for it, not 1 ms.
     const monitor = await stack.waitForOutput(
       /nats-server\s+nats:\/\/127\.0\.0\.1:(\d+)\s+http:\/\/127\.0\.0\.1:(\d+)\//,
-      1,
+      5_000,
     );
     assert.equal(monitor[1], env["NATS_PORT"], "nats-server on NATS_PORT");
     const monitorPort = Number(monitor[2]);
@@ -238,12 +279,15 @@ void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
   });
 
   void it("exits 1 naming the process, port and variable when a port is taken, and starts nothing", async () => {
-    const env = await freePorts();
     const squatter: Server = createServer();
     await new Promise<void>((res) => squatter.listen(0, "127.0.0.1", res));
     const taken = (squatter.address() as { port: number }).port;
     try {
-      const stack = startStack({ ...env, ORDERS_PORT: String(taken), DATA_DIR: dataDir });
+      const { stack, env } = await startOnFreePorts(
+        running,
+        { ORDERS_PORT: String(taken), DATA_DIR: dataDir },
+        (s) => exitOf(s, 20_000),
+      );
       const exit = await exitOf(stack, 20_000);
       assert.equal(exit.code, 1);
       assert.match(
@@ -259,14 +303,12 @@ void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
   });
 
   void it("exits 1 with the process's last output when it dies during start-up, and stops the rest", async () => {
-    const env = await freePorts();
     // The payment gateway refuses a non-numeric SEED (docs/simulators.md: invalid configuration exits 1).
-    const stack = startStack({
-      ...env,
-      STACK_ONLY: "payment-gateway",
-      SEED: "not-a-number",
-      DATA_DIR: dataDir,
-    });
+    const { stack, env } = await startOnFreePorts(
+      running,
+      { STACK_ONLY: "payment-gateway", SEED: "not-a-number", DATA_DIR: dataDir },
+      (s) => exitOf(s, 30_000),
+    );
     const exit = await exitOf(stack, 30_000);
     assert.equal(exit.code, 1);
     assert.match(stack.err(), /payment-gateway exited during start-up \(exit code 1\); its last output:/);
