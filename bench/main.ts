@@ -15,7 +15,16 @@
  *
  * Options (flags win over variables): --quick, --duration=S (BENCH_DURATION_S), --rates=a,b (BENCH_RATES),
  * --concurrency=N (BENCH_CONCURRENCY, 0 = no closed loop), --no-closed, --profile, --update-docs / --no-docs
- * (docs/benchmarks.{md,json} are updated by full runs, not by --quick unless asked), --label=NAME.
+ * (docs/benchmarks.{md,json} are updated by full runs — 60 s or more per scenario, not --quick — unless asked),
+ * --label=NAME; --peer (BENCH_PEER=1): the Go peer (bench/peer.ts) at the same open-loop rates in the same run, and
+ * the ratios; --peer-rates=a,b (BENCH_PEER_RATES) to run it at other rates; --overload=R (BENCH_OVERLOAD) / --no-overload:
+ * the overload scenario's rate (default 2 × the sustained rate found by this run).
+ *
+ * Definitions (docs/benchmarks.md, "Definitions"): an open-loop rate is *sustained* when its run went the whole
+ * duration, every order sent was accepted, every accepted order reached its terminal event no later than GRACE after
+ * the load (nothing lost, nothing late) and the p99 POST → terminal is at most SUSTAINED_P99_MS; CPU ms per order are
+ * those of the services + nats-server (simulators, supervisor and load generator apart), load window and drain,
+ * per completed order; NATS messages per order are the services' connections' in + out messages (/connz).
  * Service settings pass through the environment (e.g. CONSUMER_CONCURRENCY=64 npm run bench); DATABASE_URL puts
  * the audit log in PostgreSQL (a fresh schema per scenario).
  */
@@ -31,8 +40,25 @@ import { checkInvariants, formatReport, type CheckReport } from "../src/checker/
 import { measureCeiling, type Ceiling } from "./ceiling.js";
 import { chartSvg, type ChartPanel } from "./chart.js";
 import { formatSummaries, summariseDir, type ProfileSummary } from "./profile.js";
-import { Sampler, connTraffic, streamCounts, type ProcessUsage, type Sample } from "./sampler.js";
+import {
+  Sampler,
+  connTraffic,
+  streamCounts,
+  type ConnTraffic,
+  type ProcessUsage,
+  type Sample,
+} from "./sampler.js";
 import { ROOT, SYSTEM_ROOT, ensureBuilt, startStack, type Stack } from "./stack.js";
+import {
+  PEER_EVENT_STREAMS,
+  PEER_SERVICES,
+  PEER_STREAMS,
+  buildPeer,
+  startPeer,
+  type PeerDriverResult,
+  type PeerStack,
+} from "./peer.js";
+import { stackProcesses } from "../src/stack/processes.js";
 import type { ProcessName } from "../src/lib/ports.js";
 
 const EVENT_STREAMS = ["ORDERS", "INVENTORY", "PAYMENTS", "NOTIFICATIONS"];
@@ -43,6 +69,11 @@ const TIMER_CONSUMERS = ["ORDERS/orders-timeouts"];
 const DESIGN_ORDERS_PER_S = 10_000 / 60;
 /** An accepted order without a terminal event this long after the load is counted late (as the peer does). */
 const GRACE_MS = 10_000;
+/** The highest p99 POST → terminal a sustained rate may have. */
+const SUSTAINED_P99_MS = 1_000;
+/** ShopStream's services: their NATS connections are named after them (connectNats `name`, src/lib/service.ts). */
+const SERVICES = new Set<string>(stackProcesses.filter((p) => p.kind === "service").map((p) => p.name));
+const SIMULATORS = new Set<string>(stackProcesses.filter((p) => p.kind === "simulator").map((p) => p.name));
 
 // ---------------------------------------------------------------------------------------------------------------
 // options
@@ -63,7 +94,22 @@ const nodeOptions = process.env.BENCH_NODE_OPTIONS ?? "--max-old-space-size=160 
 const concurrency =
   flag("no-closed") !== undefined ? 0 : Number(flag("concurrency") ?? process.env.BENCH_CONCURRENCY ?? 64);
 const profile = flag("profile") !== undefined;
-const updateDocs = flag("no-docs") !== undefined ? false : flag("update-docs") !== undefined || !quick;
+/** Only full runs (60 s or more per scenario) rewrite the recorded figures in docs/, unless --update-docs. */
+const updateDocs =
+  flag("no-docs") !== undefined ? false : flag("update-docs") !== undefined || (!quick && durationS >= 60);
+const peer = flag("peer") !== undefined || /^(1|true|yes)$/i.test(process.env.BENCH_PEER ?? "");
+/** The peer's open-loop rates (default: ShopStream's). */
+const peerRates = (flag("peer-rates") ?? process.env.BENCH_PEER_RATES ?? rates.join(","))
+  .split(",")
+  .map((s) => Number(s.trim()))
+  .filter((n) => n > 0);
+/** The overload scenario's rate: explicit, 0 = none, undefined = 2 × the sustained rate of this run. */
+const overloadRate =
+  flag("no-overload") !== undefined
+    ? 0
+    : flag("overload") !== undefined || process.env.BENCH_OVERLOAD !== undefined
+      ? Number(flag("overload") ?? process.env.BENCH_OVERLOAD)
+      : undefined;
 const label = flag("label") ?? process.env.BENCH_LABEL ?? "";
 const drainTimeoutMs = Number(process.env.BENCH_DRAIN_TIMEOUT_S ?? 300) * 1000;
 /**
@@ -71,8 +117,14 @@ const drainTimeoutMs = Number(process.env.BENCH_DRAIN_TIMEOUT_S ?? 300) * 1000;
  * saturated, and a backlog that large would take longer to drain than the run itself. Recorded as `saturated_at_s`.
  */
 const maxOpen = Number(process.env.BENCH_MAX_OPEN ?? 5_000);
-if (!(durationS > 0) || rates.some((r) => !Number.isFinite(r)) || !(concurrency >= 0)) {
-  process.stderr.write("bench: invalid --duration, --rates or --concurrency\n");
+if (
+  !(durationS > 0) ||
+  rates.some((r) => !Number.isFinite(r)) ||
+  peerRates.some((r) => !Number.isFinite(r)) ||
+  !(concurrency >= 0) ||
+  (overloadRate !== undefined && !(overloadRate >= 0))
+) {
+  process.stderr.write("bench: invalid --duration, --rates, --peer-rates, --concurrency or --overload\n");
   process.exit(2);
 }
 
@@ -89,6 +141,8 @@ function extraReplicas(): Partial<Record<ProcessName, number>> {
 const tty = process.stdout.isTTY;
 /** The stack of the scenario running now (stopped on SIGINT/SIGTERM). */
 let currentStack: Stack | undefined;
+/** The peer's stack running now (stopped on SIGINT/SIGTERM). */
+let currentPeer: PeerStack | undefined;
 const say = (s: string) => process.stdout.write(`${tty ? "\r\x1b[K" : ""}${s}\n`);
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -141,6 +195,8 @@ interface SecondRow {
 export interface ScenarioResult {
   name: string;
   mode: "open" | "closed";
+  /** An open-loop rate of the run, the closed loop, or the overload scenario (2 × the sustained rate). */
+  role?: "rate" | "closed" | "overload";
   offered_per_s: number | null;
   concurrency: number | null;
   duration_s: number;
@@ -148,7 +204,11 @@ export interface ScenarioResult {
   saturated_at_s: number | null;
   sent: number;
   accepted: number;
+  /** Sent and not accepted (shed requests included). */
   failed: number;
+  /** Requests the orders service shed (HTTP 503 with Retry-After), and per second of load. */
+  shed?: number;
+  shed_per_s?: number;
   http_errors: Record<string, number>;
   accepted_per_s: number;
   /** Accepted orders whose terminal event came within the load window, per second of load. */
@@ -181,7 +241,20 @@ export interface ScenarioResult {
   stack_cpu_ms_per_order: number;
   /** NATS messages each connection sent to / received from the server per completed order (load + drain). */
   nats_msgs_per_order: Record<string, { sent: number; received: number }>;
+  /** In + out messages of each service's connections per completed order, and their sum over the services. */
+  nats_msgs_per_order_by_service?: Record<string, number>;
+  nats_msgs_per_order_total?: number;
+  /** CPU ms per completed order of each process (load + drain; the load generator over the load window). */
   cpu_ms_per_order: Record<string, number>;
+  /** CPU ms per completed order of the services + nats-server: ShopStream's own processes (load + drain). */
+  own_cpu_ms_per_order?: number;
+  /** Reported apart: the two simulators, the stack's supervisor processes, the bench process (load generator). */
+  simulators_cpu_ms_per_order?: number;
+  supervisor_cpu_ms_per_order?: number;
+  load_generator_cpu_ms_per_order?: number;
+  /** Whether this open-loop rate is sustained (see {@link sustainedFailures}), and if not, why. */
+  sustained?: boolean;
+  not_sustained_because?: string[];
   load_avg_1m_during: number;
   max_lag: Record<string, number>;
   timeline: SecondRow[];
@@ -205,14 +278,20 @@ function progress(
   else if (Math.round(elapsed) % 10 === 0) process.stdout.write(`${line}\n`);
 }
 
-async function waitQuiet(nc: NatsConnection, timeoutMs: number): Promise<boolean> {
+/** Waits until every durable consumer of `streams` is empty (timer consumers: nothing undelivered). */
+async function waitQuiet(
+  nc: NatsConnection,
+  timeoutMs: number,
+  streams = CONSUMER_STREAMS,
+  timers = TIMER_CONSUMERS,
+): Promise<boolean> {
   const jsm = await jetstreamManager(nc);
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     let busy = 0;
-    for (const stream of CONSUMER_STREAMS) {
+    for (const stream of streams) {
       for await (const c of jsm.consumers.list(stream)) {
-        if (TIMER_CONSUMERS.includes(`${stream}/${c.name}`)) {
+        if (timers.includes(`${stream}/${c.name}`)) {
           busy += c.num_pending;
           continue;
         }
@@ -225,7 +304,113 @@ async function waitQuiet(nc: NatsConnection, timeoutMs: number): Promise<boolean
   return false;
 }
 
-async function runScenario(name: string, mode: LoadMode, reportDir: string): Promise<ScenarioResult> {
+const round2 = (x: number) => Math.round(x * 100) / 100;
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/**
+ * NATS messages per completed order from two /connz snapshots: per connection (sent = the server's in_msgs,
+ * received = its out_msgs), and in + out of each service's connections (by connection name) and their sum.
+ */
+function natsPerOrderOf(
+  before: Record<string, ConnTraffic>,
+  after: Record<string, ConnTraffic>,
+  completed: number,
+  services: ReadonlySet<string>,
+): {
+  perConnection: Record<string, { sent: number; received: number }>;
+  byService: Record<string, number>;
+  total: number;
+} {
+  const perConnection: Record<string, { sent: number; received: number }> = {};
+  const byService: Record<string, number> = {};
+  let total = 0;
+  for (const [n, t] of Object.entries(after)) {
+    const b = before[n] ?? { in_msgs: 0, out_msgs: 0, in_bytes: 0, out_bytes: 0 };
+    const sent = (t.in_msgs - b.in_msgs) / completed;
+    const received = (t.out_msgs - b.out_msgs) / completed;
+    perConnection[n] = { sent: round2(sent), received: round2(received) };
+    if (services.has(n)) {
+      byService[n] = round2(sent + received);
+      total += sent + received;
+    }
+  }
+  return { perConnection, byService, total: round2(total) };
+}
+
+/**
+ * Requests the orders service shed (HTTP 503 with Retry-After). The load generator's records carry the status; a
+ * `shed` flag on a record, once the generator sets one, counts as well.
+ */
+function shedCount(records: OrderRecord[]): number {
+  return records.filter((r) => (r as { shed?: boolean }).shed === true || r.httpStatus === 503).length;
+}
+
+type ProcessClass = "own" | "simulator" | "supervisor" | "load generator" | "other";
+
+/** ShopStream's processes: services (replicas too) and nats-server are its own; the rest is reported apart. */
+function classifyShopStream(name: string): ProcessClass {
+  if (name.startsWith("bench")) return "load generator";
+  const base = name.replace(/'+$/, "").replace(/#\d+$/, "");
+  if (base === "nats-server" || SERVICES.has(base)) return "own";
+  if (SIMULATORS.has(base)) return "simulator";
+  if (base === "stack-front" || base === "stack-supervisor") return "supervisor";
+  return "other";
+}
+
+/** The peer's processes: its services and nats-server are its own; its driver is the load generator. */
+function classifyPeer(name: string): ProcessClass {
+  return name === "driver" ? "load generator" : "own";
+}
+
+/** CPU ms per completed order summed by class of process. */
+function cpuSplit(
+  cpuSByProcess: Record<string, number>,
+  completed: number,
+  classify: (name: string) => ProcessClass,
+): Record<ProcessClass, number> {
+  const out: Record<ProcessClass, number> = {
+    own: 0,
+    simulator: 0,
+    supervisor: 0,
+    "load generator": 0,
+    other: 0,
+  };
+  for (const [n, cpuS] of Object.entries(cpuSByProcess)) out[classify(n)] += (1000 * cpuS) / completed;
+  for (const k of Object.keys(out) as ProcessClass[]) out[k] = round2(out[k]);
+  return out;
+}
+
+/**
+ * Why an open-loop run does not count as sustained (empty when it does): it must have run the whole duration, had
+ * every request accepted (none failed, none shed), every accepted order terminal no later than GRACE after the load
+ * (none lost, none late), a p99 POST → terminal of at most SUSTAINED_P99_MS, and the invariants holding.
+ */
+function sustainedFailures(x: {
+  saturated: boolean;
+  failed: number;
+  shed: number;
+  lost: number;
+  late: number;
+  p99Ms: number;
+  checkerOk: boolean;
+}): string[] {
+  const why: string[] = [];
+  if (x.saturated) why.push("saturated (load stopped early)");
+  if (x.shed > 0) why.push(`${x.shed} shed`);
+  if (x.failed - x.shed > 0) why.push(`${x.failed - x.shed} requests failed`);
+  if (x.lost > 0) why.push(`${x.lost} lost`);
+  if (x.late > 0) why.push(`${x.late} late (no terminal ${GRACE_MS / 1000} s after the load)`);
+  if (!(x.p99Ms <= SUSTAINED_P99_MS)) why.push(`p99 ${x.p99Ms} ms > ${SUSTAINED_P99_MS} ms`);
+  if (!x.checkerOk) why.push("invariants violated");
+  return why;
+}
+
+async function runScenario(
+  name: string,
+  mode: LoadMode,
+  reportDir: string,
+  role: NonNullable<ScenarioResult["role"]> = mode.kind === "open" ? "rate" : "closed",
+): Promise<ScenarioResult> {
   say(`\n== ${name}: starting the stack (production mode, separate processes)`);
   const profDir = join(reportDir, "profiles", name);
   if (profile) await mkdir(profDir, { recursive: true });
@@ -288,8 +473,10 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
       onTick: (s) => {
         const done = tracker.terminals.size - warmIds.length;
         progress(name, s.elapsedMs / 1000, durationS, s, done);
-        // Open = sent and not failed, minus terminal: an order still waiting for its HTTP answer is open too.
-        if (s.sent - s.failed - done > maxOpen && !abort.signal.aborted) {
+        // Open = sent and not failed (nor shed, when the generator counts shed requests apart), minus terminal: an
+        // order still waiting for its HTTP answer is open too.
+        const shedSoFar = (s as { shed?: number }).shed ?? 0;
+        if (s.sent - s.failed - shedSoFar - done > maxOpen && !abort.signal.aborted) {
           saturatedAt = Math.round(s.elapsedMs / 100) / 10;
           abort.abort();
         }
@@ -303,6 +490,7 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
     usage.processes["bench (load generator)"] = {
       cpuPctAvg: Math.round((benchCpu.user + benchCpu.system) / (loadEnd - t0) / 1) / 10,
       rssMbMax: Math.round(process.memoryUsage().rss / 2 ** 20),
+      cpuS: Math.round((benchCpu.user + benchCpu.system) / 10_000) / 100,
     };
     const atLoadEnd = await streamCounts(jsm);
     // Keep sampling lag through the drain.
@@ -337,14 +525,7 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
     const after = await streamCounts(jsm);
     const trafficAfter = await connTraffic(stack.monitorUrl);
     const completedAll = Math.max(1, tracker.terminals.size - warmIds.length);
-    const natsPerOrder: Record<string, { sent: number; received: number }> = {};
-    for (const [n, t] of Object.entries(trafficAfter)) {
-      const b = trafficBefore[n] ?? { in_msgs: 0, out_msgs: 0, in_bytes: 0, out_bytes: 0 };
-      natsPerOrder[n] = {
-        sent: Math.round(((t.in_msgs - b.in_msgs) / completedAll) * 100) / 100,
-        received: Math.round(((t.out_msgs - b.out_msgs) / completedAll) * 100) / 100,
-      };
-    }
+    const nats = natsPerOrderOf(trafficBefore, trafficAfter, completedAll, SERVICES);
 
     // Latencies.
     const e2e = histogram();
@@ -455,9 +636,13 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
     await nc.close();
 
     const sent = records.length;
+    const shed = shedCount(records);
+    const completedCount = Math.max(1, confirmed + cancelled);
+    const split = cpuSplit(cpuByProcess, completedCount, classifyShopStream);
     const result: ScenarioResult = {
       name,
       mode: mode.kind,
+      role,
       offered_per_s: mode.kind === "open" ? mode.ratePerSec : null,
       concurrency: mode.kind === "closed" ? mode.concurrency : null,
       duration_s: Math.round(loadSecs * 10) / 10,
@@ -465,6 +650,8 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
       sent,
       accepted: accepted.length,
       failed: sent - accepted.length,
+      shed,
+      shed_per_s: Math.round((shed / loadSecs) * 10) / 10,
       http_errors: errors,
       accepted_per_s: Math.round(accepted.length / loadSecs),
       completed_orders_per_s: Math.round(completedInWindow / loadSecs),
@@ -487,7 +674,13 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
       bus_to_ceiling_pct: Math.round((1000 * busInWindow) / loadSecs / ceiling.publish_msgs_per_s) / 10,
       processes: usage.processes,
       machine_busy_pct: usage.machineBusyPct,
-      nats_msgs_per_order: natsPerOrder,
+      nats_msgs_per_order: nats.perConnection,
+      nats_msgs_per_order_by_service: nats.byService,
+      nats_msgs_per_order_total: nats.total,
+      own_cpu_ms_per_order: split.own,
+      simulators_cpu_ms_per_order: split.simulator,
+      supervisor_cpu_ms_per_order: split.supervisor,
+      load_generator_cpu_ms_per_order: split["load generator"],
       stack_cpu_ms_per_order:
         Math.round(((1000 * stackCpuS) / Math.max(1, confirmed + cancelled)) * 100) / 100,
       cpu_ms_per_order: Object.fromEntries(
@@ -516,8 +709,21 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
           .map((i) => `${i.id}: ${i.violations.length} violations, e.g. ${i.violations[0]?.detail}`),
       },
     };
+    if (mode.kind === "open") {
+      const why = sustainedFailures({
+        saturated: saturatedAt !== null,
+        failed: result.failed,
+        shed,
+        lost: result.lost_orders,
+        late,
+        p99Ms: result.e2e.p99_ms,
+        checkerOk: report.ok,
+      });
+      result.sustained = why.length === 0;
+      result.not_sustained_because = why;
+    }
     say(
-      `   ${name}: completed ${result.completed_orders_per_s}/s in window (${result.completed_incl_drain_per_s}/s incl. drain), e2e p50 ${result.e2e.p50_ms} ms p99 ${result.e2e.p99_ms} ms max ${result.e2e.max_ms} ms, lost ${result.lost_orders}, late ${late}, events ${result.events_per_s}/s (${result.events_to_ceiling_pct}% of ceiling), machine ${result.machine_busy_pct}% busy, stack CPU ${result.stack_cpu_ms_per_order} ms/order`,
+      `   ${name}: completed ${result.completed_orders_per_s}/s in window (${result.completed_incl_drain_per_s}/s incl. drain), e2e p50 ${result.e2e.p50_ms} ms p99 ${result.e2e.p99_ms} ms max ${result.e2e.max_ms} ms, lost ${result.lost_orders}, late ${late}, shed ${shed} (${result.shed_per_s}/s), events ${result.events_per_s}/s (${result.events_to_ceiling_pct}% of ceiling), machine ${result.machine_busy_pct}% busy, stack CPU ${result.stack_cpu_ms_per_order} ms/order (services + nats-server ${split.own}), NATS msgs/order (services, in + out) ${nats.total}${result.sustained === undefined ? "" : result.sustained ? "; SUSTAINED" : `; not sustained: ${result.not_sustained_because!.join(", ")}`}`,
     );
     say(
       `   CPU % of a core / max RSS MB: ${Object.entries(result.processes)
@@ -562,7 +768,177 @@ async function runScenario(name: string, mode: LoadMode, reportDir: string): Pro
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// the Go peer
+
+/** One open-loop run of the Go peer (`seed driver`), measured the way ShopStream's scenarios are. */
+export interface PeerScenarioResult {
+  name: string;
+  offered_per_s: number;
+  duration_s: number;
+  sent: number;
+  accepted: number;
+  /** HTTP failures plus orders the driver dropped (its in-flight cap). */
+  failed: number;
+  accepted_per_s: number;
+  completed_orders_per_s: number;
+  completed_incl_drain_per_s: number;
+  drain_s: number;
+  /** Accepted, no terminal event GRACE after the load (the driver's "lost"). */
+  late_after_grace: number;
+  /** Accepted and never terminal by the end of the drain (the driver's "never_completed"). */
+  lost_orders: number;
+  e2e: { p50_ms: number; p90_ms: number; p99_ms: number; max_ms: number };
+  http_p99_ms: number;
+  processes: Record<string, ProcessUsage>;
+  machine_busy_pct: number;
+  load_avg_1m_during: number;
+  /** CPU ms per completed order of each process (services + nats-server over load + drain; driver: its own count). */
+  cpu_ms_per_order: Record<string, number>;
+  own_cpu_ms_per_order: number;
+  load_generator_cpu_ms_per_order: number;
+  nats_msgs_per_order: Record<string, { sent: number; received: number }>;
+  nats_msgs_per_order_by_service: Record<string, number>;
+  nats_msgs_per_order_total: number;
+  events_per_order: number;
+  stream_deltas: Record<string, number>;
+  sustained: boolean;
+  not_sustained_because: string[];
+  log_problems: string[];
+  /** The driver's own JSON line. */
+  driver: PeerDriverResult;
+}
+
+/** The peer at `rate` orders/s for durationS: a fresh peer stack, a 2 s warm-up at 100/s, the load, the drain. */
+async function runPeerScenario(bin: string, rate: number, reportDir: string): Promise<PeerScenarioResult> {
+  const name = `peer-open-${rate}`;
+  say(`\n== ${name}: starting the Go peer (nats-server and its five services, as its run.sh does)`);
+  const dir = join(reportDir, "peer");
+  await mkdir(dir, { recursive: true });
+  const jsonFile = join(dir, "results.jsonl");
+  const peerStack = await startPeer(bin, {
+    label: name,
+    workers: Number(process.env.BENCH_PEER_WORKERS ?? 10),
+    batch: Number(process.env.BENCH_PEER_BATCH ?? 50),
+  });
+  currentPeer = peerStack;
+  try {
+    say(`   up: ${[...peerStack.processes().keys()].join(", ")} (data ${peerStack.dir})`);
+    const nc = await connect({ servers: peerStack.natsUrl, name: "bench" });
+    try {
+      const jsm = await jetstreamManager(nc);
+      await peerStack.drive({
+        rate: 100,
+        durationS: 2,
+        label: `${name}-warmup`,
+        graceS: 30,
+        settleS: 0,
+        jsonFile,
+        textFile: join(dir, `${name}-warmup.txt`),
+      });
+      await waitQuiet(nc, 30_000, PEER_STREAMS, []);
+      const before = await streamCounts(jsm);
+      const trafficBefore = await connTraffic(peerStack.monitorUrl);
+      const sampler = new Sampler(() => peerStack.processes(), jsm, PEER_STREAMS);
+      sampler.start();
+      say(`   load: open loop ${rate}/s for ${durationS} s (seed driver) ...`);
+      const d = await peerStack.drive({
+        rate,
+        durationS,
+        label: name,
+        graceS: GRACE_MS / 1000,
+        settleS: Math.max(0, Math.round((drainTimeoutMs - GRACE_MS) / 1000)),
+        jsonFile,
+        textFile: join(dir, `${name}.txt`),
+      });
+      // As for ShopStream: the drain lasts until every consumer is empty (audit and notifications included).
+      const quiet = await waitQuiet(nc, 60_000, PEER_STREAMS, []);
+      const usage = sampler.stop();
+      const after = await streamCounts(jsm);
+      const trafficAfter = await connTraffic(peerStack.monitorUrl);
+      const completed = Math.max(1, d.completed_total);
+      // The driver is gone by now: its CPU is its own rusage count (load and waits), its RSS the sampled peak.
+      usage.processes.driver = {
+        cpuS: d.driver_cpu_s,
+        cpuPctAvg: Math.round((1000 * d.driver_cpu_s) / Math.max(1, usage.seconds)) / 10,
+        rssMbMax: Math.round(Math.max(0, ...sampler.samples.map((s) => s.rssMb.driver ?? 0))),
+      };
+      const cpuS = Object.fromEntries(Object.entries(usage.processes).map(([n, u]) => [n, u.cpuS ?? 0]));
+      const split = cpuSplit(cpuS, completed, classifyPeer);
+      const nats = natsPerOrderOf(trafficBefore, trafficAfter, completed, new Set<string>(PEER_SERVICES));
+      const deltas: Record<string, number> = {};
+      for (const [k, v] of Object.entries(after)) deltas[k] = v - (before[k] ?? 0);
+      const events = PEER_EVENT_STREAMS.reduce((a, s) => a + (deltas[s] ?? 0), 0);
+      const failed = d.http_failed + d.driver_dropped;
+      const why = sustainedFailures({
+        saturated: false,
+        failed,
+        shed: 0,
+        lost: d.never_completed,
+        late: d.lost,
+        p99Ms: d.e2e_p99_ms,
+        checkerOk: true,
+      });
+      const result: PeerScenarioResult = {
+        name,
+        offered_per_s: rate,
+        duration_s: d.duration_s,
+        sent: d.accepted + failed,
+        accepted: d.accepted,
+        failed,
+        accepted_per_s: d.accepted_per_s,
+        completed_orders_per_s: d.completed_per_s,
+        completed_incl_drain_per_s: d.completed_incl_drain_per_s,
+        drain_s: d.drain_after_load_s,
+        late_after_grace: d.lost,
+        lost_orders: d.never_completed,
+        e2e: { p50_ms: d.e2e_p50_ms, p90_ms: d.e2e_p90_ms, p99_ms: d.e2e_p99_ms, max_ms: d.e2e_max_ms },
+        http_p99_ms: d.post_p99_ms,
+        processes: usage.processes,
+        machine_busy_pct: usage.machineBusyPct,
+        load_avg_1m_during: round2(
+          sampler.samples.reduce((a, s) => a + s.load1, 0) / Math.max(1, sampler.samples.length),
+        ),
+        cpu_ms_per_order: Object.fromEntries(
+          Object.entries(cpuS).map(([n, c]) => [n, round3((1000 * c) / completed)]),
+        ),
+        own_cpu_ms_per_order: split.own,
+        load_generator_cpu_ms_per_order: split["load generator"],
+        nats_msgs_per_order: nats.perConnection,
+        nats_msgs_per_order_by_service: nats.byService,
+        nats_msgs_per_order_total: nats.total,
+        events_per_order: round2(events / Math.max(1, d.accepted)),
+        stream_deltas: deltas,
+        sustained: why.length === 0,
+        not_sustained_because: why,
+        log_problems: await peerStack.logProblems(),
+        driver: d,
+      };
+      say(
+        `   ${name}: completed ${result.completed_orders_per_s}/s in window (${result.completed_incl_drain_per_s}/s incl. drain), e2e p50 ${result.e2e.p50_ms} ms p99 ${result.e2e.p99_ms} ms max ${result.e2e.max_ms} ms, lost ${result.lost_orders}, late ${result.late_after_grace}, failed ${failed}; ${quiet ? "quiet" : "NOT quiet after 60 s"}; machine ${result.machine_busy_pct}% busy; CPU ms/order services + nats-server ${result.own_cpu_ms_per_order} (driver ${result.load_generator_cpu_ms_per_order}); NATS msgs/order (services, in + out) ${result.nats_msgs_per_order_total}; events/order ${result.events_per_order}${result.sustained ? "; SUSTAINED" : `; not sustained: ${why.join(", ")}`}`,
+      );
+      say(
+        `   per completed order: CPU ms ${Object.entries(result.cpu_ms_per_order)
+          .sort((a, b) => b[1] - a[1])
+          .map(([n, v]) => `${n} ${v}`)
+          .join(", ")}; NATS msgs in + out ${Object.entries(result.nats_msgs_per_order_by_service)
+          .map(([n, v]) => `${n} ${v}`)
+          .join(", ")}`,
+      );
+      for (const l of result.log_problems) say(`   peer log: ${l}`);
+      return result;
+    } finally {
+      await nc.close().catch(() => undefined);
+    }
+  } finally {
+    await peerStack.stop();
+    currentPeer = undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // report
+
+type Machine = ReturnType<typeof machine> & { go?: string };
 
 function machine() {
   const c = cpus();
@@ -637,28 +1013,294 @@ function cpuTable(results: ScenarioResult[]): string {
   return lines.join("\n");
 }
 
-/** The headline: the highest open-loop rate sustained (≥ 97 % completed in the window, nothing lost). */
-function headline(results: ScenarioResult[]): ScenarioResult | undefined {
-  const open = results.filter((r) => r.mode === "open");
-  const sustained = open.filter(
-    (r) =>
-      r.saturated_at_s === null &&
-      r.lost_orders === 0 &&
-      r.completed_orders_per_s >= 0.97 * (r.offered_per_s ?? 0),
+/** Whether an open-loop run is sustained ({@link sustainedFailures}; also for saved runs without the field). */
+function isSustained(r: ScenarioResult): boolean {
+  if (r.mode !== "open") return false;
+  if (r.sustained !== undefined) return r.sustained;
+  return (
+    sustainedFailures({
+      saturated: r.saturated_at_s !== null,
+      failed: r.failed,
+      shed: r.shed ?? 0,
+      lost: r.lost_orders,
+      late: r.late_after_grace,
+      p99Ms: r.e2e.p99_ms,
+      checkerOk: r.checker.ok,
+    }).length === 0
   );
-  const pool = sustained.length > 0 ? sustained : open;
-  return [...pool].sort((a, b) => b.completed_orders_per_s - a.completed_orders_per_s)[0] ?? results[0];
+}
+
+/** The open-loop rates of the run (not the overload scenario). */
+const rateRuns = (results: ScenarioResult[]) =>
+  results.filter((r) => r.mode === "open" && (r.role ?? "rate") === "rate");
+
+/** The highest sustained open-loop run, if any. */
+function sustainedRun(results: ScenarioResult[]): ScenarioResult | undefined {
+  return rateRuns(results)
+    .filter(isSustained)
+    .sort((a, b) => (b.offered_per_s ?? 0) - (a.offered_per_s ?? 0))[0];
+}
+
+/** The peer's highest sustained run, if any. */
+function peerSustainedRun(peerResults: PeerScenarioResult[]): PeerScenarioResult | undefined {
+  return peerResults.filter((r) => r.sustained).sort((a, b) => b.offered_per_s - a.offered_per_s)[0];
+}
+
+/** The headline: the highest sustained open-loop rate; when none is, the open-loop run that completed the most. */
+function headline(results: ScenarioResult[]): ScenarioResult | undefined {
+  const open = rateRuns(results);
+  return (
+    sustainedRun(results) ??
+    [...open].sort((a, b) => b.completed_orders_per_s - a.completed_orders_per_s)[0] ??
+    results[0]
+  );
+}
+
+/** What `summary` in result.json and docs/benchmarks.json says (see docs/benchmarks.md, "Definitions"). */
+export interface BenchSummary {
+  date: string;
+  machine: {
+    cpu_model: string;
+    cores: number;
+    memory_gib: number;
+    node: string;
+    nats_server: string;
+    go: string | null;
+    audit_db: string;
+  };
+  duration_s: number;
+  sustained_definition: string;
+  /** Highest open-loop rate sustained, of those run (null: none). */
+  sustained_orders_per_s: number | null;
+  sustained_p99_ms: number | null;
+  peer_sustained_orders_per_s: number | null;
+  peer_sustained_p99_ms: number | null;
+  /** The peer sustained the highest rate it was run at: its real figure is at least this. */
+  peer_sustained_is_lower_bound: boolean;
+  /** ShopStream's sustained rate / the peer's. */
+  sustained_ratio: number | null;
+  /** The offered rate the per-order figures below are taken at: ShopStream's sustained rate (else its lowest). */
+  per_order_at_offered_per_s: number | null;
+  /** Services + nats-server, load + drain, per completed order. */
+  cpu_ms_per_order: number | null;
+  cpu_ms_per_order_by_process: Record<string, number>;
+  simulators_cpu_ms_per_order: number | null;
+  load_generator_cpu_ms_per_order: number | null;
+  /** The peer's services + nats-server at the same offered rate. */
+  peer_cpu_ms_per_order: number | null;
+  peer_cpu_ms_per_order_by_process: Record<string, number>;
+  peer_load_generator_cpu_ms_per_order: number | null;
+  /** The peer's CPU ms per order at its own sustained rate. */
+  peer_cpu_ms_per_order_at_peer_sustained: number | null;
+  /** ShopStream's CPU ms per order / the peer's, same offered rate. */
+  cpu_ratio: number | null;
+  /** The services' client messages in + out per completed order (/connz), in all and per service. */
+  nats_msgs_per_order: number | null;
+  nats_msgs_per_order_by_service: Record<string, number>;
+  peer_nats_msgs_per_order: number | null;
+  peer_nats_msgs_per_order_by_service: Record<string, number>;
+  nats_msgs_ratio: number | null;
+  overload_offered_per_s: number | null;
+  overload_accepted_per_s: number | null;
+  /** p99 POST → terminal of the accepted orders in the overload scenario. */
+  overload_p99_ms: number | null;
+  /** Requests shed (HTTP 503 with Retry-After) per second of the overload scenario. */
+  overload_shed_per_s: number | null;
+  overload_saturated_at_s: number | null;
+  overload_lost_orders: number | null;
+  /** Lost orders over every ShopStream scenario, and over the peer's runs. */
+  lost_orders: number;
+  peer_lost_orders: number | null;
+  /** Both systems side by side at each offered rate both ran. */
+  by_rate: {
+    offered_per_s: number;
+    sustained: boolean | null;
+    peer_sustained: boolean | null;
+    p99_ms: number | null;
+    peer_p99_ms: number | null;
+    cpu_ms_per_order: number | null;
+    peer_cpu_ms_per_order: number | null;
+    cpu_ratio: number | null;
+    nats_msgs_per_order: number | null;
+    peer_nats_msgs_per_order: number | null;
+  }[];
+}
+
+const ratio = (a: number | null | undefined, b: number | null | undefined): number | null =>
+  a === null || a === undefined || b === null || b === undefined || b === 0 ? null : round2(a / b);
+
+/** Own-process CPU per order of a saved run without the field: services + nats-server from the per-process figures. */
+function ownCpu(r: ScenarioResult): number {
+  return (
+    r.own_cpu_ms_per_order ??
+    round2(
+      Object.entries(r.cpu_ms_per_order)
+        .filter(([n]) => classifyShopStream(n) === "own")
+        .reduce((a, [, v]) => a + v, 0),
+    )
+  );
+}
+
+function natsTotal(r: ScenarioResult): number {
+  return (
+    r.nats_msgs_per_order_total ??
+    round2(
+      Object.entries(r.nats_msgs_per_order)
+        .filter(([n]) => SERVICES.has(n))
+        .reduce((a, [, v]) => a + v.sent + v.received, 0),
+    )
+  );
+}
+
+function summarise(
+  results: ScenarioResult[],
+  peerResults: PeerScenarioResult[],
+  meta: { date: string; machine: Machine; duration_s: number },
+): BenchSummary {
+  const ours = sustainedRun(results);
+  const theirs = peerSustainedRun(peerResults);
+  const at =
+    ours ?? [...rateRuns(results)].sort((a, b) => (a.offered_per_s ?? 0) - (b.offered_per_s ?? 0))[0];
+  const peerAt = at ? peerResults.find((p) => p.offered_per_s === at.offered_per_s) : undefined;
+  const overload = results.find((r) => r.role === "overload");
+  const m = meta.machine;
+  const peerRan = peerResults.length > 0;
+  const peerMax = Math.max(0, ...peerResults.map((p) => p.offered_per_s));
+  return {
+    date: meta.date,
+    machine: {
+      cpu_model: m.cpu_model,
+      cores: m.cpus,
+      memory_gib: m.mem_gb,
+      node: m.node,
+      nats_server: m.nats_server,
+      go: m.go ?? null,
+      audit_db: m.audit_db,
+    },
+    duration_s: meta.duration_s,
+    sustained_definition: `open loop for the whole duration; every request accepted (none failed or shed); every accepted order terminal no later than ${GRACE_MS / 1000} s after the load (none lost or late); p99 POST -> terminal <= ${SUSTAINED_P99_MS} ms; invariants hold`,
+    sustained_orders_per_s: ours?.offered_per_s ?? null,
+    sustained_p99_ms: ours?.e2e.p99_ms ?? null,
+    peer_sustained_orders_per_s: theirs?.offered_per_s ?? null,
+    peer_sustained_p99_ms: theirs?.e2e.p99_ms ?? null,
+    peer_sustained_is_lower_bound: theirs !== undefined && theirs.offered_per_s === peerMax,
+    sustained_ratio: ratio(ours?.offered_per_s, theirs?.offered_per_s),
+    per_order_at_offered_per_s: at?.offered_per_s ?? null,
+    cpu_ms_per_order: at ? ownCpu(at) : null,
+    cpu_ms_per_order_by_process: at
+      ? Object.fromEntries(
+          Object.entries(at.cpu_ms_per_order).filter(([n]) => classifyShopStream(n) === "own"),
+        )
+      : {},
+    simulators_cpu_ms_per_order: at?.simulators_cpu_ms_per_order ?? null,
+    load_generator_cpu_ms_per_order: at?.load_generator_cpu_ms_per_order ?? null,
+    peer_cpu_ms_per_order: peerAt?.own_cpu_ms_per_order ?? null,
+    peer_cpu_ms_per_order_by_process: peerAt
+      ? Object.fromEntries(Object.entries(peerAt.cpu_ms_per_order).filter(([n]) => classifyPeer(n) === "own"))
+      : {},
+    peer_load_generator_cpu_ms_per_order: peerAt?.load_generator_cpu_ms_per_order ?? null,
+    peer_cpu_ms_per_order_at_peer_sustained: theirs?.own_cpu_ms_per_order ?? null,
+    cpu_ratio: ratio(at ? ownCpu(at) : null, peerAt?.own_cpu_ms_per_order),
+    nats_msgs_per_order: at ? natsTotal(at) : null,
+    nats_msgs_per_order_by_service: at
+      ? (at.nats_msgs_per_order_by_service ??
+        Object.fromEntries(
+          Object.entries(at.nats_msgs_per_order)
+            .filter(([n]) => SERVICES.has(n))
+            .map(([n, v]) => [n, round2(v.sent + v.received)]),
+        ))
+      : {},
+    peer_nats_msgs_per_order: peerAt?.nats_msgs_per_order_total ?? null,
+    peer_nats_msgs_per_order_by_service: peerAt?.nats_msgs_per_order_by_service ?? {},
+    nats_msgs_ratio: ratio(at ? natsTotal(at) : null, peerAt?.nats_msgs_per_order_total),
+    overload_offered_per_s: overload?.offered_per_s ?? null,
+    overload_accepted_per_s: overload?.accepted_per_s ?? null,
+    overload_p99_ms: overload?.e2e.p99_ms ?? null,
+    overload_shed_per_s: overload ? (overload.shed_per_s ?? 0) : null,
+    overload_saturated_at_s: overload?.saturated_at_s ?? null,
+    overload_lost_orders: overload?.lost_orders ?? null,
+    lost_orders: results.reduce((a, r) => a + r.lost_orders, 0),
+    peer_lost_orders: peerRan ? peerResults.reduce((a, r) => a + r.lost_orders, 0) : null,
+    by_rate: rateRuns(results).map((r) => {
+      const p = peerResults.find((x) => x.offered_per_s === r.offered_per_s);
+      return {
+        offered_per_s: r.offered_per_s ?? 0,
+        sustained: isSustained(r),
+        peer_sustained: p ? p.sustained : null,
+        p99_ms: r.e2e.p99_ms,
+        peer_p99_ms: p?.e2e.p99_ms ?? null,
+        cpu_ms_per_order: ownCpu(r),
+        peer_cpu_ms_per_order: p?.own_cpu_ms_per_order ?? null,
+        cpu_ratio: ratio(ownCpu(r), p?.own_cpu_ms_per_order),
+        nats_msgs_per_order: natsTotal(r),
+        peer_nats_msgs_per_order: p?.nats_msgs_per_order_total ?? null,
+      };
+    }),
+  };
+}
+
+/** The peer's runs as a table. */
+function peerTable(peerResults: PeerScenarioResult[]): string {
+  const lines = [
+    "| peer scenario | accepted/s | completed/s (load window) | completed/s incl. drain | p50 | p99 | max | lost | late (>10 s) | failed | CPU ms/order (services + nats-server; driver) | NATS msgs/order (services, in + out) | events/order | machine busy | sustained |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ];
+  for (const r of peerResults)
+    lines.push(
+      `| ${r.name} | ${fmt(r.accepted_per_s)} | **${fmt(r.completed_orders_per_s)}** | ${fmt(r.completed_incl_drain_per_s)} | ${fmt(r.e2e.p50_ms)} ms | ${fmt(r.e2e.p99_ms)} ms | ${fmt(r.e2e.max_ms)} ms | ${r.lost_orders} | ${r.late_after_grace} | ${r.failed} | ${r.own_cpu_ms_per_order}; ${r.load_generator_cpu_ms_per_order} | ${r.nats_msgs_per_order_total} | ${r.events_per_order} | ${r.machine_busy_pct}% | ${r.sustained ? "yes" : `no (${r.not_sustained_because.join(", ")})`} |`,
+    );
+  return lines.join("\n");
+}
+
+/** The summary's comparison: sustained rates, per-order figures and overload, ours against the peer's. */
+function ratiosTable(s: BenchSummary): string {
+  const v = (x: number | null, unit = "") => (x === null ? "–" : `${fmt(x)}${unit}`);
+  const lines = [
+    "| | ShopStream | peer | ShopStream / peer |",
+    "|---|---|---|---|",
+    `| sustained orders/s (p99 ≤ ${SUSTAINED_P99_MS / 1000} s, nothing lost or late) | ${v(s.sustained_orders_per_s)} (p99 ${v(s.sustained_p99_ms, " ms")}) | ${v(s.peer_sustained_orders_per_s)}${s.peer_sustained_is_lower_bound ? " or more (its highest rate run)" : ""} (p99 ${v(s.peer_sustained_p99_ms, " ms")}) | **${v(s.sustained_ratio)}** |`,
+    `| CPU ms per completed order, services + nats-server, at ${v(s.per_order_at_offered_per_s)}/s offered | ${v(s.cpu_ms_per_order)} | ${v(s.peer_cpu_ms_per_order)} | **${v(s.cpu_ratio)}** |`,
+    `| NATS messages per completed order, services' connections in + out | ${v(s.nats_msgs_per_order)} | ${v(s.peer_nats_msgs_per_order)} | ${v(s.nats_msgs_ratio)} |`,
+    `| NATS messages per order by service | ${Object.entries(s.nats_msgs_per_order_by_service)
+      .map(([n, x]) => `${n} ${x}`)
+      .join(", ")} | ${Object.entries(s.peer_nats_msgs_per_order_by_service)
+      .map(([n, x]) => `${n} ${x}`)
+      .join(", ")} | |`,
+    `| reported apart: simulators; load generator (CPU ms/order) | ${v(s.simulators_cpu_ms_per_order)}; ${v(s.load_generator_cpu_ms_per_order)} | –; ${v(s.peer_load_generator_cpu_ms_per_order)} | |`,
+    `| overload at ${v(s.overload_offered_per_s)}/s: accepted/s, p99 of accepted, shed/s | ${v(s.overload_accepted_per_s)}, ${v(s.overload_p99_ms, " ms")}, ${v(s.overload_shed_per_s)}${s.overload_saturated_at_s !== null ? ` (saturated at ${s.overload_saturated_at_s} s)` : ""} | | |`,
+    `| lost orders, all scenarios | ${s.lost_orders} | ${v(s.peer_lost_orders)} | |`,
+  ];
+  const both = s.by_rate.filter((r) => r.peer_sustained !== null);
+  if (both.length > 0) {
+    lines.push(
+      "",
+      "| offered/s | p99 ShopStream | p99 peer | CPU ms/order ShopStream | CPU ms/order peer | CPU ratio | NATS msgs/order ShopStream | NATS msgs/order peer | sustained (ShopStream / peer) |",
+      "|---|---|---|---|---|---|---|---|---|",
+      ...both.map(
+        (r) =>
+          `| ${fmt(r.offered_per_s)} | ${v(r.p99_ms, " ms")} | ${v(r.peer_p99_ms, " ms")} | ${v(r.cpu_ms_per_order)} | ${v(r.peer_cpu_ms_per_order)} | ${v(r.cpu_ratio)} | ${v(r.nats_msgs_per_order)} | ${v(r.peer_nats_msgs_per_order)} | ${r.sustained ? "yes" : "no"} / ${r.peer_sustained ? "yes" : "no"} |`,
+      ),
+    );
+  }
+  return lines.join("\n");
 }
 
 async function updateDocsFiles(
   stamp: string,
   results: ScenarioResult[],
   meta: Record<string, unknown>,
+  peerResults: PeerScenarioResult[] = [],
 ): Promise<void> {
   const h = headline(results);
   if (!h) return;
   const at1000 = results.find((r) => r.offered_per_s === 1000);
-  const m = meta["machine"] as ReturnType<typeof machine>;
+  const m = meta["machine"] as Machine;
+  const runDurationS = Number(meta["duration_s"] ?? durationS);
+  const summary = summarise(results, peerResults, {
+    date: String(meta["date"]),
+    machine: m,
+    duration_s: runDurationS,
+  });
   const maxRss = Math.max(
     0,
     ...results.flatMap((r) =>
@@ -671,6 +1313,7 @@ async function updateDocsFiles(
   );
   const json = {
     date: meta["date"],
+    summary,
     machine: `${m.cpus} cores (${m.cpu_model}), ${m.mem_gb} GiB, Node ${m.node}, ${m.nats_server}, audit ${m.audit_db}`,
     load_avg_1m_at_start: meta["load_avg_at_start"],
     report: `reports/bench/${stamp}/`,
@@ -716,13 +1359,40 @@ async function updateDocsFiles(
       cpu_pct: Object.fromEntries(Object.entries(r.processes).map(([n, u]) => [n, u.cpuPctAvg])),
       rss_mb: Object.fromEntries(Object.entries(r.processes).map(([n, u]) => [n, u.rssMbMax])),
       checker_ok: r.checker.ok,
+      role: r.role ?? (r.mode === "open" ? "rate" : "closed"),
+      sustained: r.mode === "open" ? isSustained(r) : null,
+      shed_per_s: r.shed_per_s ?? 0,
+      own_cpu_ms_per_order: ownCpu(r),
+      nats_msgs_per_order_total: natsTotal(r),
+    })),
+    peer_scenarios: peerResults.map((r) => ({
+      name: r.name,
+      offered_per_s: r.offered_per_s,
+      accepted_per_s: r.accepted_per_s,
+      completed_orders_per_s: r.completed_orders_per_s,
+      completed_incl_drain_per_s: r.completed_incl_drain_per_s,
+      p50_ms: r.e2e.p50_ms,
+      p99_ms: r.e2e.p99_ms,
+      max_ms: r.e2e.max_ms,
+      lost_orders: r.lost_orders,
+      late_after_grace: r.late_after_grace,
+      failed: r.failed,
+      sustained: r.sustained,
+      own_cpu_ms_per_order: r.own_cpu_ms_per_order,
+      cpu_ms_per_order: r.cpu_ms_per_order,
+      nats_msgs_per_order_total: r.nats_msgs_per_order_total,
+      nats_msgs_per_order_by_service: r.nats_msgs_per_order_by_service,
+      events_per_order: r.events_per_order,
+      machine_busy_pct: r.machine_busy_pct,
+      cpu_pct: Object.fromEntries(Object.entries(r.processes).map(([n, u]) => [n, u.cpuPctAvg])),
+      rss_mb: Object.fromEntries(Object.entries(r.processes).map(([n, u]) => [n, u.rssMbMax])),
     })),
   };
   await writeFile(join(ROOT, "docs/benchmarks.json"), JSON.stringify(json, null, 2) + "\n");
 
   const section = [
     "<!-- bench:results:start (written by `npm run bench`; edit outside these markers) -->",
-    `### Latest run: ${String(meta["date"])} (${durationS} s per scenario)`,
+    `### Latest run: ${String(meta["date"])} (${runDurationS} s per scenario)`,
     "",
     `Machine: ${json.machine}. Load average (1 / 5 / 15 min) at start: ${(meta["load_avg_at_start"] as number[]).join(" / ")}; 1-min average during each scenario: ${results.map((r) => `${r.name} ${r.load_avg_1m_during}`).join(", ")}. Raw data and chart: \`reports/bench/${stamp}/\` (not committed).`,
     "",
@@ -732,7 +1402,14 @@ async function updateDocsFiles(
     "",
     cpuTable(results),
     "",
-    `Headline (${h.name}): **${fmt(h.completed_orders_per_s)} completed orders/s**, p50 ${fmt(Math.round(h.e2e.p50_ms))} ms, p99 ${fmt(Math.round(h.e2e.p99_ms))} ms, ${json.lost_orders} lost; ${fmt(h.events_per_s)} events/s = ${h.events_to_ceiling_pct}% of the ${fmt(h.ceiling.publish_msgs_per_s)} msg/s publish ceiling measured on the same server; ${json.times_design_claim}× the original design's 167 orders/s.`,
+    `Headline (${h.name}${isSustained(h) ? ", the highest rate sustained" : ", no rate sustained"}): **${fmt(h.completed_orders_per_s)} completed orders/s**, p50 ${fmt(Math.round(h.e2e.p50_ms))} ms, p99 ${fmt(Math.round(h.e2e.p99_ms))} ms, ${json.lost_orders} lost; ${fmt(h.events_per_s)} events/s = ${h.events_to_ceiling_pct}% of the ${fmt(h.ceiling.publish_msgs_per_s)} msg/s publish ceiling measured on the same server; ${json.times_design_claim}× the original design's 167 orders/s.`,
+    "",
+    peerResults.length > 0
+      ? "Against the Go peer, run at the same offered rates in the same session (definitions above):"
+      : "Summary (definitions above; the Go peer was not run: `--peer`):",
+    "",
+    ratiosTable(summary),
+    ...(peerResults.length > 0 ? ["", "The peer's runs:", "", peerTable(peerResults)] : []),
     "<!-- bench:results:end -->",
   ].join("\n");
   const mdPath = join(ROOT, "docs/benchmarks.md");
@@ -756,9 +1433,10 @@ async function main(): Promise<number> {
   if (from) {
     const saved = JSON.parse(await readFile(from, "utf8")) as Record<string, unknown> & {
       results: ScenarioResult[];
+      peer_results?: PeerScenarioResult[];
     };
     const savedStamp = from.split("/").slice(-2, -1)[0] ?? "saved";
-    await updateDocsFiles(savedStamp, saved.results, saved);
+    await updateDocsFiles(savedStamp, saved.results, saved, saved.peer_results ?? []);
     say(`docs/benchmarks.md and docs/benchmarks.json rewritten from ${from}`);
     return 0;
   }
@@ -771,50 +1449,107 @@ async function main(): Promise<number> {
     `bench: ${durationS} s per scenario; open loop at ${rates.join(", ")} orders/s${concurrency > 0 ? `; closed loop c=${concurrency}` : ""}; load average ${loadAtStart.join(" ")}; report ${reportDir}`,
   );
   ensureBuilt(say);
-  const scenarios: { name: string; mode: LoadMode }[] = [
-    ...rates.map((r) => ({
-      name: `open-${r}`,
-      mode: { kind: "open" as const, ratePerSec: r, durationMs: durationS * 1000 },
-    })),
-    ...(concurrency > 0
-      ? [
-          {
-            name: `closed-c${concurrency}`,
-            mode: { kind: "closed", concurrency, durationMs: durationS * 1000 } as LoadMode,
-          },
-        ]
-      : []),
-  ];
+  // The Go peer: built once (into reports/peer-bin, never into its own folder); without Go, ShopStream runs alone.
+  let peerBin: string | undefined;
+  let goVersion: string | undefined;
+  if (peer) {
+    const built = buildPeer(ROOT, join(ROOT, "reports", "peer-bin"));
+    if (built.ok) {
+      peerBin = built.bin;
+      goVersion = built.go;
+      say(`the Go peer: built ${built.bin} (${built.go}); open loop at ${peerRates.join(", ")} orders/s`);
+    } else say(`the Go peer cannot run, so ShopStream runs alone: ${built.reason}`);
+  }
+  const open = (r: number, name = `open-${r}`) => ({
+    name,
+    mode: { kind: "open" as const, ratePerSec: r, durationMs: durationS * 1000 },
+  });
   const results: ScenarioResult[] = [];
-  // Ctrl-C / SIGTERM: stop the running stack (gracefully, by its pid) before exiting.
+  const peerResults: PeerScenarioResult[] = [];
+  // Ctrl-C / SIGTERM: stop the running stack and peer (gracefully, by their pids) before exiting.
   let stopping = false;
   for (const sig of ["SIGINT", "SIGTERM"] as const)
     process.on(sig, () => {
       if (stopping) process.exit(130);
       stopping = true;
       say(`\n${sig}: stopping the stack ...`);
-      void (currentStack?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
+      void Promise.allSettled([currentStack?.stop(), currentPeer?.stop()]).finally(() => process.exit(130));
     });
-  for (const s of scenarios) results.push(await runScenario(s.name, s.mode, reportDir));
+  // Each rate: ShopStream, then the peer at the same rate, so both meet the same machine; then the peer's own
+  // extra rates, the closed loop, and the overload scenario at 2 × the sustained rate found.
+  // A failed peer run is reported and recorded, but does not throw away ShopStream's measurements.
+  const peerErrors: { rate: number; error: string }[] = [];
+  const runPeer = async (bin: string, r: number) => {
+    try {
+      peerResults.push(await runPeerScenario(bin, r, reportDir));
+    } catch (err) {
+      const error = err instanceof Error ? err.message : String(err);
+      peerErrors.push({ rate: r, error });
+      say(`   peer-open-${r} FAILED: ${error}`);
+    }
+  };
+  for (const r of rates) {
+    const s = open(r);
+    results.push(await runScenario(s.name, s.mode, reportDir, "rate"));
+    if (peerBin && peerRates.includes(r)) await runPeer(peerBin, r);
+  }
+  if (peerBin) for (const r of peerRates.filter((x) => !rates.includes(x))) await runPeer(peerBin, r);
+  if (concurrency > 0)
+    results.push(
+      await runScenario(
+        `closed-c${concurrency}`,
+        { kind: "closed", concurrency, durationMs: durationS * 1000 },
+        reportDir,
+        "closed",
+      ),
+    );
+  const sustainedRate = sustainedRun(results)?.offered_per_s ?? undefined;
+  const overload = overloadRate ?? (sustainedRate !== undefined ? 2 * sustainedRate : 0);
+  if (overload > 0) {
+    const s = open(overload, `overload-${overload}`);
+    say(
+      `\n== overload: ${overload} orders/s (${overloadRate !== undefined ? "--overload" : `2 × the sustained ${sustainedRate}/s`})`,
+    );
+    results.push(await runScenario(s.name, s.mode, reportDir, "overload"));
+  } else if (overloadRate === undefined)
+    say(`\nno open-loop rate was sustained: no overload scenario (set one with --overload=R)`);
+  const m: Machine = { ...machine(), ...(goVersion ? { go: goVersion } : {}) };
   const meta = {
     date,
     system_root: SYSTEM_ROOT,
     replicas: flag("replicas") ?? process.env.BENCH_REPLICAS ?? "",
-    machine: machine(),
+    machine: m,
     load_avg_at_start: loadAtStart,
     load_avg_at_end: loadavg().map((x) => Math.round(x * 100) / 100),
     duration_s: durationS,
     env: pickEnv(),
   };
-  await writeFile(join(reportDir, "result.json"), JSON.stringify({ ...meta, results }, null, 1) + "\n");
-  await writeFile(join(reportDir, "chart.svg"), chart(results));
-  const md = [`# ShopStream benchmark ${date}`, "", resultsTable(results), "", cpuTable(results), ""].join(
-    "\n",
+  const summary = summarise(results, peerResults, { date, machine: m, duration_s: durationS });
+  await writeFile(
+    join(reportDir, "result.json"),
+    JSON.stringify(
+      { ...meta, summary, results, peer_results: peerResults, peer_errors: peerErrors },
+      null,
+      1,
+    ) + "\n",
   );
+  await writeFile(join(reportDir, "chart.svg"), chart(results));
+  const md = [
+    `# ShopStream benchmark ${date}`,
+    "",
+    resultsTable(results),
+    "",
+    cpuTable(results),
+    "",
+    ratiosTable(summary),
+    "",
+    ...(peerResults.length > 0 ? [peerTable(peerResults), ""] : []),
+    ...peerErrors.map((e) => `The peer's run at ${e.rate}/s failed: ${e.error}\n`),
+  ].join("\n");
   await writeFile(join(reportDir, "summary.md"), md);
   say(`\n${md}`);
   if (updateDocs) {
-    await updateDocsFiles(stamp, results, meta);
+    await updateDocsFiles(stamp, results, meta, peerResults);
     say("docs/benchmarks.md and docs/benchmarks.json updated");
   }
   const lost = results.reduce((a, r) => a + r.lost_orders, 0);
