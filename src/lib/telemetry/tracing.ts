@@ -1,4 +1,5 @@
 import {
+  INVALID_SPAN_CONTEXT,
   context,
   propagation,
   trace,
@@ -44,6 +45,14 @@ export interface Tracing {
 }
 
 let installed: NodeTracerProvider | undefined;
+/** Whether the installed provider exports spans; see {@link isTracingExported}. */
+let exported = false;
+
+/**
+ * The span handlers get when nothing is exported: non-recording, invalid, shared. With nothing exported no span is
+ * made per message (see {@link isTracingExported}).
+ */
+export const NOOP_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
 /**
  * Installs the OpenTelemetry tracer provider and the W3C trace-context propagator for this process.
@@ -58,6 +67,7 @@ export function initTracing(opts: TracingOptions): Tracing {
       processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url })));
     }
     if (opts.exporter) processors.push(new SimpleSpanProcessor(opts.exporter));
+    exported = processors.length > 0;
     installed = new NodeTracerProvider({
       resource: resourceFromAttributes({ "service.name": opts.service }),
       // Nothing to export: spans are not recorded (they still get ids, so trace context and the events'
@@ -80,8 +90,19 @@ export function initTracing(opts: TracingOptions): Tracing {
     shutdown: async () => {
       await provider.shutdown();
       installed = undefined;
+      exported = false;
     },
   };
+}
+
+/**
+ * Does this process export spans (an OTLP endpoint or an exporter was given to {@link initTracing})? When it does
+ * not, spans would be non-recording and no context manager carries them, so the message path makes none at all:
+ * the consumer runner gives handlers {@link NOOP_SPAN}, and the publisher writes the event's trace into
+ * `traceparent` directly ({@link traceparentOf}).
+ */
+export function isTracingExported(): boolean {
+  return exported;
 }
 
 /** Is a span context of `ctx` (or of the active context) valid, i.e. is some span active? */
@@ -116,6 +137,22 @@ export function extractTraceContext(headers: MsgHdrs | undefined): Context {
 export function activeTraceId(ctx: Context = context.active()): string | undefined {
   const sc = trace.getSpanContext(ctx);
   return sc && trace.isSpanContextValid(sc) ? sc.traceId : undefined;
+}
+
+/**
+ * The `traceparent` a non-recording publish span would carry: the event's trace id, a new span id, flags 00 (not
+ * sampled) — what {@link injectTraceHeaders} writes for the span the AlwaysOff sampler makes when nothing is
+ * exported, without making that span, its context and the propagator's carrier calls.
+ */
+export function traceparentOf(traceId: string): string {
+  return `00-${traceId}-${randomSpanId()}-00`;
+}
+
+/** 16 random lowercase hex digits, never all zero (an all-zero span id is invalid). */
+function randomSpanId(): string {
+  const hi = (Math.random() * 0x100000000) >>> 0;
+  const lo = ((Math.random() * 0xffffffff) >>> 0) + 1;
+  return hi.toString(16).padStart(8, "0") + lo.toString(16).padStart(8, "0");
 }
 
 /**

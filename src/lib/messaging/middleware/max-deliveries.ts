@@ -1,0 +1,16 @@
+/**
+ * Poison that kills (or freezes) the process handling it never reports a failure, so failed attempts alone would
+ * let it come back forever: a message the server has delivered more than `limit` times (its own count, so it
+ * survives crashes and restarts) is dead-lettered as `MAX_DELIVERIES` before anything — decoding included — runs
+ * on it again.
+ */
+import { MaxDeliveriesError } from "../handler.js";
+import type { Middleware } from "./types.js";
+
+export function maxDeliveries(limit: number): Middleware {
+  if (!Number.isFinite(limit)) return (next) => next;
+  return (next) => (d) =>
+    d.attempt > limit
+      ? Promise.resolve({ outcome: "dead-letter", error: new MaxDeliveriesError(d.attempt, limit) })
+      : next(d);
+}
