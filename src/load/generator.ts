@@ -3,6 +3,9 @@
  * from each order's *scheduled* send time, so a slow system cannot hide its queueing) or closed-loop (N
  * clients, each sending its next order when the previous one is answered), and tracks every accepted
  * order to its terminal event on the bus. Used by the benchmark and the chaos harness.
+ *
+ * A request the orders service sheds (503 with `Retry-After`: too many orders in flight) is counted apart as
+ * `shed`: refused up front with nothing placed, it is neither an error nor a lost order. It is not retried.
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { Pool } from "undici";
@@ -30,6 +33,10 @@ export interface OrderRecord {
   orderId?: string;
   /** Transport error (connection refused, reset, timeout) — the client does not know the outcome. */
   error?: string;
+  /** Shed by the orders service (503 with `Retry-After`): refused before anything was placed. */
+  shed?: boolean;
+  /** The `Retry-After` of a shed request, in seconds. */
+  retryAfterS?: number;
   terminal?: "CONFIRMED" | "CANCELLED";
   terminalAt?: number;
 }
@@ -89,6 +96,18 @@ export class TerminalTracker {
   }
 }
 
+/**
+ * Counts of a run so far: `failed` are requests neither accepted nor shed (transport errors, other statuses);
+ * `shed` are those the orders service refused with 503 and `Retry-After`.
+ */
+export interface LoadCounts {
+  elapsedMs: number;
+  sent: number;
+  accepted: number;
+  failed: number;
+  shed: number;
+}
+
 /** How to drive the load. */
 export type LoadMode =
   | { kind: "open"; ratePerSec: number; durationMs: number }
@@ -102,7 +121,7 @@ export interface LoadOptions {
   /** HTTP timeout per request (default 10 s). */
   timeoutMs?: number;
   /** Called once per second with the counts so far. */
-  onTick?: (s: { elapsedMs: number; sent: number; accepted: number; failed: number }) => void;
+  onTick?: (s: LoadCounts) => void;
   /** Stops early when aborted. */
   signal?: AbortSignal;
   /** Max sockets to the orders service (default 256). */
@@ -128,7 +147,7 @@ async function post(
   path: string,
   body: string,
   timeoutMs: number,
-): Promise<{ status?: number; body?: string; error?: string }> {
+): Promise<{ status?: number; body?: string; retryAfter?: string; error?: string }> {
   try {
     const res = await pool.request({
       path,
@@ -138,7 +157,12 @@ async function post(
       headersTimeout: timeoutMs,
       bodyTimeout: timeoutMs,
     });
-    return { status: res.statusCode, body: await res.body.text() };
+    const retryAfter = res.headers["retry-after"];
+    return {
+      status: res.statusCode,
+      body: await res.body.text(),
+      ...(typeof retryAfter === "string" ? { retryAfter } : {}),
+    };
   } catch (err) {
     return { error: (err as Error).message };
   }
@@ -158,9 +182,10 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
   const inflight = new Set<Promise<void>>();
   let accepted = 0;
   let failed = 0;
+  let shed = 0;
   const t0 = Date.now();
   const tick = setInterval(
-    () => o.onTick?.({ elapsedMs: Date.now() - t0, sent: records.length, accepted, failed }),
+    () => o.onTick?.({ elapsedMs: Date.now() - t0, sent: records.length, accepted, failed, shed }),
     1_000,
   );
   const send = (i: number, scheduledAt: number): Promise<void> => {
@@ -181,6 +206,11 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
         } catch {
           failed++;
         }
+      } else if (r.status === 503 && r.retryAfter !== undefined) {
+        rec.shed = true;
+        const s = Number(r.retryAfter);
+        if (Number.isFinite(s)) rec.retryAfterS = s;
+        shed++;
       } else failed++;
     });
     inflight.add(p);
@@ -220,6 +250,34 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
     await pool.destroy();
   }
   return records;
+}
+
+/** What a run's records add up to; `shed` requests are neither `failed` nor accepted. */
+export interface LoadSummary {
+  sent: number;
+  accepted: number;
+  shed: number;
+  /** Shed requests per second of the run (0 for a run of no duration). */
+  shedPerSec: number;
+  failed: number;
+}
+
+/** Sums a run's records, shed requests apart. `durationMs` is the load's duration, for the shed rate. */
+export function summarizeLoad(records: readonly OrderRecord[], durationMs: number): LoadSummary {
+  let accepted = 0;
+  let shed = 0;
+  for (const r of records) {
+    if (r.orderId !== undefined) accepted++;
+    else if (r.shed) shed++;
+  }
+  const sent = records.length;
+  return {
+    sent,
+    accepted,
+    shed,
+    shedPerSec: durationMs > 0 ? Math.round((shed / durationMs) * 10_000) / 10 : 0,
+    failed: sent - accepted - shed,
+  };
 }
 
 /** Percentile (0..100) of a list of numbers (nearest rank); NaN when empty. */

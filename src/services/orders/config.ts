@@ -17,4 +17,10 @@ export const OrdersConfig = Type.Object({
     default: 500_000,
     description: "pending order timers the server may hold (peak orders/s × ORDER_TIMEOUT_MS/1000)",
   }),
+  MAX_ORDERS_IN_FLIGHT: Type.Integer({
+    minimum: 0,
+    default: 1_000,
+    description:
+      "orders placed on this replica and not yet CONFIRMED or CANCELLED, beyond which POST /orders is shed (503, Retry-After); ≈ 2 s objective × orders/s completed; 0 = no limit",
+  }),
 });

@@ -1,14 +1,15 @@
 import { randomBytes } from "node:crypto";
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyReply } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { fingerprint } from "../../lib/canonical.js";
 import { makeEvent, type EventData } from "../../lib/events/mod.js";
 import { ORDER_ID_PATTERN } from "../../lib/ids.js";
-import { ProblemError, problemResponse } from "../../lib/http/problem.js";
+import { ProblemError, problem, problemResponse, sendProblem } from "../../lib/http/problem.js";
 import { SpanKind, SpanStatusCode, tracer } from "../../lib/telemetry/tracing.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
 import { ConcurrencyError } from "../../lib/messaging/publisher.js";
+import type { OrdersInFlight } from "./admission.js";
 import type { CatalogView } from "./catalog.js";
 import { SOURCE } from "./handlers.js";
 import type { Order } from "./order.js";
@@ -87,6 +88,28 @@ export interface OrdersApiDeps {
   timeoutMs: number;
   maxLines: number;
   defaultCurrency: string;
+  /** Admission control: orders in flight on this replica, and the limit beyond which POST /orders is shed. */
+  inFlight: OrdersInFlight;
+}
+
+/** Seconds a shed client is asked to wait (`Retry-After`). */
+export const SHED_RETRY_AFTER_S = 1;
+
+/**
+ * Answers a shed `POST /orders`: 503 problem+json with `Retry-After`. Nothing has been read, claimed or
+ * written for it, so a retry (with the same Idempotency-Key, if any) is a new request.
+ */
+function shed(reply: FastifyReply, inFlight: OrdersInFlight): FastifyReply {
+  inFlight.shed();
+  return sendProblem(
+    reply.header("retry-after", String(SHED_RETRY_AFTER_S)),
+    problem(
+      503,
+      "overloaded",
+      "Service Unavailable",
+      `too many orders in flight (limit ${inFlight.limit}): retry after ${SHED_RETRY_AFTER_S} s`,
+    ),
+  );
 }
 
 /** Registers the public order API: place an order, read one, list a customer's orders. */
@@ -113,11 +136,24 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
           422: problemResponse(
             "The order cannot be placed as given (unknown or duplicate SKU, wrong currency), or the Idempotency-Key was used with another body",
           ),
-          503: problemResponse("Temporarily unavailable: retry later (`Retry-After`)"),
+          503: {
+            ...problemResponse(
+              "Overloaded (too many orders in flight on this replica; nothing was placed) or temporarily unavailable: retry after `Retry-After` seconds, with the same Idempotency-Key",
+            ),
+            headers: {
+              "Retry-After": { type: "integer", minimum: 1, description: "seconds to wait before retrying" },
+            },
+          },
         },
+      },
+      // Shed before the body is even parsed when this replica is full; the handler checks again as it admits.
+      onRequest: async (_req, reply) => {
+        if (d.inFlight.full) return shed(reply, d.inFlight);
       },
     },
     async (req, reply) => {
+      const slot = d.inFlight.admit();
+      if (!slot) return shed(reply, d.inFlight);
       const parent = propagation.extract(context.active(), req.headers);
       const span = tracer().startSpan(
         "POST /orders",
@@ -202,9 +238,11 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
               { aggregateId: orderId, source: SOURCE, traceId: span.spanContext().traceId, now },
             );
             await d.customers.add(b.customerId, orderId);
+            slot.track(orderId, now.getTime() + d.timeoutMs);
             try {
               await d.store.append(event, 0);
             } catch (err) {
+              slot.untrack();
               // Already appended by an earlier attempt with this key (outside the duplicate window).
               if (!(err instanceof ConcurrencyError)) throw err;
             }
@@ -220,6 +258,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
         span.setStatus({ code: SpanStatusCode.ERROR });
         throw err;
       } finally {
+        slot.release();
         span.end();
       }
     },

@@ -3,6 +3,7 @@ import { Durables } from "../../lib/events/consumers.js";
 import { Streams } from "../../lib/events/mod.js";
 import { openBucket } from "../../lib/kv.js";
 import type { ServiceDefinition } from "../../lib/service.js";
+import { OrdersInFlight } from "./admission.js";
 import { CatalogView } from "./catalog.js";
 import { OrdersConfig } from "./config.js";
 import { sagaHandlers, timeoutHandlers } from "./handlers.js";
@@ -29,6 +30,16 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
       ]);
       await catalog.start(catalogKv, ctx.logger);
       store = new OrderStore(ctx.jsm, ctx.publisher);
+      const orderStore = store;
+      // Admission control (docs/architecture.md): orders placed here and not yet closed, per replica.
+      const inFlight = new OrdersInFlight(ctx.config.MAX_ORDERS_IN_FLIGHT);
+      inFlight.registerMetrics(ctx.metrics.registry);
+      store.onClosed = (orderId) => inFlight.closed(orderId);
+      await inFlight.watch(
+        ctx.nc,
+        async (orderId) => ((await orderStore.load(orderId)).order?.status ?? "PENDING") !== "PENDING",
+        ctx.logger,
+      );
       await ctx.app.register(swagger, {
         openapi: {
           openapi: "3.1.0",
@@ -48,9 +59,15 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
         timeoutMs: ctx.config.ORDER_TIMEOUT_MS,
         maxLines: ctx.config.MAX_ORDER_LINES,
         defaultCurrency: ctx.config.DEFAULT_CURRENCY,
+        inFlight,
       });
       ctx.app.get("/openapi.json", { schema: { hide: true } }, async () => ctx.app.swagger());
-      return { close: async () => catalog.close() };
+      return {
+        close: async () => {
+          inFlight.stop();
+          catalog.close();
+        },
+      };
     },
     readiness: () => ({
       catalog: () => (catalog.size > 0 ? true : "catalog is empty (is inventory running?)"),

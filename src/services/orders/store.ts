@@ -36,6 +36,9 @@ export class OrderStore {
    */
   readonly #recent: RecentMap<string, { order: Order; version: number }>;
 
+  /** Called after this process appended an order's terminal event (OrderConfirmed or OrderCancelled). */
+  onClosed: ((orderId: string) => void) | undefined;
+
   constructor(
     private readonly jsm: JetStreamManager,
     private readonly publisher: Publisher,
@@ -117,6 +120,7 @@ export class OrderStore {
     if (before === null || before?.version === expectedVersion)
       this.#remember(orderId, evolve(before?.order ?? null, event as AnyEnvelope), ack.seq);
     else this.forget(orderId);
+    if (event.type === "OrderConfirmed" || event.type === "OrderCancelled") this.onClosed?.(orderId);
     return ack.seq;
   }
 }
