@@ -3,12 +3,17 @@
  *
  *   npm run bench:micro                 # everything
  *   npm run bench:micro -- codec runner # only the named groups: codec, publish, runner, kv
+ *   npm run bench:micro -- runner --rounds=5   # publish and runner: 5 interleaved rounds (default 3), medians
  *
  * - codec: envelope encode (validate + JSON), validate only, decode (JSON + validate), raw JSON.
- * - publish: the Publisher (validation, span, headers, PubAck) one at a time and 64 in flight, against the raw
- *   client's publish — on a real nats-server (file storage) started on a free port.
- * - runner: the ConsumerRunner with a no-op handler (decode, span, heartbeat timer, metrics, ack) against a raw
- *   pull consume + ack of the same messages.
+ * - publish: the Publisher (validation, trace header, headers, PubAck) one at a time and 64 in flight, against the
+ *   raw client's publish of the same bytes — on a real nats-server (file storage) started on a free port.
+ * - runner: the ConsumerRunner with a no-op handler (decode, middleware, metrics, ack) against a raw pull
+ *   consume + ack of the same messages.
+ *
+ * The machine is shared and noisy (1.5x between moments): publish and runner measure in interleaved rounds — raw,
+ * then ours, then raw again — and print each round and the median per row, so that ours and raw are compared
+ * at the same moments.
  * - kv: a compare-and-set round trip (read + update) and one starting from the known revision (update only).
  */
 import { jetstream, jetstreamManager, AckPolicy } from "@nats-io/jetstream";
@@ -26,19 +31,73 @@ import { streamSpecs } from "../src/lib/service.js";
 
 const groups = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const want = (g: string) => groups.length === 0 || groups.includes(g);
-const rows: { name: string; ops: number; opsPerS: number; cpuUsPerOp: number }[] = [];
+const rounds = Math.max(1, Number(process.argv.find((a) => a.startsWith("--rounds="))?.slice(9) ?? 3));
+interface Row {
+  name: string;
+  ops: number;
+  opsPerS: number;
+  cpuUsPerOp: number;
+}
+const rows: Row[] = [];
 
-function report(name: string, ops: number, ms: number, cpuUs: number): void {
+function line(r: Row, note = ""): void {
+  process.stdout.write(
+    `${r.name.padEnd(58)} ${r.opsPerS.toLocaleString("en-US").padStart(11)} ops/s  ${String(r.cpuUsPerOp).padStart(7)} µs CPU/op  ${note}\n`,
+  );
+}
+
+function report(name: string, ops: number, ms: number, cpuUs: number, round?: number): Row {
   const r = {
     name,
     ops,
     opsPerS: Math.round((ops / ms) * 1000),
     cpuUsPerOp: Math.round((cpuUs / ops) * 10) / 10,
   };
-  rows.push(r);
-  process.stdout.write(
-    `${name.padEnd(58)} ${r.opsPerS.toLocaleString("en-US").padStart(11)} ops/s  ${String(r.cpuUsPerOp).padStart(7)} µs CPU/op  (${ops} ops)\n`,
+  if (round === undefined) rows.push(r);
+  line(
+    r,
+    round === undefined
+      ? `(${ops} ops)`
+      : round === 0
+        ? `(warm-up, not counted)`
+        : `(round ${round}, ${ops} ops)`,
   );
+  return r;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
+
+/** Prints and keeps the median of each row measured over the rounds, with the CPU ratio to `base` where given. */
+function medians(samples: Map<string, Row[]>, ratios: [string, string][] = []): void {
+  process.stdout.write(`-- median of ${rounds} rounds\n`);
+  const med = new Map<string, Row>();
+  for (const [name, rs] of samples) {
+    const r = {
+      name,
+      ops: median(rs.map((x) => x.ops)),
+      opsPerS: median(rs.map((x) => x.opsPerS)),
+      cpuUsPerOp: median(rs.map((x) => x.cpuUsPerOp)),
+    };
+    med.set(name, r);
+    rows.push(r);
+    const spread = rs.map((x) => x.cpuUsPerOp).sort((a, b) => a - b);
+    line(r, `(CPU/op ${spread[0]}–${spread.at(-1)} over the rounds)`);
+  }
+  for (const [ours, base] of ratios) {
+    const o = med.get(ours);
+    const b = med.get(base);
+    if (o && b)
+      process.stdout.write(
+        `   ${ours} / ${base}: ${(o.cpuUsPerOp / b.cpuUsPerOp).toFixed(2)}x CPU per op (median of per-round ratios ${median(
+          samples.get(ours)!.map((x, i) => x.cpuUsPerOp / samples.get(base)![i]!.cpuUsPerOp),
+        ).toFixed(2)}x)\n`,
+      );
+  }
+}
+
+/** Collects a round's row under its name. */
+function sample(samples: Map<string, Row[]>, r: Row): void {
+  samples.set(r.name, [...(samples.get(r.name) ?? []), r]);
 }
 
 /** Runs `fn` repeatedly for about `ms`, synchronously. */
@@ -60,7 +119,8 @@ async function concurrent(
   ms: number,
   concurrency: number,
   fn: (i: number) => Promise<unknown>,
-): Promise<void> {
+  round?: number,
+): Promise<Row> {
   for (let i = 0; i < 200; i++) await fn(-1 - i); // warm-up
   const c0 = process.cpuUsage();
   const t0 = performance.now();
@@ -71,7 +131,7 @@ async function concurrent(
     }),
   );
   const c = process.cpuUsage(c0);
-  report(name, n, performance.now() - t0, c.user + c.system);
+  return report(name, n, performance.now() - t0, c.user + c.system, round);
 }
 
 function sampleEvent(i: number): Envelope<"OrderPlaced"> {
@@ -130,21 +190,76 @@ async function publish(nc: NatsConnection): Promise<void> {
   const publisher = new Publisher(js, { metrics: new Metrics("micro") });
   let k = 0;
   const raw = encodeEvent(sampleEvent(0));
-  await concurrent("raw js.publish, 1 in flight", 2000, 1, () =>
-    js.publish(`orders.raw${k++ % 50_000}`, raw, { msgID: `r1:${k}` }),
-  );
-  await concurrent("Publisher.publish, 1 in flight", 2000, 1, (i) =>
-    publisher.publish(sampleEvent(1_000_000 + i + k++)),
-  );
-  await concurrent("raw js.publish, 64 in flight", 2000, 64, () =>
-    js.publish(`orders.raw${k++ % 50_000}`, raw, { msgID: `r64:${k}` }),
-  );
-  await concurrent("Publisher.publish, 64 in flight", 2000, 64, (i) =>
-    publisher.publish(sampleEvent(2_000_000 + i + k++)),
-  );
-  await concurrent("Publisher.publish with expectLastSubjectSequence=0, 64", 2000, 64, (i) =>
-    publisher.publish(sampleEvent(3_000_000 + i + k++), { expectLastSubjectSequence: 0 }),
-  );
+  // The events are made before the clock starts (makeEvent draws a trace id and formats dates): what is measured
+  // is the publish, as for the raw client, which publishes bytes encoded beforehand.
+  const events = Array.from({ length: 4096 }, (_, i) => sampleEvent(i));
+  /** A fresh event (new id, so never a duplicate) from the pool. */
+  const next = (base: number, i: number) => {
+    const e = events[i & 4095]!;
+    const orderId = `ord_${(base + i).toString(36).padStart(9, "0")}0123456789abcdef`;
+    return { ...e, id: `${orderId}:OrderPlaced`, aggregate_id: orderId, data: { ...e.data, orderId } };
+  };
+  const samples = new Map<string, Row[]>();
+  const keep = (r: number, row: Row) => {
+    if (r > 0) sample(samples, row);
+  };
+  for (let r = 0; r <= rounds; r++) {
+    const base = (r + 1) * 10_000_000;
+    keep(
+      r,
+      await concurrent(
+        "raw js.publish, 1 in flight",
+        2000,
+        1,
+        () => js.publish(`orders.raw${k++ % 50_000}`, raw, { msgID: `r1:${k}` }),
+        r,
+      ),
+    );
+    keep(
+      r,
+      await concurrent(
+        "Publisher.publish, 1 in flight",
+        2000,
+        1,
+        () => publisher.publish(next(base, k++)),
+        r,
+      ),
+    );
+    keep(
+      r,
+      await concurrent(
+        "raw js.publish, 64 in flight",
+        2000,
+        64,
+        () => js.publish(`orders.raw${k++ % 50_000}`, raw, { msgID: `r64:${k}` }),
+        r,
+      ),
+    );
+    keep(
+      r,
+      await concurrent(
+        "Publisher.publish, 64 in flight",
+        2000,
+        64,
+        () => publisher.publish(next(base + 1_000_000, k++)),
+        r,
+      ),
+    );
+    keep(
+      r,
+      await concurrent(
+        "Publisher.publish with expectLastSubjectSequence=0, 64",
+        2000,
+        64,
+        () => publisher.publish(next(base + 2_000_000, k++), { expectLastSubjectSequence: 0 }),
+        r,
+      ),
+    );
+  }
+  medians(samples, [
+    ["Publisher.publish, 1 in flight", "raw js.publish, 1 in flight"],
+    ["Publisher.publish, 64 in flight", "raw js.publish, 64 in flight"],
+  ]);
 }
 
 async function runner(nc: NatsConnection): Promise<void> {
@@ -163,58 +278,83 @@ async function runner(nc: NatsConnection): Promise<void> {
   }
   await Promise.all(pending);
 
-  // Raw consume + ack.
+  const samples = new Map<string, Row[]>();
+  // Round 0 warms the JIT up (the first consumer measured in a process pays for compiling the client's code
+  // paths, 1.5-2x) and is not counted.
+  for (let round = 0; round <= rounds; round++) {
+    const raw = await rawConsume(js, jsm, stream, n, round);
+    if (round > 0) sample(samples, raw);
+    // The runner, no-op handler, at two concurrencies.
+    for (const concurrency of [32, 256]) {
+      const profiling = await profileStart();
+      const durable = `runner${concurrency}-${round}`;
+      await ensureConsumer(jsm, { stream, durable, maxAckPending: 10_000 });
+      let done = 0;
+      let finish!: () => void;
+      const all = new Promise<void>((r) => (finish = r));
+      const r = new ConsumerRunner({
+        js,
+        spec: { stream, durable },
+        handlers: {
+          OrderPlaced: async () => {
+            if (++done === n) finish();
+          },
+        },
+        publisher,
+        logger: createLogger({ service: "micro", level: "warn" }),
+        metrics: process.env.NO_METRICS ? undefined : new Metrics("micro"),
+        concurrency,
+      });
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      await r.start();
+      await all;
+      const ms = performance.now() - t0;
+      const cu = process.cpuUsage(c0);
+      await r.stop(5_000);
+      await profileStop(profiling, `runner-c${concurrency}-${round}`);
+      const row = report(
+        `ConsumerRunner, no-op handler, concurrency ${concurrency}`,
+        done,
+        ms,
+        cu.user + cu.system,
+        round,
+      );
+      if (round > 0) sample(samples, row);
+    }
+  }
+  medians(samples, [
+    ["ConsumerRunner, no-op handler, concurrency 32", "raw consume() + ack"],
+    ["ConsumerRunner, no-op handler, concurrency 256", "raw consume() + ack"],
+  ]);
+}
+
+/** A raw pull `consume()` (nats.js's defaults but 1,000 messages per pull) acking every message: the floor. */
+async function rawConsume(
+  js: ReturnType<typeof jetstream>,
+  jsm: Awaited<ReturnType<typeof jetstreamManager>>,
+  stream: string,
+  n: number,
+  round: number,
+): Promise<Row> {
+  const durable = `raw-${round}`;
   await jsm.consumers.add(stream, {
-    durable_name: "raw",
+    durable_name: durable,
     ack_policy: AckPolicy.Explicit,
     max_ack_pending: 10_000,
   });
-  {
-    const c = await js.consumers.get(stream, "raw");
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    let got = 0;
-    const iter = await c.consume({ max_messages: 1000 });
-    for await (const m of iter) {
-      m.ack();
-      if (++got >= n) break;
-    }
-    await iter.close();
-    const cu = process.cpuUsage(c0);
-    report("raw consume() + ack", got, performance.now() - t0, cu.user + cu.system);
+  const c = await js.consumers.get(stream, durable);
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  let got = 0;
+  const iter = await c.consume({ max_messages: 1000 });
+  for await (const m of iter) {
+    m.ack();
+    if (++got >= n) break;
   }
-
-  // The runner, no-op handler, at two concurrencies.
-  for (const concurrency of [32, 256]) {
-    const profiling = await profileStart();
-    const durable = `runner${concurrency}`;
-    await ensureConsumer(jsm, { stream, durable, maxAckPending: 10_000 });
-    let done = 0;
-    let finish!: () => void;
-    const all = new Promise<void>((r) => (finish = r));
-    const r = new ConsumerRunner({
-      js,
-      spec: { stream, durable },
-      handlers: {
-        OrderPlaced: async () => {
-          if (++done === n) finish();
-        },
-      },
-      publisher,
-      logger: createLogger({ service: "micro", level: "warn" }),
-      metrics: process.env.NO_METRICS ? undefined : new Metrics("micro"),
-      concurrency,
-    });
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    await r.start();
-    await all;
-    const ms = performance.now() - t0;
-    const cu = process.cpuUsage(c0);
-    await r.stop(5_000);
-    await profileStop(profiling, `runner-c${concurrency}`);
-    report(`ConsumerRunner, no-op handler, concurrency ${concurrency}`, done, ms, cu.user + cu.system);
-  }
+  await iter.close();
+  const cu = process.cpuUsage(c0);
+  return report("raw consume() + ack", got, performance.now() - t0, cu.user + cu.system, round);
 }
 
 function hdr(type: string) {

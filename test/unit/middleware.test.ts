@@ -31,7 +31,9 @@ import { retry } from "../../src/lib/messaging/middleware/retry.js";
 import { abandonOverdue, timeout } from "../../src/lib/messaging/middleware/timeout.js";
 import {
   ACK,
+  SKIP,
   compose,
+  hooks,
   type Handle,
   type Message,
   type Middleware,
@@ -174,6 +176,51 @@ void describe("middleware: composition", () => {
     assert.equal(await handle(delivery()), ACK);
     assert.deepEqual(seen, ["a in", "b in", "handler", "b out", "a out"]);
   });
+
+  void it("adjacent hook middleware run as one stage, in the same order as nested ones", async () => {
+    const seen: string[] = [];
+    const tag = (name: string, stop?: Outcome): Middleware =>
+      hooks({
+        before: () => (seen.push(`${name} before`), stop ? Promise.resolve(stop) : undefined),
+        after: (o) => (seen.push(`${name} after ${o.outcome}`), o),
+      });
+    const asyncAfter = hooks({ after: async (o) => (seen.push("async after"), o) });
+    const wrapped = compose([tag("a"), asyncAfter, tag("b"), tag("c")], () => {
+      seen.push("handler");
+      return Promise.resolve(ACK);
+    });
+    assert.equal(await wrapped(delivery()), ACK);
+    assert.deepEqual(seen, [
+      "a before",
+      "b before",
+      "c before",
+      "handler",
+      "c after ack",
+      "b after ack",
+      "async after",
+      "a after ack",
+    ]);
+    // A hook that ends it before the rest: only the hooks outside it see its outcome.
+    seen.length = 0;
+    const stopped = compose([tag("a"), tag("b", SKIP), tag("c")], () => Promise.resolve(ACK));
+    assert.equal(await stopped(delivery()), SKIP);
+    assert.deepEqual(seen, ["a before", "b before", "a after skip"]);
+    // The same hook on its own is an ordinary middleware.
+    seen.length = 0;
+    assert.equal(await tag("x")(resolved(ACK))(delivery()), ACK);
+    assert.deepEqual(seen, ["x before", "x after ack"]);
+  });
+
+  void it("a hook can run the rest of the pipeline again (what park does)", async () => {
+    let calls = 0;
+    const twice = hooks({
+      after: (o, d, again) => (calls === 1 ? again(d) : o),
+    });
+    const inner = hooks({ after: (o) => ({ ...o, inner: calls }) as unknown as Outcome });
+    const handle = compose([twice, inner], () => (calls++, Promise.resolve(ACK)));
+    assert.deepEqual(await handle(delivery()), { outcome: "ack", inner: 2 });
+    assert.equal(calls, 2);
+  });
 });
 
 void describe("middleware: dispatch (the handler's result as an outcome)", () => {
@@ -314,8 +361,7 @@ void describe("middleware: max deliveries", () => {
   });
 
   void it("Infinity: never", async () => {
-    const next: Handle = resolved(ACK);
-    assert.equal(maxDeliveries(Infinity)(next), next);
+    assert.equal(await maxDeliveries(Infinity)(resolved(ACK))(delivery({ deliveryCount: 1e9 })), ACK);
   });
 });
 

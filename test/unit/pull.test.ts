@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { MsgHdrsImpl, MsgImpl } from "@nats-io/nats-core/internal";
 import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import {
   PullFeed,
@@ -183,6 +184,47 @@ void describe("pulled message", () => {
       "+TERM",
       "a bare +TERM (nats-server 2.9 ignores one with a reason)",
     );
+  });
+
+  void it("reads one header from the header bytes, as headers.get() would after decoding them all", () => {
+    const encoder = new TextEncoder();
+    const make = (set: Record<string, string> | undefined) => {
+      const body = encoder.encode('{"x":1}');
+      let head: Uint8Array = new Uint8Array(0);
+      if (set) {
+        const h = new MsgHdrsImpl();
+        for (const [k, v] of Object.entries(set)) h.set(k, v);
+        head = h.encode();
+      }
+      const all = new Uint8Array(head.length + body.length);
+      all.set(head);
+      all.set(body, head.length);
+      const core = new MsgImpl(
+        {
+          subject: encoder.encode("orders.o-1"),
+          reply: encoder.encode("$JS.ACK.ORDERS.c.1.5.5.1700000000000000000.0"),
+          sid: 1,
+          hdr: set ? head.length : -1,
+          size: all.length,
+        },
+        all,
+        {} as never,
+      );
+      return new PulledMessage(core, {} as NatsConnection);
+    };
+    const m = make({
+      "Nats-Msg-Id": "o-1:OrderPlaced",
+      "Shopstream-Type": "OrderPlaced",
+      Note: "café au lait",
+    });
+    assert.equal(m.header("Shopstream-Type"), "OrderPlaced");
+    assert.equal(m.header("Note"), "café au lait");
+    assert.equal(m.header("Shopstream-Typ"), "");
+    assert.equal(m.header("Missing"), "");
+    assert.equal(m.headers?.get("Shopstream-Type"), "OrderPlaced", "the same as decoding them all");
+    assert.equal(m.header("Shopstream-Type"), "OrderPlaced", "and once decoded, from the decoded headers");
+    assert.deepEqual(JSON.parse(m.string()), { x: 1 }, "the body is untouched");
+    assert.equal(make(undefined).header("Shopstream-Type"), "");
   });
 
   void it("parses the delivery info of both ack subject formats", () => {

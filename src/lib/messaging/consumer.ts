@@ -204,15 +204,16 @@ export class ConsumerRunner {
       delay: (ms) => this.#delayUnlessStopping(ms),
     };
     const handlers = opts.handlers;
-    // Outermost first; see each file for its rule.
+    // Outermost first; see each file for its rule. Adjacent hook middleware (all but tracing and timeout) run as
+    // one stage: one promise reaction per message for each run of them.
     this.#pipeline = compose(
       [
         observe({ tally: this.#tally, deadLettered: opts.metrics?.deadLettered }),
         deadLetter((d, reason) => sendToDlq(publisher, d.msg as JsMsg, reason), this.#backoff),
+        retry({ maxAttempts, backoff: this.#backoff }),
         ...(opts.raw ? [] : [skipUnhandled((type: EventType) => handlers[type] !== undefined)]),
         maxDeliveries(limit),
         ...(opts.raw ? [traceRaw] : [decode, traceEvents]),
-        retry({ maxAttempts, backoff: this.#backoff }),
         park(control),
         keepInPlace(this.#backoff),
         timeout(this.#handlerTimeoutMs),

@@ -39,26 +39,52 @@ export function connectionOf(js: JetStreamClient): NatsConnection | undefined {
   return nc && typeof nc.subscribe === "function" && typeof nc.publish === "function" ? nc : undefined;
 }
 
-/** The delivery info in a JetStream ack subject (nats.js's `parseInfo`, which it does not export). */
+/**
+ * The delivery info in a JetStream ack subject (nats.js's `parseInfo`, which it does not export), read in one pass
+ * without splitting it: `$JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<delivery seq>.<ns>.<pending>`, or
+ * with `<domain>.<account hash>` after `ACK` (and a random token at the end) on newer servers.
+ */
 export function parseDeliveryInfo(reply: string): DeliveryInfo {
-  const t = reply.split(".");
-  if (t.length === 9) t.splice(2, 0, "_", "");
-  if (t.length < 11 || t[0] !== "$JS" || t[1] !== "ACK")
+  let n = 0;
+  for (let i = reply.indexOf("."); i !== -1 && n < dots.length; i = reply.indexOf(".", i + 1)) dots[n++] = i;
+  if ((n !== 8 && n < 10) || !reply.startsWith("$JS.ACK.")) {
     throw new Error(`unable to parse delivery info - not a jetstream message`);
-  const deliveryCount = parseInt(t[6]!, 10);
+  }
+  // Token k of the old format is token k + 2 of the new one.
+  const at = n === 8 ? 0 : 2;
+  const domain = at ? token(reply, n, 2) : "";
+  const deliveryCount = numberToken(reply, n, 4 + at);
   return {
-    domain: t[2] === "_" ? "" : t[2]!,
-    account_hash: t[3]!,
-    stream: t[4]!,
-    consumer: t[5]!,
+    domain: domain === "_" ? "" : domain,
+    account_hash: at ? token(reply, n, 3) : "",
+    stream: token(reply, n, 2 + at),
+    consumer: token(reply, n, 3 + at),
     deliveryCount,
     redelivered: deliveryCount > 1,
-    streamSequence: parseInt(t[7]!, 10),
-    deliverySequence: parseInt(t[8]!, 10),
-    timestampNanos: parseInt(t[9]!, 10),
-    pending: parseInt(t[10]!, 10),
+    streamSequence: numberToken(reply, n, 5 + at),
+    deliverySequence: numberToken(reply, n, 6 + at),
+    timestampNanos: numberToken(reply, n, 7 + at),
+    pending: numberToken(reply, n, 8 + at),
   };
 }
+
+/** Where the dots of the subject being parsed are (reused: parsing is synchronous). */
+const dots = new Int32Array(11);
+
+/** Token `k` (≥ 1) of `s`, which has `n` dots at {@link dots}. */
+function token(s: string, n: number, k: number): string {
+  return s.slice(dots[k - 1]! + 1, k < n ? dots[k] : s.length);
+}
+
+/** Token `k` (≥ 1) of `s` as a decimal number, read without making the substring. */
+function numberToken(s: string, n: number, k: number): number {
+  let v = 0;
+  for (let i = dots[k - 1]! + 1, end = k < n ? dots[k]! : s.length; i < end; i++)
+    v = v * 10 + s.charCodeAt(i) - 48;
+  return v;
+}
+
+const nonAscii = /[\u0080-\uffff]/;
 
 /**
  * A message delivered by a pull: nats.js's `JsMsg` (whose implementation it does not export) over the core
@@ -130,6 +156,30 @@ export class PulledMessage implements JsMsg {
     await this.#nc.request(this.#msg.reply, ACK, { timeout: opts.timeout ?? 5_000 });
     return true;
   }
+  /**
+   * The first value of header `name` ("" without), found in the message's header bytes: nats.js decodes every
+   * header of a message on first access of `headers` (lines split, keys checked, arrays made), for one value.
+   * Falls back to `headers` when the core message is not nats.js 3's (or they are decoded already).
+   */
+  header(name: string): string {
+    const raw = this.#msg as unknown as { _msg?: { hdr?: number }; _rdata?: Uint8Array; _headers?: MsgHdrs };
+    const size = raw._msg?.hdr;
+    const bytes = raw._rdata;
+    if (typeof size !== "number" || !(bytes instanceof Uint8Array) || raw._headers || size > bytes.length)
+      return this.#msg.headers?.get(name) ?? "";
+    if (size <= 0) return "";
+    // The block as one-byte text (cheaper than searching the bytes); a value that is not ASCII is decoded again.
+    const block = Buffer.from(bytes.buffer, bytes.byteOffset, size);
+    const text = block.toString("latin1");
+    const key = `\r\n${name}:`;
+    const at = text.indexOf(key);
+    if (at < 0) return "";
+    const start = at + key.length;
+    const cr = text.indexOf("\r", start);
+    const end = cr < 0 ? size : cr;
+    const value = text.slice(start, end);
+    return (nonAscii.test(value) ? block.toString("utf8", start, end) : value).trim();
+  }
   json<T>(): T {
     return this.#msg.json<T>();
   }
@@ -184,6 +234,8 @@ export class PullFeed {
   #lastExpiry = 0;
   /** `performance.now()` of the last thing heard on the inbox (or of the first request after a quiet time). */
   #heard = 0;
+  /** Something was heard since the last check (cheaper than reading the clock per message). */
+  #heardSince = false;
   #drained: (() => void) | undefined;
 
   constructor(o: PullFeedOptions) {
@@ -225,6 +277,10 @@ export class PullFeed {
    * stayed silent for two heartbeats (plus a tick) are lost.
    */
   check(now: number, tickMs: number): void {
+    if (this.#heardSince) {
+      this.#heardSince = false;
+      this.#heard = now;
+    }
     if (this.#outstanding === 0) return;
     if (now > this.#lastExpiry + this.#heartbeatMs) {
       // Every request has expired; their 408s were lost (or are late: extra messages then wait for a slot).
@@ -272,7 +328,7 @@ export class PullFeed {
       this.#o.events.lost("refused", err.message);
       return;
     }
-    this.#heard = performance.now();
+    this.#heardSince = true;
     if (msg.reply) {
       // A delivery (JetStream messages always carry their ack subject as reply; statuses have none).
       this.#setOutstanding(this.#outstanding - 1);

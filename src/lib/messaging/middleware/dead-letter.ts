@@ -6,14 +6,14 @@ import { ShopStreamError, describeError } from "../../errors.js";
 import { backoffDelay, type BackoffOptions } from "../backoff.js";
 import { DeadLetterCode, type DeadLetterReason } from "../dlq.js";
 import type { Delivery } from "./delivery.js";
-import type { Middleware, Outcome } from "./types.js";
+import { hooks, type Middleware, type Outcome } from "./types.js";
 
 /** Stores the DLQ copy of a delivery (the runner's: `deadLetter(publisher, msg, reason)`). */
 export type SendDeadLetter = (d: Delivery, reason: DeadLetterReason) => Promise<void>;
 
 export function deadLetter(send: SendDeadLetter, backoff: BackoffOptions): Middleware {
-  return (next) => (d) =>
-    next(d).then((o): Outcome | Promise<Outcome> => {
+  return hooks({
+    after(o, d): Outcome | Promise<Outcome> {
       if (o.outcome !== "dead-letter") return o;
       const error = o.error;
       const code = error instanceof ShopStreamError ? error.code : DeadLetterCode.HandlerFailed;
@@ -25,5 +25,6 @@ export function deadLetter(send: SendDeadLetter, backoff: BackoffOptions): Middl
           return { outcome: "retry", delayMs: backoffDelay(d.attempt, backoff), error, logged: true };
         },
       );
-    });
+    },
+  });
 }

@@ -4,7 +4,7 @@ import type { Logger } from "../../telemetry/logger.js";
 import { NOOP_SPAN } from "../../telemetry/tracing.js";
 import type { HandlerContext } from "../handler.js";
 import { Hdr } from "../headers.js";
-import type { Message } from "./types.js";
+import type { Message, Outcome } from "./types.js";
 
 /**
  * One delivered message on its way through the pipeline: what middleware learn about it (its type, the decoded
@@ -27,8 +27,8 @@ export class Delivery implements HandlerContext {
   beat: number;
   /** `performance.now()` when the current handler call began. */
   since = 0;
-  /** Ends the current handler call as timed out; set only while a call runs (see timeout.ts). */
-  abandon: ((err: Error) => void) | undefined = undefined;
+  /** Ends the current handler call with this outcome (timed out); set while a call runs (see timeout.ts). */
+  abandon: ((o: Outcome) => void) | undefined = undefined;
   /** The runner is done with the message: a late `working()` of an abandoned handler is not sent. */
   done = false;
   /** Times the handler was run again in place because NATS was unavailable (see keep-in-place.ts). */
@@ -42,7 +42,7 @@ export class Delivery implements HandlerContext {
     this.attempt = msg.info.deliveryCount;
     this.started = now;
     this.beat = now;
-    this.type = msg.headers?.get(Hdr.Type) ?? "";
+    this.type = msg.header ? msg.header(Hdr.Type) : (msg.headers?.get(Hdr.Type) ?? "");
     this.#base = logger;
   }
 

@@ -35,22 +35,18 @@ export function outcomeOfError(err: unknown): Outcome {
   return { outcome: "failed", error: err };
 }
 
-function settle(run: () => Promise<void | HandlerResult>): Promise<Outcome> {
-  try {
-    return Promise.resolve(run()).then(outcomeOf, outcomeOfError);
-  } catch (err) {
-    // A handler that throws before returning its promise.
-    return Promise.resolve(outcomeOfError(err));
-  }
-}
-
 /** Runs the handler of the decoded event's type (after the decode middleware); a type without one is skipped. */
 export function dispatchEvents(handlers: HandlerMap): Handle {
   return (d: Delivery) => {
     const event = d.event;
     const handler = event && (handlers[event.type] as EventHandler<EventType> | undefined);
     if (!event || !handler) return SKIPPED;
-    return settle(() => handler(event, d));
+    try {
+      return Promise.resolve(handler(event, d)).then(outcomeOf, outcomeOfError);
+    } catch (err) {
+      // A handler that throws before returning its promise.
+      return Promise.resolve(outcomeOfError(err));
+    }
   };
 }
 
@@ -66,6 +62,10 @@ export function dispatchRaw(raw: RawHandler): Handle {
       headers: m.headers,
       timestamp: new Date(Math.floor(m.info.timestampNanos / 1e6)),
     };
-    return settle(() => raw(msg, d));
+    try {
+      return Promise.resolve(raw(msg, d)).then(outcomeOf, outcomeOfError);
+    } catch (err) {
+      return Promise.resolve(outcomeOfError(err));
+    }
   };
 }

@@ -8,7 +8,7 @@ import { describeError, isNonRetryable } from "../../errors.js";
 import { backoffDelay, type BackoffOptions } from "../backoff.js";
 import { HandlerTimeoutError } from "../handler.js";
 import { isTransientNatsError } from "../publisher.js";
-import type { Middleware } from "./types.js";
+import { hooks, type Middleware } from "./types.js";
 
 /** Is `err`, or an error it wraps, NATS being briefly unavailable (and nothing that must not be retried)? */
 export function isNatsUnavailable(err: unknown): boolean {
@@ -20,8 +20,8 @@ export function isNatsUnavailable(err: unknown): boolean {
 }
 
 export function keepInPlace(backoff: BackoffOptions): Middleware {
-  return (next) => (d) =>
-    next(d).then((o) => {
+  return hooks({
+    after(o, d) {
       if (o.outcome !== "failed" || !isNatsUnavailable(o.error)) return o;
       d.kept++;
       if (d.kept === 1 || d.kept % 10 === 0)
@@ -30,5 +30,6 @@ export function keepInPlace(backoff: BackoffOptions): Middleware {
           "NATS unavailable; message kept, retried in place",
         );
       return { outcome: "defer", retryAfterMs: Math.min(5_000, backoffDelay(d.kept, backoff)) };
-    });
+    },
+  });
 }

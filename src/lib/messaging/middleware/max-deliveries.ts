@@ -5,12 +5,14 @@
  * on it again.
  */
 import { MaxDeliveriesError } from "../handler.js";
-import type { Middleware } from "./types.js";
+import { hooks, type Middleware } from "./types.js";
 
 export function maxDeliveries(limit: number): Middleware {
-  if (!Number.isFinite(limit)) return (next) => next;
-  return (next) => (d) =>
-    d.attempt > limit
-      ? Promise.resolve({ outcome: "dead-letter", error: new MaxDeliveriesError(d.attempt, limit) })
-      : next(d);
+  if (!Number.isFinite(limit)) return hooks({});
+  return hooks({
+    before: (d) =>
+      d.attempt > limit
+        ? Promise.resolve({ outcome: "dead-letter", error: new MaxDeliveriesError(d.attempt, limit) })
+        : undefined,
+  });
 }

@@ -10,7 +10,7 @@ import { isEventType } from "../../events/catalog.js";
 import type { HandlerOutcome, HandlerTally } from "../../telemetry/metrics.js";
 import { HandlerTimeoutError } from "../handler.js";
 import type { Delivery } from "./delivery.js";
-import type { Middleware, Outcome } from "./types.js";
+import { hooks, type Middleware, type Outcome } from "./types.js";
 
 /** The `outcome` label of each outcome (one that should not reach the runner counts as the retry it becomes). */
 const LABEL: Record<Outcome["outcome"], HandlerOutcome> = {
@@ -47,8 +47,8 @@ export function record(
 }
 
 export function observe(opts: ObserveOptions): Middleware {
-  return (next) => (d) =>
-    next(d).then((o) => {
+  return hooks({
+    after(o, d) {
       record(opts.tally, d, o);
       if (o.outcome === "retry" && !o.logged) {
         d.logger.warn(
@@ -71,5 +71,6 @@ export function observe(opts: ObserveOptions): Middleware {
         );
       }
       return o;
-    });
+    },
+  });
 }

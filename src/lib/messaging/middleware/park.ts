@@ -7,7 +7,7 @@
 import { isNonRetryable } from "../../errors.js";
 import { HandlerTimeoutError } from "../handler.js";
 import type { Delivery } from "./delivery.js";
-import { HAND_BACK, type Middleware, type Outcome, type RunnerControl } from "./types.js";
+import { HAND_BACK, hooks, type Handle, type Middleware, type Outcome, type RunnerControl } from "./types.js";
 
 /** Whether an outcome parks the message, given the runner's state. */
 function parks(o: Outcome, control: RunnerControl): boolean {
@@ -22,27 +22,28 @@ function parks(o: Outcome, control: RunnerControl): boolean {
 }
 
 export function park(control: RunnerControl): Middleware {
-  return (next) => {
-    const held = async (d: Delivery, first: Outcome | undefined): Promise<Outcome> => {
-      let o = first;
-      for (;;) {
-        if (o) {
-          if (!parks(o, control)) return o;
-          if (o.outcome === "defer") {
-            d.logger.debug({ retry_after_ms: o.retryAfterMs }, "handler deferred; parking message");
-            await control.delay(o.retryAfterMs);
-          } else {
-            d.logger.debug("handler failed while paused; parking message");
-          }
+  /** Holds `d` (its outcome so far: `first`) until it no longer parks, running it again with `again`. */
+  const held = async (d: Delivery, first: Outcome | undefined, again: Handle): Promise<Outcome> => {
+    let o = first;
+    for (;;) {
+      if (o) {
+        if (!parks(o, control)) return o;
+        if (o.outcome === "defer") {
+          d.logger.debug({ retry_after_ms: o.retryAfterMs }, "handler deferred; parking message");
+          await control.delay(o.retryAfterMs);
+        } else {
+          d.logger.debug("handler failed while paused; parking message");
         }
-        if (control.paused) await control.untilResumed();
-        if (control.stopping) return HAND_BACK;
-        o = await next(d);
       }
-    };
-    return (d) =>
-      control.paused || control.stopping
-        ? held(d, undefined)
-        : next(d).then((o) => (parks(o, control) ? held(d, o) : o));
+      // Not parked time: a handler call that was abandonable must not be abandoned while its message waits here.
+      d.abandon = undefined;
+      if (control.paused) await control.untilResumed();
+      if (control.stopping) return HAND_BACK;
+      o = await again(d);
+    }
   };
+  return hooks({
+    before: (d, again) => (control.paused || control.stopping ? held(d, undefined, again) : undefined),
+    after: (o, d, again) => (parks(o, control) ? held(d, o, again) : o),
+  });
 }

@@ -5,14 +5,15 @@
  */
 import { isNonRetryable } from "../../errors.js";
 import { backoffDelay, type BackoffOptions } from "../backoff.js";
-import type { Middleware } from "./types.js";
+import { hooks, type Middleware } from "./types.js";
 
 export function retry(o: { maxAttempts: number; backoff: BackoffOptions }): Middleware {
-  return (next) => (d) =>
-    next(d).then((out) => {
+  return hooks({
+    after(out, d) {
       if (out.outcome !== "failed") return out;
       if (isNonRetryable(out.error) || d.attempt >= o.maxAttempts)
         return { outcome: "dead-letter", error: out.error };
       return { outcome: "retry", delayMs: backoffDelay(d.attempt, o.backoff), error: out.error };
-    });
+    },
+  });
 }

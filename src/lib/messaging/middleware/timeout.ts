@@ -11,11 +11,11 @@ export function timeout(timeoutMs: number): Middleware {
   if (!Number.isFinite(timeoutMs)) return (next) => next;
   return (next) => (d) =>
     new Promise<Outcome>((resolve) => {
-      const abandon = (error: Error) => resolve({ outcome: "failed", error });
       d.since = performance.now();
-      d.abandon = abandon;
+      // The first to resolve wins: the call's outcome, or the ticker's timeout (abandonOverdue).
+      d.abandon = resolve;
       void next(d).then((o) => {
-        if (d.abandon === abandon) d.abandon = undefined;
+        if (d.abandon === resolve) d.abandon = undefined;
         resolve(o);
       });
     });
@@ -24,10 +24,10 @@ export function timeout(timeoutMs: number): Middleware {
 /** Abandons every handler call among `deliveries` that has run `timeoutMs` or longer by `now`. */
 export function abandonOverdue(deliveries: Iterable<Delivery>, timeoutMs: number, now: number): void {
   for (const d of deliveries) {
-    if (d.abandon && now - d.since >= timeoutMs) {
+    if (d.abandon && !d.done && now - d.since >= timeoutMs) {
       const abandon = d.abandon;
       d.abandon = undefined;
-      abandon(new HandlerTimeoutError(Math.round(now - d.since), timeoutMs));
+      abandon({ outcome: "failed", error: new HandlerTimeoutError(Math.round(now - d.since), timeoutMs) });
     }
   }
 }

@@ -22,7 +22,8 @@ import type { Handle, Middleware, Outcome } from "./types.js";
 
 function ended(span: Span): (o: Outcome) => Outcome {
   return (o) => {
-    if (o.outcome === "retry" || o.outcome === "dead-letter") {
+    // A failure that reaches here is a failed attempt (parked and kept-in-place runs are settled inside).
+    if (o.outcome === "failed") {
       span.recordException(o.error as Error);
       span.setStatus({ code: SpanStatusCode.ERROR, message: describeError(o.error) });
     }
