@@ -513,9 +513,11 @@ void describe("middleware: handler timeout", () => {
     const d = delivery();
     const pending = handle(d);
     assert.ok(d.abandon, "abandonable while running");
+    // d.since is a fractional performance.now(): (since + 500) - since may round to 499.99…, so the
+    // clock is set a whole millisecond either side of the limit instead of exactly on it.
     abandonOverdue([d], 500, d.since + 499);
     assert.ok(d.abandon, "not before the timeout");
-    abandonOverdue([d], 500, d.since + 500);
+    abandonOverdue([d], 500, d.since + 501);
     const o = await pending;
     assert.equal(o.outcome, "failed");
     const err = (o as { error: unknown }).error;
