@@ -211,7 +211,7 @@ void describe("notifications handler", () => {
     await h.handlers.OrderConfirmed!(confirmed, h.ctx);
     await assert.rejects(h.handlers.OrderCancelled!(cancelled, h.ctx), (err: unknown) => {
       assert.ok(err instanceof NotificationKindConflictError);
-      assert.equal((err).retryable, false);
+      assert.equal(err.retryable, false);
       return true;
     });
     // On a redelivery it is found before the provider is called.
