@@ -277,6 +277,36 @@ void describe("notifications service", () => {
     assert.deepEqual(await messages(orderId), []);
   });
 
+  void it("records the e-mail as NotificationSent only: no KV bucket; a second outcome is dead-lettered", async () => {
+    const orderId = newOrderId("two");
+    await place(orderId);
+    await confirm(orderId);
+    await notified(orderId, "order_confirmed");
+    // An order with two outcomes (an invariant breach upstream): the second cannot be recorded.
+    await cancel(orderId);
+    const [dl] = await eventually(
+      async () => {
+        const d = await deadLettersOf([orderId]);
+        assert.equal(d.length, 1);
+        return d;
+      },
+      { what: `the dead letter of ${orderId}` },
+    );
+    assert.equal(dl!.code, "NOTIFICATION_KIND_CONFLICT");
+    const info = await jsm.streams.info("NOTIFICATIONS", { subjects_filter: `notifications.${orderId}.>` });
+    assert.deepEqual(info.state.subjects, { [`notifications.${orderId}.NotificationSent`]: 1 });
+    const res = await fetch(`${svc.url}/notifications/${orderId}`);
+    const body = (await res.json()) as { notifications: { kind: string; sentAt: string }[] };
+    assert.deepEqual(
+      body.notifications.map((n) => n.kind),
+      ["order_confirmed"],
+    );
+    assert.ok(!Number.isNaN(Date.parse(body.notifications[0]!.sentAt)));
+    const streams: string[] = [];
+    for await (const name of jsm.streams.names()) streams.push(name);
+    assert.ok(!streams.includes("KV_notifications"), "no sent-record bucket is created");
+  });
+
   void it("pauses during a mail provider outage and sends everything once it recovers", async () => {
     const dep = internalsOf(svc.ctx)!.mailer.http;
     const runner = svc.ctx.runners.get(ORDERS_CONSUMER)!;

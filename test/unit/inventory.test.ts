@@ -14,16 +14,17 @@ import {
 } from "../../src/services/inventory/catalog.js";
 import {
   applyMove,
-  beginReserve,
   commitHold,
   decideCommit,
   decideRelease,
   decideReserve,
+  decideReserveOnce,
   giveBack,
   hold,
   mergeLines,
   newStock,
   stockViolations,
+  unionLines,
   type ReservationRecord,
   type StockRecord,
 } from "../../src/services/inventory/inventory.js";
@@ -134,10 +135,33 @@ void describe("inventory domain: reservation state machine", () => {
   const items = [{ sku: "A", quantity: 1 }];
   const rec = (status: ReservationRecord["status"]): ReservationRecord => ({ status, items });
 
-  void it("begins a reservation only when there is no record", () => {
-    assert.deepEqual(beginReserve(null, items), { status: "reserving", items });
-    for (const s of ["reserving", "reserved", "rejected", "committed", "released"] as const)
-      assert.equal(beginReserve(rec(s), items), Unchanged);
+  void it("creates the decided record when there is none, decides a legacy `reserving` one, leaves others", () => {
+    assert.deepEqual(decideReserveOnce(null, items, { ok: true }), rec("reserved"));
+    assert.deepEqual(decideReserveOnce(null, items, { ok: false, reason: "unknown_sku", skus: ["A"] }), {
+      status: "rejected",
+      items,
+      reason: "unknown_sku",
+      skus: ["A"],
+    });
+    assert.deepEqual(decideReserveOnce(rec("reserving"), items, { ok: true }), rec("reserved"));
+    for (const s of ["reserved", "rejected", "committed", "released"] as const)
+      assert.equal(decideReserveOnce(rec(s), items, { ok: true }), Unchanged);
+    // A tombstone wins over a reserve that held before it: the reserve gives back.
+    assert.equal(decideReserveOnce({ status: "released", items: [] }, items, { ok: true }), Unchanged);
+  });
+
+  void it("unites lines by SKU for give-backs", () => {
+    assert.deepEqual(unionLines([], items), items);
+    assert.deepEqual(
+      unionLines(items, [
+        { sku: "A", quantity: 5 },
+        { sku: "B", quantity: 2 },
+      ]),
+      [
+        { sku: "A", quantity: 1 },
+        { sku: "B", quantity: 2 },
+      ],
+    );
   });
 
   void it("decides a reservation only while reserving", () => {

@@ -11,9 +11,12 @@ import { encodeEvent } from "../../src/lib/events/codec.js";
 import { makeEvent, type Envelope } from "../../src/lib/events/envelope.js";
 import type { EventData } from "../../src/lib/events/catalog.js";
 import type { HandlerContext } from "../../src/lib/messaging/consumer.js";
-import type { Publisher } from "../../src/lib/messaging/publisher.js";
+import { ConcurrencyError, type Publisher } from "../../src/lib/messaging/publisher.js";
 import { createLogger } from "../../src/lib/telemetry/logger.js";
-import { notificationHandlers } from "../../src/services/notifications/handlers.js";
+import {
+  NotificationKindConflictError,
+  notificationHandlers,
+} from "../../src/services/notifications/handlers.js";
 import type { Mailer } from "../../src/services/notifications/mailer.js";
 import {
   cancelledMail,
@@ -23,7 +26,6 @@ import {
   mailKey,
   type SentNotification,
 } from "../../src/services/notifications/notification.js";
-import type { NotificationStore } from "../../src/services/notifications/store.js";
 
 const placed: EventData<"OrderPlaced"> = {
   orderId: "o1",
@@ -67,25 +69,36 @@ void describe("notification content", () => {
 
 void describe("notifications handler", () => {
   function harness() {
-    const records = new Map<string, SentNotification>();
+    // The NOTIFICATIONS stream: one NotificationSent per order subject, appended only to an empty subject.
+    const records = new Map<string, Envelope<"NotificationSent">>();
     const sends: { to: string; key: string }[] = [];
     const published: Envelope[] = [];
+    const conflicts: string[] = [];
     const lines: string[] = [];
     const store = {
-      get: async (o: string, k: string) => records.get(`${o}.${k}`) ?? null,
-      record: async (n: SentNotification) => {
-        const key = `${n.orderId}.${n.kind}`;
-        if (!records.has(key)) records.set(key, n);
-        return records.get(key)!;
+      sent: async (o: string): Promise<SentNotification | null> => {
+        const e = records.get(o);
+        return e ? { ...e.data, sentAt: e.timestamp } : null;
       },
-    } as unknown as NotificationStore;
+    };
     const mailer = {
       send: async (to: string, orderId: string, kind: "order_confirmed" | "order_cancelled") => {
         sends.push({ to, key: mailKey(orderId, kind) });
         return "msg_1";
       },
     } as unknown as Mailer;
-    const publisher = { publish: async (e: Envelope) => void published.push(e) } as unknown as Publisher;
+    const publisher = {
+      publish: async (e: Envelope, o: { expectLastSubjectSequence?: number } = {}) => {
+        assert.equal(o.expectLastSubjectSequence, 0, "NotificationSent is a conditional append");
+        const subject = `notifications.${e.aggregate_id}.NotificationSent`;
+        if (records.has(e.aggregate_id)) {
+          conflicts.push(e.id);
+          throw new ConcurrencyError(subject, 0);
+        }
+        records.set(e.aggregate_id, e as Envelope<"NotificationSent">);
+        published.push(e);
+      },
+    } as unknown as Publisher;
     const orderPlaced = makeEvent("OrderPlaced", placed, { aggregateId: "o1", source: "orders" });
     let directGets = 0;
     const jsm = {
@@ -116,10 +129,20 @@ void describe("notifications handler", () => {
       span: trace.getTracer("test").startSpan("t"),
       working: () => undefined,
     };
-    return { handlers, ctx, sends, published, lines, orderPlaced, directGets: () => directGets };
+    return {
+      handlers,
+      ctx,
+      sends,
+      published,
+      conflicts,
+      records,
+      lines,
+      orderPlaced,
+      directGets: () => directGets,
+    };
   }
 
-  void it("sends once, publishes NotificationSent each time, and never logs the address", async () => {
+  void it("sends once, appends NotificationSent once, and never logs the address", async () => {
     const h = harness();
     const event = makeEvent(
       "OrderConfirmed",
@@ -127,11 +150,12 @@ void describe("notifications handler", () => {
       { aggregateId: "o1", source: "orders" },
     );
     await h.handlers.OrderConfirmed!(event, h.ctx);
-    // A redelivery finds the send recorded.
+    // A redelivery finds the send recorded: no provider call, no append.
     await h.handlers.OrderConfirmed!(event, { ...h.ctx, attempt: 2 });
     assert.deepEqual(h.sends, [{ to: "ada@example.com", key: "o1:order_confirmed" }]);
     assert.equal(h.directGets(), 1, "the address read from the stream once");
-    assert.equal(h.published.length, 2);
+    assert.equal(h.published.length, 1);
+    assert.deepEqual(h.conflicts, []);
     for (const e of h.published) {
       assert.equal(e.id, "o1:NotificationSent:order_confirmed");
       assert.deepEqual(e.data, { orderId: "o1", kind: "order_confirmed", messageId: "msg_1" });
@@ -153,5 +177,50 @@ void describe("notifications handler", () => {
     assert.deepEqual(h.sends, [{ to: "ada@example.com", key: "o1:order_cancelled" }]);
     assert.equal(h.directGets(), 0);
     assert.equal(h.published.length, 1);
+  });
+
+  void it("a first delivery of an outcome already recorded loses the append and reads the record back", async () => {
+    const h = harness();
+    const event = makeEvent(
+      "OrderConfirmed",
+      { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" },
+      { aggregateId: "o1", source: "orders" },
+    );
+    await h.handlers.OrderConfirmed!(event, h.ctx);
+    // Another copy, delivered as a first delivery (a reset consumer, another replica): the provider replays
+    // the key, the append is refused, the record read back is the same kind: done without error.
+    await h.handlers.OrderConfirmed!(event, h.ctx);
+    assert.equal(h.sends.length, 2);
+    assert.equal(new Set(h.sends.map((s) => s.key)).size, 1, "the same idempotency key");
+    assert.deepEqual(h.conflicts, ["o1:NotificationSent:order_confirmed"]);
+    assert.equal(h.published.length, 1);
+  });
+
+  void it("another kind already recorded for the order is an invariant breach, not retried", async () => {
+    const h = harness();
+    const confirmed = makeEvent(
+      "OrderConfirmed",
+      { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" },
+      { aggregateId: "o1", source: "orders" },
+    );
+    const cancelled = makeEvent(
+      "OrderCancelled",
+      { orderId: "o1", reason: "timeout" },
+      { aggregateId: "o1", source: "orders" },
+    );
+    await h.handlers.OrderConfirmed!(confirmed, h.ctx);
+    await assert.rejects(h.handlers.OrderCancelled!(cancelled, h.ctx), (err: unknown) => {
+      assert.ok(err instanceof NotificationKindConflictError);
+      assert.equal(err.retryable, false);
+      return true;
+    });
+    // On a redelivery it is found before the provider is called.
+    const before = h.sends.length;
+    await assert.rejects(
+      h.handlers.OrderCancelled!(cancelled, { ...h.ctx, attempt: 2 }),
+      NotificationKindConflictError,
+    );
+    assert.equal(h.sends.length, before);
+    assert.equal(h.records.get("o1")!.data.kind, "order_confirmed");
   });
 });

@@ -2,30 +2,63 @@
  * Handlers of the `inventory-orders` consumer: OrderPlaced reserves, OrderConfirmed commits, OrderCancelled
  * releases. Business logic only; the consumer runner acks, retries and dead-letters.
  *
- * Idempotence and crash safety: each handler first reads or decides the order's reservation record (a
- * compare-and-set), then applies idempotent stock moves keyed by the order id (a hold exists or it does
- * not), then publishes its outcome with a deterministic event id. A redelivery after a crash at any point
- * finishes the same work; a duplicate changes nothing. Handlers of one order are serialised in this
- * process; across replicas the record's compare-and-set decides one outcome.
+ * State: per SKU a stock record with a hold per order (`hold`/`giveBack`/`commitHold` are idempotent: a
+ * hold of an order exists or it does not), per order a reservation record whose every write is a
+ * compare-and-set. Outcomes are published with deterministic ids (`<orderId>:<Type>`). Handlers of one order
+ * are serialised in this process; across replicas the record's compare-and-set decides one outcome.
  *
- * Order of steps, chosen so that no stray hold survives: a rejection and a release are recorded before
- * their holds are given back, and a commit after its holds became sales. So in the states `rejected`,
- * `released` and `committed` no hold of the order is legitimate, and whoever sees one gives it back.
+ * The rule that keeps holds from straying: in the states `rejected`, `released` and `committed` no hold of the
+ * order is legitimate, and whoever sees one gives it back. A rejection and a release are recorded before their
+ * holds are given back, and a commit after its holds became sales.
+ *
+ * Reserve (OrderPlaced), happy path: holds, then ONE record write — a create at revision 0 of the decided record
+ * (`reserved`/`rejected`), then the outcome. Earlier versions first created a record `reserving` so that a
+ * cancellation arriving mid-reservation knew which lines to give back; that write is gone. Instead:
+ * - a cancellation that finds no record creates a tombstone `released` (items []) and gives back the lines of
+ *   the order's OrderPlaced, read from ORDERS (only on that rare path, and again on every redelivery of it);
+ * - a reserve whose create loses (a tombstone, or another copy's decision) reads the winner's record and gives
+ *   back its own lines if that record forbids holds (`released`, `rejected`, `committed`); if it says
+ *   `reserved`, the holds are the order's (keyed by order id, so both copies' holds are the same holds).
+ * A redelivery (attempt > 1) reads the record first and, when decided, only finishes it (give back what the
+ * decision forbids, republish the outcome if not on the stream yet); a first delivery skips that read.
+ *
+ * Crash points of the reserve and who finishes them:
+ * 1. after some holds, before the decision: the OrderPlaced is redelivered and holds again (already held →
+ *    no change), then decides. If it is never redelivered (dead-lettered after MAX_DELIVERIES), the order
+ *    times out: its OrderCancelled finds no record, writes the tombstone and gives back the OrderPlaced's
+ *    lines. If a cancellation came first (tombstone), the redelivery's create loses and it gives back.
+ * 2. after the decision, before giving back a rejection's holds: the redelivery reads `rejected` and gives
+ *    back (a cancellation, finding `rejected`, does too).
+ * 3. after the decision, before publishing: the redelivery reads the record and publishes the outcome, unless
+ *    the INVENTORY stream already has it.
+ * Races: two copies of one OrderPlaced (two replicas) both hold (the second sees `already_held` for lines the
+ * first holds, or holds lines the first could not) and both try the create; one wins. If the winner said
+ * `reserved`, every line is held by the order (each line was held by one copy or the other, and nobody gives
+ * back before losing or deciding a forbidding state); if it said `rejected`, both give back everything. A
+ * tombstone created while a reserve holds: the reserve's create loses to it and gives back; the
+ * cancellation's own give-back covers holds placed before it. A hold placed after the tombstone's give-back is
+ * from a reserve whose create comes later and loses, so it gives that hold back itself.
+ *
+ * Commit (OrderConfirmed): holds → sales, then the record `reserved` → `committed` (a crash in between: the
+ * redelivery commits the remaining holds — `commitHold` of a hold already committed is no change — and
+ * records). Release (OrderCancelled): the record first (`released`, or a tombstone), then the give-back.
+ * Both unchanged by this redesign; a cheaper commit (StockCommitted on the stream as the fact) is left open.
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { NonRetryableError, RetryableError } from "../../lib/errors.js";
 import { Streams, type EventData } from "../../lib/events/catalog.js";
+import { decodeEvent } from "../../lib/events/codec.js";
 import { makeEvent, subjectOf, type Envelope } from "../../lib/events/envelope.js";
 import { KeyedQueue } from "../../lib/keyed-queue.js";
 import type { HandlerContext, HandlerMap } from "../../lib/messaging/consumer.js";
+import { directGet } from "../../lib/messaging/direct.js";
 import type { Publisher } from "../../lib/messaging/publisher.js";
 import {
   MAX_LINE_QUANTITY,
-  beginReserve,
   commitHold,
   decideCommit,
   decideRelease,
-  decideReserve,
+  decideReserveOnce,
   giveBack,
   hold,
   holdsForbidden,
@@ -35,6 +68,7 @@ import {
   type ReserveOutcome,
   type ReservationRecord,
   type StockLine,
+  unionLines,
 } from "./inventory.js";
 import type { InventoryStore } from "./store.js";
 
@@ -87,19 +121,23 @@ export class InventoryHandlers {
   async #reserve(event: Envelope<"OrderPlaced">, ctx: HandlerContext): Promise<void> {
     const { store } = this.#d;
     const orderId = event.data.orderId;
-    const { value: record } = await store.updateReservation(orderId, (r) =>
-      beginReserve(r, mergeLines(event.data.items)),
-    );
-    if (!record) throw new RetryableError("RESERVATION_MISSING", `reservation ${orderId} vanished`);
-    if (record.status !== "reserving") {
-      ctx.logger.debug({ status: record.status }, "reservation already decided");
-      await this.#afterReserveDecided(event, record, true);
-      return;
+    const items = mergeLines(event.data.items);
+    // A redelivery may follow a decision (crash after it, or a lost ack): look first, so a decided order is not
+    // held again. A first delivery has not been handled before; a copy that was (a duplicate, another replica)
+    // is caught by the create below.
+    if (ctx.attempt > 1) {
+      const known = await store.getReservation(orderId);
+      if (known && known.status !== "reserving") {
+        ctx.logger.debug({ status: known.status }, "reservation already decided");
+        await this.#afterReserveDecided(event, known, items, true);
+        return;
+      }
     }
-    // Hold line by line; after the first line that fails, only look at the rest (to name every SKU).
+    // Hold line by line (idempotent per order id); after the first line that fails, only look at the rest (to
+    // name every SKU). Nothing is recorded before the holds: see the header comment for why no hold can stray.
     const failed: { sku: string; why: "insufficient" | "unknown" }[] = [];
     const inconsistent = orderInconsistency(event.data);
-    for (const line of inconsistent ? [] : record.items) {
+    for (const line of inconsistent ? [] : items) {
       if (failed.length > 0 || line.quantity > MAX_LINE_QUANTITY) {
         const stock = await store.getStock(line.sku);
         if (!stock) failed.push({ sku: line.sku, why: "unknown" });
@@ -119,28 +157,36 @@ export class InventoryHandlers {
         ? { ok: true }
         : { ok: false, reason, skus: failed.map((f) => f.sku) };
     if (inconsistent) ctx.logger.warn({ problem: inconsistent }, "inconsistent order rejected");
-    const { value: decided } = await store.updateReservation(orderId, (r) => decideReserve(r, outcome));
-    if (!decided) throw new RetryableError("RESERVATION_MISSING", `reservation ${orderId} vanished`);
-    // The happy path at debug: one info line per event costs more CPU than the event under load.
-    ctx.logger[decided.status === "reserved" ? "debug" : "info"](
-      { status: decided.status, ...(decided.reason ? { reason: decided.reason, skus: decided.skus } : {}) },
-      "reservation decided",
+    // The decision: a create at revision 0. Whoever created the record first (another copy of this event, a
+    // cancellation's tombstone) decided; the loser reads that decision and gives back holds it forbids.
+    const { value: decided, changed } = await store.updateReservation(orderId, (r) =>
+      decideReserveOnce(r, items, outcome),
     );
-    await this.#afterReserveDecided(event, decided, false);
+    if (!decided) throw new RetryableError("RESERVATION_MISSING", `reservation ${orderId} vanished`);
+    if (!changed) ctx.logger.debug({ status: decided.status }, "reservation decided by another delivery");
+    // The happy path at debug: one info line per event costs more CPU than the event under load.
+    else
+      ctx.logger[decided.status === "reserved" ? "debug" : "info"](
+        { status: decided.status, ...(decided.reason ? { reason: decided.reason, skus: decided.skus } : {}) },
+        "reservation decided",
+      );
+    await this.#afterReserveDecided(event, decided, items, !changed);
   }
 
   /**
-   * Finishes a reservation whose record is no longer `reserving`: gives back holds the order may not have
-   * (a crash between a decision and its stock moves, or a concurrent duplicate that held after the
-   * decision), then publishes the outcome the record implies (`republish`: only if not on the stream yet).
+   * Finishes a decided reservation: gives back holds the order may not have (a crash between a decision and
+   * its stock moves, a duplicate or a reserve that lost the decision to a tombstone after holding), then
+   * publishes the outcome the record implies (`republish`: only if not on the stream yet). `held` are the
+   * lines this OrderPlaced holds (a tombstone's record has none, but the reserve that lost to it may hold them).
    */
   async #afterReserveDecided(
     event: Envelope<"OrderPlaced">,
     record: ReservationRecord,
+    held: readonly StockLine[],
     republish: boolean,
   ): Promise<void> {
     const orderId = event.data.orderId;
-    if (holdsForbidden(record.status)) await this.#giveBackAll(orderId, record.items);
+    if (holdsForbidden(record.status)) await this.#giveBackAll(orderId, unionLines(record.items, held));
     switch (record.status) {
       case "reserved": {
         const { customerId, total, currency } = event.data;
@@ -208,13 +254,26 @@ export class InventoryHandlers {
         throw new RetryableError("RESERVATION_CHANGED", `reservation ${orderId} changed concurrently`);
       case "rejected":
       case "released": {
-        await this.#giveBackAll(orderId, record.items);
+        // A tombstone names no lines, but a reserve may hold some: one cut off after its holds, before its
+        // decision, whose OrderPlaced may never come back (dead-lettered after its deliveries). Its lines are
+        // read from the OrderPlaced on ORDERS (a direct get, only on this rare path).
+        const tombstone = record.status === "released" && record.items.length === 0;
+        await this.#giveBackAll(orderId, tombstone ? await this.#placedLines(orderId) : record.items);
         const items = record.status === "released" ? record.items : [];
         if (changed) ctx.logger.info({ items, tombstone: record.items.length === 0 }, "reservation released");
         await this.#publish("StockReleased", { orderId, items }, event, !changed);
         return;
       }
     }
+  }
+
+  /** The merged lines of the order's OrderPlaced on ORDERS, or none when it is not there. */
+  async #placedLines(orderId: string): Promise<StockLine[]> {
+    const subject = subjectOf({ type: "OrderPlaced", aggregate_id: orderId });
+    const m = await directGet(this.#d.jsm, Streams.ORDERS, { seq: 1, next_by_subj: subject });
+    if (!m) return [];
+    const placed = decodeEvent(m.data);
+    return placed.type === "OrderPlaced" ? mergeLines(placed.data.items) : [];
   }
 
   /** Gives back every hold `orderId` still has on `items` (idempotent). */

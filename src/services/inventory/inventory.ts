@@ -145,27 +145,41 @@ export function stockViolations(s: StockRecord): string[] {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Reservation state machine. Every decision is a compare-and-set on the order's record, taken before
-// the stock moves it implies, so concurrent or redelivered handlers agree on one outcome and a crash
-// between the decision and the moves is finished by the next delivery (the moves are idempotent).
+// Reservation state machine. Every decision is a compare-and-set on the order's record; the reserve's
+// decision is a create (revision 0) taken after its holds, the others are taken before the stock moves they
+// imply, so concurrent or redelivered handlers agree on one outcome and a crash between a decision and its
+// moves is finished by the next delivery (the moves are idempotent). See handlers.ts for the crash points.
 //
-//   (absent) ─OrderPlaced→ reserving ─→ reserved ─OrderConfirmed→ committed
-//                                   │          └─OrderCancelled→ released
-//                                   ├─→ rejected
-//                                   └─OrderCancelled→ released (the reserve gives back what it held)
+//   (absent) ─OrderPlaced (holds placed)→ reserved ─OrderConfirmed→ committed
+//                                    │         └─OrderCancelled→ released
+//                                    └→ rejected
 //   (absent) ─OrderCancelled→ released (tombstone, items [])
+//
+// `reserving` was written before the holds by earlier versions; it is no longer written, but a record left
+// in that state is still decided (decideReserveOnce) or released (decideRelease) as before.
 // ---------------------------------------------------------------------------------------------------
 
-/** Creates the record `reserving` with the order's lines, unless it exists. */
-export function beginReserve(
-  r: ReservationRecord | null,
-  items: StockLine[],
-): ReservationRecord | typeof Unchanged {
-  return r === null ? { status: "reserving", items } : Unchanged;
+/** The lines of `a`, then those of `b` whose SKU is not in `a` (give-backs of either are idempotent). */
+export function unionLines(a: readonly StockLine[], b: readonly StockLine[]): StockLine[] {
+  const skus = new Set(a.map((l) => l.sku));
+  return [...a, ...b.filter((l) => !skus.has(l.sku))];
 }
 
 /** What reserving every line of an order came to. */
 export type ReserveOutcome = { ok: true } | { ok: false; reason: RejectReason; skus: string[] };
+
+/**
+ * The reserve's decision, once its holds are placed: created when there is no record; a legacy `reserving`
+ * record is decided as before; any other record (another delivery's decision, a tombstone) is left as it is.
+ */
+export function decideReserveOnce(
+  r: ReservationRecord | null,
+  items: StockLine[],
+  outcome: ReserveOutcome,
+): ReservationRecord | typeof Unchanged {
+  if (r === null) return decideReserve({ status: "reserving", items }, outcome);
+  return decideReserve(r, outcome);
+}
 
 /** Decides the outcome of a reservation still `reserving`; any other record is left as it is. */
 export function decideReserve(
@@ -187,10 +201,11 @@ export function decideCommit(r: ReservationRecord | null): ReservationRecord | t
  * Marks a `reserved` record `released`, or creates a `released` tombstone when there is no record (the order
  * was cancelled before its OrderPlaced was handled); any other record is left as it is.
  *
- * A record still `reserving` is released too: the cancellation must not wait for a reserve that may have been
- * cut off (its OrderPlaced comes back only after the ack wait, and the cancellation would use up its attempts
- * meanwhile and be dead-lettered, leaving the stock held for good). The reserve, when it goes on, finds the
- * record `released` and gives back whatever it held.
+ * A (legacy) record still `reserving` is released too: the cancellation must not wait for a reserve that may
+ * have been cut off (its OrderPlaced comes back only after the ack wait, and the cancellation would use up its
+ * attempts meanwhile and be dead-lettered, leaving the stock held for good). The reserve, when it goes on,
+ * finds the record `released` and gives back whatever it held. The same holds for a tombstone: a reserve that
+ * held before it and decides after finds it and gives back its holds.
  */
 export function decideRelease(r: ReservationRecord | null): ReservationRecord | typeof Unchanged {
   if (r === null) return { status: "released", items: [] };

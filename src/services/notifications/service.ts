@@ -29,7 +29,7 @@ export const definition: ServiceDefinition<typeof NotificationsConfig> = {
   config: NotificationsConfig,
   async setup(ctx) {
     const c = ctx.config;
-    const store = await NotificationStore.open(ctx.nc, c.STREAM_REPLICAS);
+    const store = new NotificationStore(ctx.jsm);
     const http = new HttpDependency({
       name: "mail-provider",
       baseUrl: c.MAIL_PROVIDER_URL,

@@ -1,54 +1,55 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
 import { NonRetryableError } from "../../lib/errors.js";
 import { Streams, type EventData } from "../../lib/events/catalog.js";
 import { decodeEvent } from "../../lib/events/codec.js";
 import { subjectOf } from "../../lib/events/envelope.js";
-import { Unchanged, casUpdate, openBucket, readJson, type KV } from "../../lib/kv.js";
 import { directGet } from "../../lib/messaging/direct.js";
-import type { NotificationKind, SentNotification } from "./notification.js";
+import type { SentNotification } from "./notification.js";
 
-/** Name of the KV bucket recording sent e-mails, key `<orderId>.<kind>`. */
-export const NOTIFICATIONS_BUCKET = "notifications";
+/**
+ * Name of the KV bucket that recorded sent e-mails before NotificationSent itself became the record. No longer
+ * created, read or written; a bucket left over from an older version is harmless (nothing reads it) and may be
+ * deleted with `nats kv del notifications`.
+ */
+export const LEGACY_NOTIFICATIONS_BUCKET = "notifications";
 
-const kinds: NotificationKind[] = ["order_confirmed", "order_cancelled"];
+/** The subject of an order's NotificationSent: at most one message, its e-mail (`notifications.<orderId>.NotificationSent`). */
+export const notificationSubject = (orderId: string): string =>
+  subjectOf({ type: "NotificationSent", aggregate_id: orderId });
 
-/** E-mails sent, one record per (order, kind), in the `notifications` KV bucket. */
+/**
+ * E-mails sent, read from the NOTIFICATIONS stream: an order's NotificationSent is the record of its e-mail.
+ * It is appended only to an empty subject (`Nats-Expected-Last-Subject-Sequence: 0`, see handlers.ts), so the
+ * subject holds at most one message per order — the one e-mail of the order's single outcome.
+ */
 export class NotificationStore {
-  readonly #kv: KV;
+  readonly #jsm: JetStreamManager;
 
-  constructor(kv: KV) {
-    this.#kv = kv;
+  constructor(jsm: JetStreamManager) {
+    this.#jsm = jsm;
   }
 
-  static async open(nc: NatsConnection, replicas = 1): Promise<NotificationStore> {
-    const kv = await openBucket(nc, NOTIFICATIONS_BUCKET, {
-      replicas,
-      description: "E-mails sent per order and kind (notifications service)",
+  /** The e-mail recorded for an order (its NotificationSent, direct get last_by_subj: any replica answers), or null. */
+  async sent(orderId: string): Promise<SentNotification | null> {
+    const m = await directGet(this.#jsm, Streams.NOTIFICATIONS, {
+      last_by_subj: notificationSubject(orderId),
     });
-    return new NotificationStore(kv);
+    if (!m) return null;
+    const event = decodeEvent(m.data);
+    if (event.type !== "NotificationSent") {
+      throw new NonRetryableError(
+        "NOTIFICATION_RECORD_INVALID",
+        `order ${orderId}: ${notificationSubject(orderId)} holds a ${event.type}`,
+      );
+    }
+    const d = event.data;
+    return { orderId: d.orderId, kind: d.kind, messageId: d.messageId, sentAt: event.timestamp };
   }
 
-  async get(orderId: string, kind: NotificationKind): Promise<SentNotification | null> {
-    return (await readJson<SentNotification>(this.#kv, `${orderId}.${kind}`)).value;
-  }
-
-  /** Every e-mail sent for an order. */
+  /** Every e-mail sent for an order (zero or one). */
   async list(orderId: string): Promise<SentNotification[]> {
-    const all = await Promise.all(kinds.map((k) => this.get(orderId, k)));
-    return all.filter((n): n is SentNotification => n !== null);
-  }
-
-  /** Records a sent e-mail; the first record wins (a redo of the same send has the same message id). */
-  async record(n: SentNotification): Promise<SentNotification> {
-    // Usually absent: try the create first, read only when it exists.
-    const r = await casUpdate<SentNotification>(
-      this.#kv,
-      `${n.orderId}.${n.kind}`,
-      (cur) => (cur === null ? n : Unchanged),
-      { known: { value: null, revision: 0 } },
-    );
-    return r.value ?? n;
+    const n = await this.sent(orderId);
+    return n ? [n] : [];
   }
 }
 
