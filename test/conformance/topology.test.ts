@@ -100,4 +100,26 @@ void describe("messaging conformance: topology", () => {
     });
     assert.deepEqual((await f.jsm.consumers.info("ORDERS", spec.durable)).config, before, "left as it was");
   });
+
+  void it("a consumer differing only in ack_wait / max_ack_pending is updated in place, keeping its position", async (t) => {
+    const f = await startMessaging();
+    t.after(() => f.close());
+    const spec = {
+      stream: "ORDERS",
+      durable: "orders-timeouts",
+      filterSubject: "orders.*",
+      ackWaitMs: 120_000,
+      maxAckPending: 5_000,
+    };
+    await f.jsm.consumers.add("ORDERS", {
+      ...consumerConfig(spec),
+      ack_wait: nanos(30_000),
+      max_ack_pending: 1_000,
+    });
+    assert.equal(await ensureConsumer(f.jsm, spec), "updated");
+    const info = await f.jsm.consumers.info("ORDERS", spec.durable);
+    assert.equal(info.config.ack_wait, nanos(120_000));
+    assert.equal(info.config.max_ack_pending, 5_000);
+    assert.equal(await ensureConsumer(f.jsm, spec), "unchanged");
+  });
 });

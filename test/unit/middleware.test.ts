@@ -26,6 +26,7 @@ import { dispatchEvents, dispatchRaw } from "../../src/lib/messaging/middleware/
 import { isNatsUnavailable, keepInPlace } from "../../src/lib/messaging/middleware/keep-in-place.js";
 import { maxDeliveries } from "../../src/lib/messaging/middleware/max-deliveries.js";
 import { observe } from "../../src/lib/messaging/middleware/observe.js";
+import { hold } from "../../src/lib/messaging/middleware/hold.js";
 import { park } from "../../src/lib/messaging/middleware/park.js";
 import { retry } from "../../src/lib/messaging/middleware/retry.js";
 import { abandonOverdue, timeout } from "../../src/lib/messaging/middleware/timeout.js";
@@ -154,6 +155,13 @@ class FakeControl implements RunnerControl {
   delay(ms: number): Promise<void> {
     this.delays.push(ms);
     return Promise.resolve();
+  }
+  /** Hold deadlines asked for; a hold ends at once with `holdGoes` (false: the runner stopped meanwhile). */
+  readonly holds: number[] = [];
+  holdGoes = true;
+  hold(_d: Delivery, untilMs: number): Promise<boolean> {
+    this.holds.push(untilMs);
+    return Promise.resolve(this.holdGoes);
   }
 }
 
@@ -503,6 +511,71 @@ void describe("middleware: park", () => {
       return Promise.resolve({ outcome: "defer", retryAfterMs: 60_000 });
     });
     assert.deepEqual(await deferring(delivery()), { outcome: "hand-back" });
+  });
+});
+
+void describe("middleware: hold (timers held by the runner)", () => {
+  void it("a held message runs again in place at its time, with nothing told to the server meanwhile", async () => {
+    const control = new FakeControl();
+    const outcomes: Outcome[] = [
+      { outcome: "hold", untilMs: 1_000 },
+      { outcome: "hold", untilMs: 1_500 },
+      ACK,
+    ];
+    let calls = 0;
+    const handle = hold(control)(() => Promise.resolve(outcomes[calls++]!));
+    const d = delivery();
+    assert.equal(await handle(d), ACK);
+    assert.equal(calls, 3);
+    assert.deepEqual(control.holds, [1_000, 1_500]);
+    assert.deepEqual(acts(d), [], "no nak, no working(): the message stays delivered");
+    assert.deepEqual(control.delays, [], "not a parking delay");
+  });
+
+  void it("a stop during the hold hands the message back without running it again", async () => {
+    const control = new FakeControl();
+    control.holdGoes = false;
+    let calls = 0;
+    const handle = hold(control)(
+      () => (calls++, Promise.resolve({ outcome: "hold", untilMs: 5 } as Outcome)),
+    );
+    assert.deepEqual(await handle(delivery()), { outcome: "hand-back" });
+    assert.equal(calls, 1);
+    // The hold ended, but the runner is stopping by then: handed back too.
+    const c2 = new FakeControl();
+    const again = hold(c2)(
+      () => ((c2.stopping = true), Promise.resolve({ outcome: "hold", untilMs: 5 } as Outcome)),
+    );
+    assert.deepEqual(await again(delivery()), { outcome: "hand-back" });
+  });
+
+  void it("other outcomes pass through; a handler result { outcome: 'hold' } becomes the hold outcome", async () => {
+    const control = new FakeControl();
+    for (const o of [ACK, failed(new Error("x")), { outcome: "defer", retryAfterMs: 5 } as Outcome]) {
+      assert.deepEqual(await hold(control)(resolved(o))(delivery()), o);
+    }
+    assert.deepEqual(control.holds, []);
+    const handlers: HandlerMap = { OrderPlaced: () => Promise.resolve({ outcome: "hold", untilMs: 42 }) };
+    const d = delivery({ decoded: event() });
+    assert.deepEqual(await dispatchEvents(handlers)(d), { outcome: "hold", untilMs: 42 });
+  });
+
+  void it("composed as the runner composes it, a due hold goes through park: paused, it waits for resume", async () => {
+    const control = new FakeControl();
+    let calls = 0;
+    const handle = compose([hold(control), park(control)], () => {
+      calls++;
+      if (calls === 1) return Promise.resolve({ outcome: "hold", untilMs: 7 });
+      return Promise.resolve(ACK);
+    });
+    control.hold = (_d, untilMs) => {
+      control.holds.push(untilMs);
+      control.paused = true; // a breaker opened while it was held
+      return Promise.resolve(true);
+    };
+    assert.equal(await handle(delivery()), ACK);
+    assert.equal(calls, 2);
+    assert.equal(control.resumeWaits, 1, "waited for resume before running again");
   });
 });
 

@@ -15,6 +15,7 @@ import { dispatchEvents, dispatchRaw } from "./middleware/dispatch.js";
 import { keepInPlace } from "./middleware/keep-in-place.js";
 import { maxDeliveries } from "./middleware/max-deliveries.js";
 import { observe, record } from "./middleware/observe.js";
+import { hold } from "./middleware/hold.js";
 import { park } from "./middleware/park.js";
 import { retry } from "./middleware/retry.js";
 import { abandonOverdue, timeout } from "./middleware/timeout.js";
@@ -83,6 +84,11 @@ export interface ConsumerRunnerOptions {
   /** Interval of automatic `working()` while a handler runs or a message is parked (default ack wait / 3). */
   heartbeatMs?: number;
   /**
+   * Messages held as timers (`{ outcome: "hold" }`) at most, besides the concurrency slots (default the spec's
+   * `maxAckPending`, else 1000 like the server's default): pulling stops while this many are held.
+   */
+  maxHeld?: number;
+  /**
    * Called after a pull found the durable consumer missing on the server (deleted underneath the runner, which
    * then reports itself not ready until a pull succeeds again): the service provisions it again from its spec.
    */
@@ -102,6 +108,8 @@ type State = "idle" | "running" | "stopping" | "stopped";
  *   a durable timer, not a failure;
  * - **DLQ, then term** when it throws a non-retryable error (schema-invalid, unknown type: at once) or
  *   fails its last attempt; if the DLQ copy cannot be stored, nak with delay instead — never a drop;
+ * - **hold** on `{ outcome: "hold", untilMs }`: a timer kept by the runner, outside its slots, without `working()`
+ *   when it ends well within the ack wait; run again in place at `untilMs`; handed back on stop;
  * - **park** on `{ outcome: "defer" }` (or a DeferError), or any retryable error while paused: kept with
  *   `working()`, run again after resume, no attempt used;
  * - **keep and retry in place** when NATS itself was briefly unavailable to the handler (a timeout, no
@@ -131,6 +139,8 @@ export class ConsumerRunner {
   readonly #backoff: BackoffOptions;
   readonly #fetchExpiresMs: number;
   readonly #heartbeatMs: number;
+  readonly #ackWaitMs: number;
+  readonly #maxHeld: number;
   readonly #onConsumerMissing: (() => void) | undefined;
   readonly #pipeline: Handle;
   /** Pull when at least this many slots are free, so a saturated runner does not pull one at a time. */
@@ -163,6 +173,14 @@ export class ConsumerRunner {
   /** Messages handed back while our pull requests may still be open; nak'd once they have ended. */
   readonly #heldBack: JsMsg[] = [];
   #feedClosed = false;
+  /** Timer holds by due time (epoch ms), earliest first; one timeout armed for the earliest. */
+  readonly #holds = new HoldHeap();
+  /** Held messages whose hold ends too close to (or past) their ack wait: beaten by the ticker like parked ones. */
+  readonly #holdsBeaten = new Set<Delivery>();
+  /** Holds that are due and wait for a free slot. */
+  readonly #holdsDue: Hold[] = [];
+  #holdTimer: NodeJS.Timeout | undefined;
+  #holdTimerAt = Infinity;
 
   constructor(opts: ConsumerRunnerOptions) {
     this.name = opts.spec.durable;
@@ -182,6 +200,8 @@ export class ConsumerRunner {
     this.#backoff = { ...defaultBackoff, ...opts.backoff };
     this.#fetchExpiresMs = Math.max(1_000, opts.fetchExpiresMs ?? 1_000);
     this.#heartbeatMs = opts.heartbeatMs ?? Math.max(100, Math.floor(ackWait / 3));
+    this.#ackWaitMs = ackWait;
+    this.#maxHeld = Math.max(0, opts.maxHeld ?? opts.spec.maxAckPending ?? 1000);
     this.#threshold = Math.max(1, Math.floor(this.#concurrency / 4));
     // A timeout is noticed at most a quarter of it late, a lost pull within half an expiry; setInterval takes at
     // most 2^31-1 ms.
@@ -202,6 +222,7 @@ export class ConsumerRunner {
       },
       untilResumed: () => this.#untilResumed(),
       delay: (ms) => this.#delayUnlessStopping(ms),
+      hold: (d, untilMs) => this.#hold(d, untilMs),
     };
     const handlers = opts.handlers;
     // Outermost first; see each file for its rule. Adjacent hook middleware (all but tracing and timeout) run as
@@ -214,6 +235,7 @@ export class ConsumerRunner {
         ...(opts.raw ? [] : [skipUnhandled((type: EventType) => handlers[type] !== undefined)]),
         maxDeliveries(limit),
         ...(opts.raw ? [traceRaw] : [decode, traceEvents]),
+        hold(control),
         park(control),
         keepInPlace(this.#backoff),
         timeout(this.#handlerTimeoutMs),
@@ -240,6 +262,10 @@ export class ConsumerRunner {
   }
   get inFlight(): number {
     return this.#inFlight;
+  }
+  /** Messages held as timers (not in flight: they take no slot) or due and waiting for a slot. */
+  get held(): number {
+    return this.#holds.size + this.#holdsDue.length;
   }
 
   /** Starts pulling. Resolves once the consumer was found on the server. */
@@ -308,6 +334,7 @@ export class ConsumerRunner {
     for (const wake of [...this.#onStop]) wake();
     this.#wakeResumed();
     for (const d of this.#waiting.splice(0)) this.#handBack(d);
+    this.#releaseHolds();
     const idle = new Promise<void>((resolve) => {
       if (this.#inFlight === 0) resolve();
       else this.#idle = resolve;
@@ -401,9 +428,86 @@ export class ConsumerRunner {
       this.#idle = undefined;
       r();
     }
+    if (this.#state === "running" && this.#holdsDue.length > 0) {
+      this.#resumeHold(this.#holdsDue.shift()!, true);
+      return;
+    }
     const next = this.#state === "running" ? this.#waiting.shift() : undefined;
     if (next) this.#begin(next);
     else this.#pump();
+  }
+
+  /** Holds `d` until `untilMs` (see {@link RunnerControl.hold}): its slot is freed meanwhile. */
+  #hold(d: Delivery, untilMs: number): Promise<boolean> {
+    if (this.#state !== "running") return Promise.resolve(false);
+    const wait = untilMs - Date.now();
+    if (wait <= 0) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const h: Hold = { d, at: untilMs, resolve };
+      this.#flights.delete(d);
+      this.#inFlight--;
+      d.abandon = undefined;
+      // The server redelivers at d.beat + ack wait; a hold that ends a heartbeat interval before that needs no beat
+      // (after it, the ticker beats the running handler as usual). Otherwise it is beaten like a parked message.
+      const now = performance.now();
+      if (now + wait > d.beat + this.#ackWaitMs - this.#heartbeatMs) this.#holdsBeaten.add(d);
+      this.#holds.push(h);
+      if (untilMs < this.#holdTimerAt) this.#armHolds(untilMs);
+      if (this.#inFlight === 0 && this.#idle) {
+        const r = this.#idle;
+        this.#idle = undefined;
+        r();
+      }
+      if (this.#holdsDue.length > 0) this.#resumeHold(this.#holdsDue.shift()!, true);
+      else {
+        const next = this.#waiting.shift();
+        if (next) this.#begin(next);
+        else this.#pump();
+      }
+    });
+  }
+
+  #armHolds(at: number): void {
+    clearTimeout(this.#holdTimer);
+    this.#holdTimerAt = at;
+    // setTimeout takes at most 2^31-1 ms; an earlier wake-up just re-arms.
+    this.#holdTimer = setTimeout(
+      () => this.#holdsFire(),
+      Math.min(Math.max(0, at - Date.now()), 2 ** 31 - 1),
+    );
+    this.#holdTimer.unref();
+  }
+
+  /** Holds that are due go on, each in a free slot (or wait for one). */
+  #holdsFire(): void {
+    this.#holdTimer = undefined;
+    this.#holdTimerAt = Infinity;
+    const now = Date.now();
+    for (let h = this.#holds.peek(); h && h.at <= now; h = this.#holds.peek()) {
+      this.#holds.pop();
+      this.#holdsBeaten.delete(h.d);
+      if (this.#inFlight < this.#concurrency) this.#resumeHold(h, true);
+      else this.#holdsDue.push(h);
+    }
+    const next = this.#holds.peek();
+    if (next && this.#state === "running") this.#armHolds(next.at);
+  }
+
+  /** A hold takes a slot again: `go` true runs it on in the pipeline, false hands it back (stopping). */
+  #resumeHold(h: Hold, go: boolean): void {
+    this.#inFlight++;
+    this.#flights.add(h.d);
+    h.resolve(go);
+  }
+
+  /** stop(): every held message goes back through its pipeline (as a hand-back), in a slot again. */
+  #releaseHolds(): void {
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
+    this.#holdTimerAt = Infinity;
+    this.#holdsBeaten.clear();
+    for (const h of this.#holdsDue.splice(0)) this.#resumeHold(h, false);
+    for (let h = this.#holds.pop(); h; h = this.#holds.pop()) this.#resumeHold(h, false);
   }
 
   /** Asks for messages for the free slots, unless enough are asked for already. */
@@ -411,7 +515,9 @@ export class ConsumerRunner {
     const feed = this.#feed;
     if (!feed || this.#state !== "running" || this.#paused) return;
     if (this.#failures > 0 && performance.now() < this.#retryAt) return;
-    const want = this.#concurrency - this.#inFlight - this.#waiting.length - feed.outstanding;
+    const taken = this.#inFlight + this.#waiting.length + feed.outstanding;
+    // Held timers take no slot, but no more than maxHeld are taken in all.
+    const want = Math.min(this.#concurrency - taken, this.#maxHeld + this.#concurrency - this.held - taken);
     if (want >= this.#threshold) {
       try {
         feed.pull(want);
@@ -489,6 +595,7 @@ export class ConsumerRunner {
     const beatAfter = this.#heartbeatMs - this.#tickMs;
     for (const d of this.#flights) if (now - d.beat >= beatAfter) this.#beat(d, now);
     for (const d of this.#waiting) if (now - d.beat >= beatAfter) this.#beat(d, now);
+    for (const d of this.#holdsBeaten) if (now - d.beat >= beatAfter) this.#beat(d, now);
     this.#feed?.check(now, this.#tickMs);
     this.#pump();
   }
@@ -564,4 +671,52 @@ export class ConsumerRunner {
 /** The catalog types a stream carries, for consumers that accept everything on it (audit). */
 export function typesOfStream(stream: string): EventType[] {
   return (Object.keys(catalog) as EventType[]).filter((t) => catalog[t].stream === stream);
+}
+
+/** A message held as a timer until `at` (epoch ms). */
+interface Hold {
+  readonly d: Delivery;
+  readonly at: number;
+  readonly resolve: (go: boolean) => void;
+}
+
+/** A binary min-heap of holds by `at`. */
+class HoldHeap {
+  readonly #a: Hold[] = [];
+  get size(): number {
+    return this.#a.length;
+  }
+  peek(): Hold | undefined {
+    return this.#a[0];
+  }
+  push(h: Hold): void {
+    const a = this.#a;
+    let i = a.length;
+    a.push(h);
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (a[p]!.at <= h.at) break;
+      a[i] = a[p]!;
+      i = p;
+    }
+    a[i] = h;
+  }
+  pop(): Hold | undefined {
+    const a = this.#a;
+    const top = a[0];
+    const last = a.pop();
+    if (a.length === 0 || !last) return top;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= a.length) break;
+      const r = l + 1;
+      const c = r < a.length && a[r]!.at < a[l]!.at ? r : l;
+      if (a[c]!.at >= last.at) break;
+      a[i] = a[c]!;
+      i = c;
+    }
+    a[i] = last;
+    return top;
+  }
 }

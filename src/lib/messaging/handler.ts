@@ -34,13 +34,19 @@ export interface HandlerContext {
  * - `{ outcome: "defer", retryAfterMs }`: not now, and not this message's fault (a dependency's breaker is open):
  *   the runner keeps the message (`working()`), runs it again after `retryAfterMs` once not paused, and uses no
  *   attempt.
+ * - `{ outcome: "hold", untilMs }`: a timer held by this runner — the message stays delivered (no nak, no
+ *   redelivery), outside the concurrency slots, and the handler runs again at `untilMs` (epoch ms, `Date.now()`).
+ *   No `working()` is sent when the hold ends well within the consumer's ack wait (give such a consumer an ack wait
+ *   above its longest hold); a longer hold is kept alive with `working()` like a parked message. A crash loses
+ *   nothing: the server redelivers after the ack wait. A stop hands it back at once. Uses no attempt.
  *
  * Throwing {@link RedeliverLaterError} or {@link DeferError} does the same.
  */
 export type HandlerResult =
   | { readonly outcome: "ack" }
   | { readonly outcome: "redeliver"; readonly delayMs: number }
-  | { readonly outcome: "defer"; readonly retryAfterMs: number };
+  | { readonly outcome: "defer"; readonly retryAfterMs: number }
+  | { readonly outcome: "hold"; readonly untilMs: number };
 
 /** Business logic for one event type. Throws to fail; the runner decides retry, DLQ or park. */
 export type EventHandler<T extends EventType> = (

@@ -157,21 +157,39 @@ export async function ensureStream(
 }
 
 /**
- * Creates a declared durable pull consumer, or verifies that the existing one matches it.
+ * Consumer settings changed in place when the declaration changes (e.g. orders-timeouts' ack wait follows
+ * ORDER_TIMEOUT_MS): the server applies them to messages already pending. Anything else is refused.
+ */
+const EDITABLE = ["description", "ack_wait", "max_ack_pending"] as const;
+
+/**
+ * Creates a declared durable pull consumer, updates its {@link EDITABLE} settings, or verifies that the existing one
+ * matches it.
  * @throws TopologyError listing every difference when the existing consumer is incompatible.
  */
 export async function ensureConsumer(
   jsm: JetStreamManager,
   spec: ConsumerSpec,
   logger?: Logger,
-): Promise<"created" | "unchanged"> {
-  const want = consumerConfig(spec);
+): Promise<"created" | "updated" | "unchanged"> {
+  const want = consumerConfig(spec) as Record<string, unknown>;
   try {
     const info = await jsm.consumers.info(spec.stream, spec.durable);
     const have = info.config as unknown as Record<string, unknown>;
     const diff = differences(want, have);
     if (!spec.filterSubject && have["filter_subject"])
       diff.push(`filter_subject: declared none, found ${JSON.stringify(have["filter_subject"])}`);
+    const editable = EDITABLE.filter((k) => JSON.stringify(want[k] ?? "") !== JSON.stringify(have[k] ?? ""));
+    if (diff.length > 0 && diff.length === editable.length) {
+      // Only settings the server changes in place (no redelivery, no lost position): updated, not refused.
+      await jsm.consumers.update(
+        spec.stream,
+        spec.durable,
+        Object.fromEntries(editable.map((k) => [k, want[k]])),
+      );
+      logger?.info({ stream: spec.stream, consumer: spec.durable, changed: diff }, "consumer updated");
+      return "updated";
+    }
     if (diff.length > 0) {
       throw new TopologyError(
         `consumer ${spec.stream}/${spec.durable} exists with an incompatible configuration (not changed):\n  ${diff.join("\n  ")}`,

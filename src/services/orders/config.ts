@@ -17,6 +17,12 @@ export const OrdersConfig = Type.Object({
     default: 500_000,
     description: "pending order timers the server may hold (peak orders/s × ORDER_TIMEOUT_MS/1000)",
   }),
+  TIMEOUT_ACK_WAIT_MARGIN_MS: Type.Integer({
+    minimum: 10_000,
+    default: 60_000,
+    description:
+      "ack wait of orders-timeouts beyond ORDER_TIMEOUT_MS: timers are held without heartbeats; after a crash a timeout is decided up to this much late",
+  }),
   MAX_ORDERS_IN_FLIGHT: Type.Integer({
     minimum: 0,
     default: 1_000,

@@ -1,6 +1,6 @@
 import { RetryableError } from "../../lib/errors.js";
 import { makeEvent, type Envelope } from "../../lib/events/mod.js";
-import { RedeliverLaterError, type HandlerContext, type HandlerMap } from "../../lib/messaging/consumer.js";
+import { type HandlerContext, type HandlerMap } from "../../lib/messaging/consumer.js";
 import { ConcurrencyError } from "../../lib/messaging/publisher.js";
 import { decide, type Decision } from "./order.js";
 import type { OrderStore } from "./store.js";
@@ -80,14 +80,21 @@ export function sagaHandlers(store: OrderStore): HandlerMap {
 }
 
 /**
- * The order timeout as a durable timer: OrderPlaced is redelivered when the order's deadline passes
- * (a delayed nak), and an order still PENDING then is cancelled with reason `timeout`.
+ * The order timeout as a timer held by the runner: OrderPlaced is delivered once and held (`{ outcome: "hold" }`,
+ * unacknowledged, no heartbeats: the consumer's ack wait is above the order timeout) until the order's deadline,
+ * then run again: an order still PENDING is cancelled with reason `timeout`, and the message acked — one delivery
+ * and one ack per order. An order this process already knows to be terminal (the store's recent cache) is acked
+ * without a read, on delivery or at the deadline. After a crash the server redelivers held messages after the ack
+ * wait (the cancellation is late by at most that); a graceful stop hands them back at once. Past deadlines
+ * (a backlog after a restart) are decided at once.
  */
 export function timeoutHandlers(store: OrderStore, now: () => number = Date.now): HandlerMap {
   return {
     OrderPlaced: async (e, ctx) => {
-      const due = Date.parse(e.data.timeoutAt) - now();
-      if (due > 0) throw new RedeliverLaterError(due + 50, "order timeout not due yet");
+      const known = store.recent(e.data.orderId);
+      if (known && known.order.status !== "PENDING") return;
+      const deadline = Date.parse(e.data.timeoutAt);
+      if (deadline > now()) return { outcome: "hold", untilMs: deadline };
       await applyDecision(store, e.data.orderId, { kind: "cancel", reason: "timeout" }, e, ctx);
     },
   };

@@ -97,9 +97,13 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
             durable: Durables.ORDERS_TIMEOUTS,
             filterSubject: "orders.*",
             maxAckPending: ctx.config.TIMEOUT_MAX_ACK_PENDING,
-            // A durable timer: each RedeliverLaterError is a delivery on the server's count, so the runner's
-            // poison limit (default 2 × maxAttempts) is raised far above what a timer uses (about 2), and kept
-            // finite so an OrderPlaced that crashes the process at its deadline still ends in the DLQ.
+            // Each OrderPlaced is held by the runner until its deadline (a timer hold: see timeoutHandlers) with no
+            // working(): the ack wait covers the whole hold. The runner holds up to maxAckPending of them outside
+            // its concurrency slots. After a crash they come back once the ack wait has passed.
+            ackWaitMs: ctx.config.ORDER_TIMEOUT_MS + ctx.config.TIMEOUT_ACK_WAIT_MARGIN_MS,
+            // Holds use no delivery; redeliveries come from crashes and hand-backs only. Kept well above the
+            // default so rolling restarts (each a hand-back) do not dead-letter timers, and finite so an OrderPlaced
+            // that crashes the process at its deadline still ends in the DLQ.
             maxDeliveries: 1_000,
           },
           handlers: timeoutHandlers(store),

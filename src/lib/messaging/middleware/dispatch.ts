@@ -25,6 +25,8 @@ export function outcomeOf(result: void | HandlerResult): Outcome {
   if (result.outcome === "redeliver")
     return { outcome: "redeliver", delayMs: Math.max(0, Math.round(result.delayMs)) };
   if (result.outcome === "defer") return { outcome: "defer", retryAfterMs: Math.max(0, result.retryAfterMs) };
+  if (result.outcome === "hold" && Number.isFinite(result.untilMs))
+    return { outcome: "hold", untilMs: result.untilMs };
   return { outcome: "failed", error: new TypeError(`unknown handler result ${JSON.stringify(result)}`) };
 }
 

@@ -22,6 +22,7 @@ const LABEL: Record<Outcome["outcome"], HandlerOutcome> = {
   "hand-back": "handed_back",
   failed: "retry",
   defer: "retry",
+  hold: "delayed",
   "dead-letter": "retry",
 };
 

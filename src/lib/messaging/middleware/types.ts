@@ -25,7 +25,7 @@ export type Message = Pick<
  * - `hand-back`: the runner is stopping; given back for another runner.
  *
  * Inside the pipeline, before a middleware resolves them: `failed` (the handler threw), `defer` (run again in place
- * later), `dead-letter` (to be copied to the DLQ).
+ * later), `hold` (a timer: run again in place at `untilMs`, see hold.ts), `dead-letter` (to be copied to the DLQ).
  */
 export type Outcome =
   | { readonly outcome: "ack" }
@@ -41,6 +41,7 @@ export type Outcome =
   | { readonly outcome: "hand-back" }
   | { readonly outcome: "failed"; readonly error: unknown }
   | { readonly outcome: "defer"; readonly retryAfterMs: number }
+  | { readonly outcome: "hold"; readonly untilMs: number }
   | { readonly outcome: "dead-letter"; readonly error: unknown };
 
 /** A step of the pipeline: resolves with the outcome of one delivery. Never rejects. */
@@ -59,6 +60,12 @@ export interface RunnerControl {
   untilResumed(): Promise<void>;
   /** Resolves after `ms`, or at once when the runner stops. */
   delay(ms: number): Promise<void>;
+  /**
+   * Holds `d` as a timer until `untilMs` (epoch ms, `Date.now()`'s clock) outside the runner's concurrency slots:
+   * resolves true once it is due and has a slot again (the message then goes on in the pipeline), false when the
+   * runner stops first (the message is then handed back). See hold.ts.
+   */
+  hold(d: Delivery, untilMs: number): Promise<boolean>;
 }
 
 export const ACK: Outcome = Object.freeze({ outcome: "ack" });
