@@ -33,12 +33,23 @@ class Squatter {
   /** The ports handed out taken, in order. */
   readonly taken: number[] = [];
   readonly #servers: Server[] = [];
+  /** Every port handed out: a free port is never handed out twice, so the launcher never re-picks (exact counts). */
+  readonly #given = new Set<number>();
 
   constructor(readonly squat: (call: number) => boolean) {}
 
   readonly pick = async (host: string): Promise<number> => {
     const call = this.calls++;
-    if (!this.squat(call)) return freePort(host);
+    if (!this.squat(call)) {
+      // The OS may hand a released port out again; the launcher would then pick once more and shift the count.
+      for (;;) {
+        const port = await freePort(host);
+        if (!this.#given.has(port)) {
+          this.#given.add(port);
+          return port;
+        }
+      }
+    }
     // Whoever connects (a readiness probe, a soliciting route) is hung up on, so close() does not wait for them.
     const srv = createServer((socket) => socket.destroy());
     await new Promise<void>((resolve, reject) => {
@@ -47,6 +58,7 @@ class Squatter {
     });
     this.#servers.push(srv);
     const port = (srv.address() as { port: number }).port;
+    this.#given.add(port);
     this.taken.push(port);
     return port;
   };
