@@ -13,12 +13,12 @@ import { decodeEvent } from "../../src/lib/events/codec.js";
 import { makeEvent, type Envelope } from "../../src/lib/events/envelope.js";
 import type { EventType } from "../../src/lib/events/catalog.js";
 import type { BreakerState } from "../../src/lib/http-client.js";
-import { listDeadLetters } from "../../src/lib/messaging/dlq.js";
 import { Publisher } from "../../src/lib/messaging/publisher.js";
 import { startService, type CommonConfig, type RunningService } from "../../src/lib/service.js";
 import type { NotificationsConfig } from "../../src/services/notifications/config.js";
 import { buildMailProvider, type StoredMessage } from "../../src/simulators/mail-provider/app.js";
 import { ORDERS_CONSUMER, definition, internalsOf } from "../../src/services/notifications/service.js";
+import { deadLettersOf, theDeadLetterOf } from "../helpers/dead-letters.js";
 import { eventually } from "../helpers/eventually.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
 
@@ -194,8 +194,6 @@ void describe("notifications service", () => {
       },
       { what: `${ORDERS_CONSUMER} drained` },
     );
-  const deadLettersOf = async (orderIds: string[]) =>
-    (await listDeadLetters(jsm, { limit: 1000 })).filter((d) => orderIds.some((o) => d.subject.includes(o)));
   const notified = (orderId: string, kind: string) =>
     sent.waitUntil(`NotificationSent ${kind} for ${orderId}`, () =>
       sent.of("NotificationSent", orderId).some((e) => e.data.kind === kind),
@@ -264,16 +262,9 @@ void describe("notifications service", () => {
   void it("dead-letters an outcome whose order has no OrderPlaced", async () => {
     const orderId = newOrderId("ghost");
     await confirm(orderId);
-    const [dl] = await eventually(
-      async () => {
-        const d = await deadLettersOf([orderId]);
-        assert.equal(d.length, 1);
-        return d;
-      },
-      { what: `the dead letter of ${orderId}` },
-    );
-    assert.equal(dl!.consumer, ORDERS_CONSUMER);
-    assert.equal(dl!.code, "ORDER_PLACED_NOT_FOUND");
+    const dl = await theDeadLetterOf(jsm, orderId);
+    assert.equal(dl.consumer, ORDERS_CONSUMER);
+    assert.equal(dl.code, "ORDER_PLACED_NOT_FOUND");
     assert.deepEqual(await messages(orderId), []);
   });
 
@@ -284,15 +275,8 @@ void describe("notifications service", () => {
     await notified(orderId, "order_confirmed");
     // An order with two outcomes (an invariant breach upstream): the second cannot be recorded.
     await cancel(orderId);
-    const [dl] = await eventually(
-      async () => {
-        const d = await deadLettersOf([orderId]);
-        assert.equal(d.length, 1);
-        return d;
-      },
-      { what: `the dead letter of ${orderId}` },
-    );
-    assert.equal(dl!.code, "NOTIFICATION_KIND_CONFLICT");
+    const dl = await theDeadLetterOf(jsm, orderId);
+    assert.equal(dl.code, "NOTIFICATION_KIND_CONFLICT");
     const info = await jsm.streams.info("NOTIFICATIONS", { subjects_filter: `notifications.${orderId}.>` });
     assert.deepEqual(info.state.subjects, { [`notifications.${orderId}.NotificationSent`]: 1 });
     const res = await fetch(`${svc.url}/notifications/${orderId}`);
@@ -321,7 +305,7 @@ void describe("notifications service", () => {
     assert.match(await (await fetch(`${svc.url}/metrics`)).text(), /mail_provider_breaker_state\{[^}]*\} 1/);
     await reopened;
     assert.equal(runner.paused, true);
-    assert.deepEqual(await deadLettersOf(orders), []);
+    assert.deepEqual(await deadLettersOf(jsm, orders), []);
 
     const closed = breakerSequence(dep, ["closed"]);
     await mail.inject({ method: "PUT", url: "/admin/faults", payload: { outage: false } });
@@ -331,7 +315,7 @@ void describe("notifications service", () => {
     );
     const info = await drained();
     assert.equal(runner.paused, false);
-    assert.deepEqual(await deadLettersOf(orders), []);
+    assert.deepEqual(await deadLettersOf(jsm, orders), []);
     assert.ok(info.num_redelivered <= 1, `num_redelivered ${info.num_redelivered}`);
     for (const [i, o] of orders.entries()) {
       const msgs = await messages(o);

@@ -14,7 +14,6 @@ import { makeEvent, type Envelope } from "../../src/lib/events/envelope.js";
 import type { EventType } from "../../src/lib/events/catalog.js";
 import type { BreakerState } from "../../src/lib/http-client.js";
 import { openBucket } from "../../src/lib/kv.js";
-import { listDeadLetters } from "../../src/lib/messaging/dlq.js";
 import { Publisher } from "../../src/lib/messaging/publisher.js";
 import { startService, type CommonConfig, type RunningService } from "../../src/lib/service.js";
 import type { PaymentsConfig } from "../../src/services/payments/config.js";
@@ -30,6 +29,7 @@ import {
   definition,
   internalsOf,
 } from "../../src/services/payments/service.js";
+import { deadLettersOf, theDeadLetterOf } from "../helpers/dead-letters.js";
 import { eventually } from "../helpers/eventually.js";
 import { orderPlacedData } from "../helpers/messaging.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
@@ -228,8 +228,6 @@ void describe("payments service", () => {
       },
       { what: `${durable} drained` },
     );
-  const deadLettersOf = async (orderIds: string[]) =>
-    (await listDeadLetters(jsm, { limit: 1000 })).filter((d) => orderIds.some((o) => d.subject.includes(o)));
   const gateway = () => internalsOf(svc.ctx)!.gateway.http;
 
   void it("charges on StockReserved and publishes PaymentCaptured", async () => {
@@ -378,7 +376,7 @@ void describe("payments service", () => {
 
     await reopened;
     assert.equal(svc.ctx.runners.get(INVENTORY_CONSUMER)!.paused, true);
-    assert.deepEqual(await deadLettersOf([...orders, refundOrder]), []);
+    assert.deepEqual(await deadLettersOf(jsm, [...orders, refundOrder]), []);
     for (const o of orders) assert.deepEqual(await ledger(o), [], "nothing charged during the outage");
 
     const closed = breakerSequence(dep, ["closed"]);
@@ -391,7 +389,7 @@ void describe("payments service", () => {
     const info = await drained("INVENTORY", INVENTORY_CONSUMER);
     assert.equal(svc.ctx.runners.get(INVENTORY_CONSUMER)!.paused, false);
     assert.equal(svc.ctx.runners.get(ORDERS_CONSUMER)!.paused, false);
-    assert.deepEqual(await deadLettersOf([...orders, refundOrder]), []);
+    assert.deepEqual(await deadLettersOf(jsm, [...orders, refundOrder]), []);
     // Parked messages are never redelivered. At most one message can have been nak'd before the breaker
     // opened: the first call's attempts (3) are below the threshold (5), any second call reaches it.
     assert.ok(info.num_redelivered <= 1, `num_redelivered ${info.num_redelivered}`);
@@ -436,17 +434,10 @@ void describe("payments service", () => {
       payload: { orderId, customerId: "cus_42", amount: 1, currency: "EUR" },
     });
     await reserve(orderId);
-    const [dl] = await eventually(
-      async () => {
-        const d = await deadLettersOf([orderId]);
-        assert.equal(d.length, 1);
-        return d;
-      },
-      { what: `the dead letter of ${orderId}` },
-    );
-    assert.equal(dl!.consumer, INVENTORY_CONSUMER);
-    assert.equal(dl!.code, "UPSTREAM_REJECTED");
-    assert.equal(dl!.attempts, 1);
+    const dl = await theDeadLetterOf(jsm, orderId);
+    assert.equal(dl.consumer, INVENTORY_CONSUMER);
+    assert.equal(dl.code, "UPSTREAM_REJECTED");
+    assert.equal(dl.attempts, 1);
     assert.equal(gateway().state, "closed", "a 4xx does not count against the breaker");
   });
 });

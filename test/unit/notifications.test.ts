@@ -68,6 +68,15 @@ void describe("notification content", () => {
 });
 
 void describe("notifications handler", () => {
+  const confirmedO1 = () =>
+    makeEvent(
+      "OrderConfirmed",
+      { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" },
+      { aggregateId: "o1", source: "orders" },
+    );
+  const cancelledO1 = (reason: "out_of_stock" | "timeout") =>
+    makeEvent("OrderCancelled", { orderId: "o1", reason }, { aggregateId: "o1", source: "orders" });
+
   function harness() {
     // The NOTIFICATIONS stream: one NotificationSent per order subject, appended only to an empty subject.
     const records = new Map<string, Envelope<"NotificationSent">>();
@@ -144,11 +153,7 @@ void describe("notifications handler", () => {
 
   void it("sends once, appends NotificationSent once, and never logs the address", async () => {
     const h = harness();
-    const event = makeEvent(
-      "OrderConfirmed",
-      { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" },
-      { aggregateId: "o1", source: "orders" },
-    );
+    const event = confirmedO1();
     await h.handlers.OrderConfirmed!(event, h.ctx);
     // A redelivery finds the send recorded: no provider call, no append.
     await h.handlers.OrderConfirmed!(event, { ...h.ctx, attempt: 2 });
@@ -168,11 +173,7 @@ void describe("notifications handler", () => {
   void it("takes the address from the OrderPlaced it received, without reading the stream", async () => {
     const h = harness();
     await h.handlers.OrderPlaced!(h.orderPlaced, h.ctx);
-    const event = makeEvent(
-      "OrderCancelled",
-      { orderId: "o1", reason: "out_of_stock" },
-      { aggregateId: "o1", source: "orders" },
-    );
+    const event = cancelledO1("out_of_stock");
     await h.handlers.OrderCancelled!(event, h.ctx);
     assert.deepEqual(h.sends, [{ to: "ada@example.com", key: "o1:order_cancelled" }]);
     assert.equal(h.directGets(), 0);
@@ -181,11 +182,7 @@ void describe("notifications handler", () => {
 
   void it("a first delivery of an outcome already recorded loses the append and reads the record back", async () => {
     const h = harness();
-    const event = makeEvent(
-      "OrderConfirmed",
-      { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" },
-      { aggregateId: "o1", source: "orders" },
-    );
+    const event = confirmedO1();
     await h.handlers.OrderConfirmed!(event, h.ctx);
     // Another copy, delivered as a first delivery (a reset consumer, another replica): the provider replays
     // the key, the append is refused, the record read back is the same kind: done without error.
@@ -198,16 +195,8 @@ void describe("notifications handler", () => {
 
   void it("another kind already recorded for the order is an invariant breach, not retried", async () => {
     const h = harness();
-    const confirmed = makeEvent(
-      "OrderConfirmed",
-      { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" },
-      { aggregateId: "o1", source: "orders" },
-    );
-    const cancelled = makeEvent(
-      "OrderCancelled",
-      { orderId: "o1", reason: "timeout" },
-      { aggregateId: "o1", source: "orders" },
-    );
+    const confirmed = confirmedO1();
+    const cancelled = cancelledO1("timeout");
     await h.handlers.OrderConfirmed!(confirmed, h.ctx);
     await assert.rejects(h.handlers.OrderCancelled!(cancelled, h.ctx), (err: unknown) => {
       assert.ok(err instanceof NotificationKindConflictError);
