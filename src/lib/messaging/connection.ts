@@ -1,6 +1,7 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "../telemetry/logger.js";
 import { installNatsTuning } from "./nats-tuning.js";
+import { backoffDelay } from "./backoff.js";
 
 /** Options for {@link connectNats}. */
 export interface ConnectOptions {
@@ -50,11 +51,9 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
     name: opts.name,
     maxReconnectAttempts: -1,
     waitOnFirstConnect: true,
-    reconnectDelayHandler: () => {
-      const d = Math.min(cap, base * 2 ** Math.min(attempt, 16));
-      attempt++;
-      return Math.round(d / 2 + Math.random() * (d / 2));
-    },
+    // base, 2 x base, … up to cap, each spread ±25 % so that many clients do not reconnect together.
+    reconnectDelayHandler: () =>
+      backoffDelay(++attempt, { initialMs: base, maxMs: cap, multiplier: 2, jitter: 0.5 }),
     pingInterval: 10_000,
     maxPingOut: 3,
     // Without this the client builds a RequestError and a TimeoutError (each capturing a stack trace) for every

@@ -25,6 +25,9 @@ import type { Publisher } from "./publisher.js";
 import { PullFeed, connectionOf, type PulledMessage } from "./pull.js";
 import type { ConsumerSpec } from "./topology.js";
 
+/** Retrying a pull that failed: 200 ms, 400 ms, … up to 5 s (no jitter: one runner per consumer and process). */
+const PULL_RETRY_BACKOFF: BackoffOptions = { initialMs: 200, maxMs: 5_000, multiplier: 2, jitter: 0 };
+
 export {
   DeferError,
   HandlerTimeoutError,
@@ -547,7 +550,7 @@ export class ConsumerRunner {
   async #lost(why: "deleted" | "silent" | "refused", detail: string): Promise<void> {
     if (this.#state !== "running") return;
     this.#failures++;
-    this.#retryAt = performance.now() + Math.min(5_000, 100 * 2 ** Math.min(this.#failures, 6));
+    this.#retryAt = performance.now() + backoffDelay(this.#failures, PULL_RETRY_BACKOFF);
     this.#bound = false;
     const missing = why === "deleted" || (await this.#consumerMissing());
     if (this.#state !== "running" || this.#bound) return;
