@@ -492,6 +492,26 @@ void describe(`audit service (${DATABASE_URL ? "PostgreSQL" : "PGlite"})`, () =>
     assert.equal((await get<VerifyResult>(svc, "/audit/verify")).body.ok, true);
   });
 
+  void it("a stored position past the stream's end (a recreated stream) is reset: new messages are recorded", async () => {
+    let store = auditStoreOf(svc.ctx)!;
+    await svc.stop();
+    const last = (await bus.jsm.streams.info(Streams.NOTIFICATIONS)).state.last_seq;
+    const db = await openDb({ databaseUrl: DATABASE_URL, dataDir });
+    await db.query(`UPDATE ${store.positionsTable} SET seq = $1 WHERE stream = $2`, [
+      last + 1000,
+      Streams.NOTIFICATIONS,
+    ]);
+    await db.close();
+    svc = await startService(definition, auditEnv(bus, "main"));
+    store = auditStoreOf(svc.ctx)!;
+    const mailed = saga("after-reset", "confirmed").at(-1)!;
+    assert.equal(mailed.type, "NotificationSent");
+    await bus.publish([mailed]);
+    await bus.auditCaughtUp(store);
+    const rows = await listAll(svc, 1000);
+    assert.equal(rows.filter((r) => r.event_id === mailed.id).length, 1);
+  });
+
   void it("a stream without a stored position is read from its first sequence, and adds nothing", async () => {
     let store = auditStoreOf(svc.ctx)!;
     const rows = await store.count();

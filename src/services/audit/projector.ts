@@ -112,8 +112,19 @@ class StreamReader {
   }
 
   async #session(session: ReaderSession, signal: AbortSignal): Promise<void> {
-    const { js, store, writer } = this.o;
-    const position = await store.position(this.stream);
+    const { js, jsm, store, writer, logger } = this.o;
+    let position = await store.position(this.stream);
+    const lastSeq = (await jsm.streams.info(this.stream)).state.last_seq;
+    if (position > lastSeq) {
+      // The stream ends before the position: it was recreated (or restored from an older backup). Reading from
+      // the position would skip everything until the stream passes it.
+      logger.error(
+        { stream: this.stream, position, last_seq: lastSeq },
+        "the stream ends before the audit's position (recreated?): reading it again from its first sequence",
+      );
+      await store.resetPosition(this.stream);
+      position = 0;
+    }
     const consumer = await js.consumers.get(this.stream, {
       opt_start_seq: position + 1,
       name_prefix: `audit_${this.stream.toLowerCase()}_${nuid.next()}`,
@@ -129,7 +140,7 @@ class StreamReader {
     if (signal.aborted) messages.stop();
     const inFlight: Promise<unknown>[] = [];
     this.state = "reading";
-    this.o.logger.info({ stream: this.stream, from_seq: position + 1 }, "audit reader started");
+    logger.info({ stream: this.stream, from_seq: position + 1 }, "audit reader started");
     try {
       for await (const m of messages) {
         if (session.dead) break;

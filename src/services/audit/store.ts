@@ -318,6 +318,11 @@ export class AuditStore {
     return new Map(rows.map((r) => [String(r["stream"]), num(r["seq"])]));
   }
 
+  /** Forgets the position of `stream`: it is read again from its first sequence (event ids dedupe what is stored). */
+  async resetPosition(stream: string): Promise<void> {
+    await this.db.query(`DELETE FROM ${this.positionsTable} WHERE stream = $1`, [stream]);
+  }
+
   /** The position of one stream (0: nothing recorded yet, read it from its first sequence). */
   async position(stream: string): Promise<number> {
     const rows = await this.db.query<Raw>(`SELECT seq FROM ${this.positionsTable} WHERE stream = $1`, [
