@@ -47,6 +47,10 @@ export const AuditConfig = Type.Object({
     default: 512,
     description: "messages each stream reader's ordered consumer asks the server for at once",
   }),
+  AUDIT_STALL_MS: Env.ms(
+    15_000,
+    "an audit stream reader that received nothing for this long while its stream has more restarts from its position",
+  ),
   AUDIT_STANDBY_RETRY_MS: Env.ms(
     3_000,
     "how often a standby audit replica tries to take the projector lock, and the active one checks its lock connection",

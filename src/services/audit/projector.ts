@@ -54,7 +54,16 @@ export interface ProjectorOptions {
   standbyRetryMs?: number;
   /** Restart delays of a failed reader (default {@link defaultBackoff}). */
   backoff?: BackoffOptions;
+  /**
+   * A reader that has received nothing for this long while its stream has messages beyond what it read is stalled
+   * (its ordered consumer lost, e.g. with a NATS node, and not recreated): it restarts from the committed position
+   * (default 15 s).
+   */
+  stallMs?: number;
 }
+
+type Resolved = ProjectorOptions &
+  Required<Pick<ProjectorOptions, "inFlight" | "readBatch" | "backoff" | "stallMs">>;
 
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
@@ -79,7 +88,7 @@ class StreamReader {
 
   constructor(
     readonly stream: string,
-    readonly o: Required<Pick<ProjectorOptions, "inFlight" | "readBatch" | "backoff">> & ProjectorOptions,
+    readonly o: Resolved,
     readonly onSession: () => void,
   ) {}
 
@@ -129,7 +138,8 @@ class StreamReader {
       opt_start_seq: position + 1,
       name_prefix: `audit_${this.stream.toLowerCase()}_${nuid.next()}`,
     });
-    const messages = await consumer.consume({ max_messages: this.o.readBatch });
+    // Pull requests expire after 10 s, so the server's idle heartbeats come every 5 s: a lost consumer is noticed.
+    const messages = await consumer.consume({ max_messages: this.o.readBatch, expires: 10_000 });
     this.#messages = messages;
     this.onSession();
     // Any failure of an entry ends the session: stop reading (the for-await below returns).
@@ -138,19 +148,57 @@ class StreamReader {
       messages.stop();
     };
     if (signal.aborted) messages.stop();
+    void this.#logStatus(messages);
+    // The watchdog: nothing received for stallMs, no entry waiting for the database (a slow database is not a
+    // stalled consumer), and the stream has more than was read → restart.
+    let readTo = position;
+    let receivedAt = Date.now();
+    let writing = 0;
+    let checking = false;
+    const watchdog = setInterval(
+      () => {
+        if (checking || writing > 0 || Date.now() - receivedAt < this.o.stallMs) return;
+        checking = true;
+        jsm.streams
+          .info(this.stream)
+          .then((info) => {
+            if (info.state.last_seq > readTo && writing === 0 && Date.now() - receivedAt >= this.o.stallMs)
+              fail(
+                new Error(
+                  `stalled: nothing received for ${this.o.stallMs} ms, the stream is at ${info.state.last_seq} and the reader at ${readTo}`,
+                ),
+              );
+          })
+          .catch(
+            () => undefined /* NATS not answering: the ordered consumer's own recovery, or the next check */,
+          )
+          .finally(() => (checking = false));
+      },
+      Math.max(100, Math.floor(this.o.stallMs / 2)),
+    );
     const inFlight: Promise<unknown>[] = [];
     this.state = "reading";
     logger.info({ stream: this.stream, from_seq: position + 1 }, "audit reader started");
     try {
       for await (const m of messages) {
         if (session.dead) break;
-        const p = writer.append(entryFromMessage(this.stream, m), { seq: m.seq, session }).then(() => {
-          this.failures = 0;
-        }, fail);
+        receivedAt = Date.now();
+        readTo = m.seq;
+        writing++;
+        const p = writer
+          .append(entryFromMessage(this.stream, m), { seq: m.seq, session })
+          .then(() => {
+            this.failures = 0;
+          }, fail)
+          .finally(() => {
+            writing--;
+            receivedAt = Date.now();
+          });
         inFlight.push(p);
         if (inFlight.length >= this.o.inFlight) await inFlight.shift();
       }
     } finally {
+      clearInterval(watchdog);
       messages.stop();
       await Promise.all(inFlight);
       this.#messages = undefined;
@@ -160,11 +208,24 @@ class StreamReader {
     if (session.dead) throw session.failure;
     if (!signal.aborted) throw new Error("the ordered consumer stopped (connection closed or consumer lost)");
   }
+
+  /** Logs what the ordered consumer reports about itself (lost heartbeats, consumer recreated, …). */
+  async #logStatus(messages: ConsumerMessages): Promise<void> {
+    try {
+      for await (const s of messages.status()) {
+        // Routine: pulls, heartbeats, expired pulls.
+        if (["next", "debug", "heartbeat", "discard"].includes(s.type)) continue;
+        this.o.logger.warn({ stream: this.stream, status: s }, "audit reader: ordered consumer status");
+      }
+    } catch {
+      /* the iterator ended */
+    }
+  }
 }
 
 /** See the module comment. */
 export class Projector {
-  readonly #o: ProjectorOptions & Required<Pick<ProjectorOptions, "inFlight" | "readBatch" | "backoff">>;
+  readonly #o: Resolved;
   readonly #streams: readonly string[];
   readonly #lockSession: (() => Promise<LockSession>) | undefined;
   readonly #stop = new AbortController();
@@ -176,7 +237,7 @@ export class Projector {
   readonly #activeGauge: Gauge | undefined;
 
   constructor(o: ProjectorOptions) {
-    this.#o = { inFlight: 256, readBatch: 512, backoff: defaultBackoff, ...o };
+    this.#o = { inFlight: 256, readBatch: 512, backoff: defaultBackoff, stallMs: 15_000, ...o };
     this.#streams = o.streams ?? PROJECTED_STREAMS;
     this.#lockSession = o.store.db.lockSession?.bind(o.store.db);
     if (o.registry) {

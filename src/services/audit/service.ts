@@ -134,6 +134,7 @@ export function createAuditDefinition(
         inFlight: c.AUDIT_CONCURRENCY,
         readBatch: c.AUDIT_READ_BATCH,
         standbyRetryMs: c.AUDIT_STANDBY_RETRY_MS,
+        stallMs: c.AUDIT_STALL_MS,
         backoff: { ...defaultBackoff, initialMs: c.RETRY_INITIAL_MS, maxMs: c.RETRY_MAX_MS },
       });
       states.set(ctx, { store, writer, projector });
