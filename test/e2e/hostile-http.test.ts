@@ -15,7 +15,8 @@ import fc from "fast-check";
 import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { decodeEvent } from "../../src/lib/events/codec.js";
 import { createOrdersService } from "../../src/services/orders/service.js";
-import { startSystem, type System } from "../helpers/system.js";
+import { customerOf, startSystem, type System } from "../helpers/system.js";
+import { customerAuth, operatorAuth, operatorFetch } from "../helpers/auth.js";
 
 const MAX_LINES = 20;
 const BODY_LIMIT = createOrdersService().bodyLimit ?? 1024 * 1024;
@@ -47,7 +48,19 @@ async function send(
   body?: Body,
   headers: Record<string, string> = {},
 ): Promise<Res> {
-  const init: RequestInit & { duplex?: "half" } = { method, headers };
+  // Every request carries a valid token unless the test sets `authorization` itself ("" for none): a POST the
+  // customer its body names (so a hostile body is refused for what it is, not for a missing token), a GET an
+  // operator's (the list query then needs a customerId, as before authentication).
+  const h: Record<string, string> = { ...headers };
+  if (!("authorization" in h)) {
+    Object.assign(
+      h,
+      method === "POST"
+        ? await customerAuth(customerOf(typeof body === "string" ? body : undefined))
+        : await operatorAuth(),
+    );
+  } else if (h["authorization"] === "") delete h["authorization"];
+  const init: RequestInit & { duplex?: "half" } = { method, headers: h };
   if (body !== undefined) init.body = body;
   if (body instanceof ReadableStream) init.duplex = "half";
   const r = await fetch(`${sys.urls.orders}${path}`, init);
@@ -100,7 +113,7 @@ async function ordersCount(): Promise<number> {
   return (await jsm.streams.info("ORDERS")).state.messages;
 }
 async function inventory(): Promise<{ items: { sku: string; reserved: number }[] }> {
-  return (await (await fetch(`${sys.urls.inventory}/inventory`)).json()) as never;
+  return (await (await operatorFetch(`${sys.urls.inventory}/inventory`)).json()) as never;
 }
 /** Waits until the orders placed so far are terminal and their stock settled (nothing reserved). */
 async function settled(): Promise<void> {
@@ -282,7 +295,8 @@ describe("hostile input on the HTTP API", () => {
   test("wrong-typed or missing fields → 400 problem naming the field", async () => {
     type Kind = "string" | "integer" | "array" | "object";
     const fields: { path: (string | number)[]; kind: Kind; required: boolean }[] = [
-      { path: ["customerId"], kind: "string", required: true },
+      // Optional since authentication: the customer is the token's sub (a given customerId must equal it).
+      { path: ["customerId"], kind: "string", required: false },
       { path: ["email"], kind: "string", required: true },
       { path: ["currency"], kind: "string", required: false },
       { path: ["items"], kind: "array", required: true },
@@ -804,6 +818,7 @@ describe("hostile input on the HTTP API", () => {
         });
       });
     const body = '{"customerId":"c","email":"a@example.com","items":[{"sku":"SKU-A","quantity":1}]}';
+    const auth = (await customerAuth("c")).authorization;
     await unchanged(async () => {
       for (const payload of [
         "GARBAGE\r\n\r\n",
@@ -818,7 +833,8 @@ describe("hostile input on the HTTP API", () => {
         `GET /orders/x HTTP/1.1\r\nHost: x\r\nX-Big: ${"h".repeat(20_000)}\r\n\r\n`,
         `GET /${"p".repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`,
       ]) {
-        const r = await rawHttp(payload);
+        // With a valid token, so that what is refused is the framing, not a missing token.
+        const r = await rawHttp(payload.replace("Host: x\r\n", `Host: x\r\nAuthorization: ${auth}\r\n`));
         const what = JSON.stringify(payload.slice(0, 80));
         assert.ok(r.status >= 400 && r.status < 500, `${what} → ${r.headers.split("\r\n")[0]}`);
         assert.match(r.headers, /content-type: application\/problem\+json/i, what);
@@ -855,10 +871,12 @@ describe("hostile input on the HTTP API", () => {
           items: [{ sku: "SKU-C", quantity: 1 }],
         });
         assert.equal(r.status, 202, `${JSON.stringify(customerId)} → ${r.status} ${JSON.stringify(r.body)}`);
-        const view: any = await (await fetch(`${sys.urls.orders}/orders/${r.body.orderId}`)).json();
+        // Read back as that customer: their own order, their own list.
+        const own = { headers: await customerAuth(customerId) };
+        const view: any = await (await fetch(`${sys.urls.orders}/orders/${r.body.orderId}`, own)).json();
         assert.equal(view.customerId, customerId);
         const list: any = await (
-          await fetch(`${sys.urls.orders}/orders?customerId=${encodeURIComponent(customerId)}`)
+          await fetch(`${sys.urls.orders}/orders?customerId=${encodeURIComponent(customerId)}`, own)
         ).json();
         assert.ok(
           list.orders.some((o: { orderId: string }) => o.orderId === r.body.orderId),
@@ -883,7 +901,10 @@ describe("hostile input on the HTTP API", () => {
     await settled();
     await unchanged(async () => {
       await prop(
-        validOrder.filter((o) => JSON.stringify(o) !== JSON.stringify(first)),
+        // Keys are per customer: the same customer's other bodies.
+        validOrder
+          .map((o) => ({ ...o, customerId: first.customerId }))
+          .filter((o) => JSON.stringify(o) !== JSON.stringify(first)),
         async (other) => {
           const r = await post(JSON.stringify(other), { ...JSON_CT, "idempotency-key": key });
           assertProblem(r, 422, JSON.stringify(other));
@@ -896,6 +917,15 @@ describe("hostile input on the HTTP API", () => {
       assert.equal(again.json.orderId, r0.json.orderId);
       assert.equal(again.headers.get("idempotent-replayed"), "true");
     });
+    // Another customer's request with the same key is theirs alone: a new order, neither 422 nor the first's id.
+    const theirs = await post(JSON.stringify({ ...first, customerId: "idem-other" }), {
+      ...JSON_CT,
+      "idempotency-key": key,
+    });
+    assert.equal(theirs.status, 202, theirs.text);
+    assert.notEqual(theirs.json.orderId, r0.json.orderId);
+    assert.equal(theirs.headers.get("idempotent-replayed"), null);
+    sys.accepted.add(theirs.json.orderId);
   });
 
   test("Idempotency-Key reused concurrently with the same body → one order", async () => {

@@ -33,6 +33,7 @@ import { deadLettersOf, theDeadLetterOf } from "../helpers/dead-letters.js";
 import { eventually } from "../helpers/eventually.js";
 import { orderPlacedData } from "../helpers/messaging.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
+import { AUTH_ENV, operatorFetch } from "../helpers/auth.js";
 
 const TIMEOUT_MS = 400;
 const HALF_OPEN_MS = 800;
@@ -131,6 +132,7 @@ void describe("payments service", () => {
     gw = buildPaymentGateway();
     const gwUrl = await gw.listen({ host: "127.0.0.1", port: 0 });
     svc = await startService(definition, {
+      ...AUTH_ENV,
       NATS_URL: nats.url,
       PORT: "0",
       LOG_LEVEL: process.env.LOG_LEVEL ?? "silent",
@@ -215,7 +217,7 @@ void describe("payments service", () => {
   const faults = (f: Record<string, unknown>) =>
     gw.inject({ method: "PUT", url: "/admin/faults", payload: f });
   const state = async (orderId: string): Promise<{ status: number; body: Payment & { orderId: string } }> => {
-    const res = await fetch(`${svc.url}/payments/${orderId}`);
+    const res = await operatorFetch(`${svc.url}/payments/${orderId}`);
     return { status: res.status, body: (await res.json()) as Payment & { orderId: string } };
   };
   /** Resolves once the consumer has delivered and acknowledged everything in its stream. */
@@ -263,11 +265,11 @@ void describe("payments service", () => {
   });
 
   void it("answers 404 and 400 problem documents for unknown and invalid order ids", async () => {
-    const missing = await fetch(`${svc.url}/payments/nope-${randomUUID().slice(0, 8)}`);
+    const missing = await operatorFetch(`${svc.url}/payments/nope-${randomUUID().slice(0, 8)}`);
     assert.equal(missing.status, 404);
     assert.match(missing.headers.get("content-type") ?? "", /application\/problem\+json/);
     assert.equal(((await missing.json()) as { status: number }).status, 404);
-    const bad = await fetch(`${svc.url}/payments/${encodeURIComponent("a.b")}`);
+    const bad = await operatorFetch(`${svc.url}/payments/${encodeURIComponent("a.b")}`);
     assert.equal(bad.status, 400);
   });
 

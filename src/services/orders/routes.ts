@@ -6,6 +6,7 @@ import { fingerprint } from "../../lib/canonical.js";
 import { makeEvent, type EventData } from "../../lib/events/mod.js";
 import { ORDER_ID_PATTERN } from "../../lib/ids.js";
 import { ProblemError, problem, problemResponse, sendProblem } from "../../lib/http/problem.js";
+import { bearerSecurity, principalOf } from "../../lib/http/auth.js";
 import { SpanKind, SpanStatusCode, tracer } from "../../lib/telemetry/tracing.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
 import { ConcurrencyError } from "../../lib/messaging/publisher.js";
@@ -26,11 +27,17 @@ const CustomerId = Type.String({
   pattern: "^(?:[^\\u0000-\\u001f\\u007f-\\u009f\\ud800-\\udfff]|[\\ud800-\\udbff][\\udc00-\\udfff])+$",
 });
 
-/** Body of `POST /orders`. Prices are not accepted: they come from the catalog. */
+/**
+ * Body of `POST /orders`. Prices are not accepted: they come from the catalog. The customer is the bearer token's
+ * `sub`: `customerId` may be omitted, and when given must equal it (403 `customer-mismatch` otherwise).
+ */
 export function placeOrderBody(maxLines: number) {
   return Type.Object(
     {
-      customerId: CustomerId,
+      customerId: Type.Optional({
+        ...CustomerId,
+        description: "optional: the token's `sub` is the customer; when given it must equal it",
+      }),
       email: Type.String({ format: "email", maxLength: 254 }),
       items: Type.Array(
         Type.Object(
@@ -78,6 +85,36 @@ function view(o: Order) {
   };
 }
 
+/** The 401 and 403 answers of an authenticated route. */
+const authResponses = {
+  401: {
+    ...problemResponse(
+      "No bearer token, or one that is not valid (expired, wrong audience or signature, `alg: none`)",
+    ),
+    headers: {
+      "WWW-Authenticate": {
+        type: "string",
+        description: '`Bearer`, with `error="invalid_token"` for a bad token',
+      },
+    },
+  },
+} as const;
+
+/** 403 when the body's or query's customerId is not the token's `sub`. */
+function customerMismatch(): ProblemError {
+  return new ProblemError(
+    403,
+    "customer-mismatch",
+    "Forbidden",
+    "customerId must be the authenticated customer (the token's sub), or be omitted",
+  );
+}
+
+/** 404 for an order that does not exist or is not the caller's: the two are answered alike (no existence oracle). */
+function orderNotFound(orderId: string): ProblemError {
+  return new ProblemError(404, "order-not-found", "Not Found", `no order ${orderId}`);
+}
+
 /** Dependencies of the orders API. */
 export interface OrdersApiDeps {
   store: OrderStore;
@@ -119,8 +156,10 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
   app.post<{ Body: PlaceOrderBody; Headers: { "idempotency-key"?: string } }>(
     "/orders",
     {
+      config: { auth: "customer" },
       schema: {
         summary: "Place an order",
+        security: bearerSecurity,
         description:
           "Validates the order, prices it from the catalog and appends OrderPlaced. The saga then reserves stock, charges the payment and confirms or cancels. An `Idempotency-Key` header makes retries safe.",
         body,
@@ -130,6 +169,10 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
         response: {
           202: Type.Object({ orderId: Type.String(), status: Type.String() }),
           400: problemResponse("The request is malformed or fails the schema (each field in `errors`)"),
+          ...authResponses,
+          403: problemResponse(
+            "The body's customerId is not the authenticated customer (`customer-mismatch`)",
+          ),
           409: problemResponse("A concurrent write conflicted: retry"),
           413: problemResponse("The body is larger than the limit"),
           415: problemResponse("The body's media type is not supported: send `application/json` (UTF-8)"),
@@ -163,6 +206,8 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
       try {
         return await context.with(trace.setSpan(parent, span), async () => {
           const b = req.body;
+          const customerId = principalOf(req).sub;
+          if (b.customerId !== undefined && b.customerId !== customerId) throw customerMismatch();
           const currency = b.currency ?? d.defaultCurrency;
           const skus = new Set<string>();
           const problems: { pointer: string; message: string }[] = [];
@@ -197,8 +242,9 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
           let replayed = false;
           const key = req.headers["idempotency-key"];
           if (key) {
-            const fp = fingerprint(b);
-            const prior = await d.idempotency.claim(key, {
+            // Keys are the customer's own: one customer's key never answers (or blocks) another's request.
+            const fp = fingerprint({ ...b, customerId });
+            const prior = await d.idempotency.claim(JSON.stringify([customerId, key]), {
               fingerprint: fp,
               orderId,
               at: new Date().toISOString(),
@@ -227,7 +273,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
               "OrderPlaced",
               {
                 orderId,
-                customerId: b.customerId,
+                customerId,
                 email: b.email,
                 items,
                 total,
@@ -237,7 +283,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
               },
               { aggregateId: orderId, source: SOURCE, traceId: span.spanContext().traceId, now },
             );
-            await d.customers.add(b.customerId, orderId);
+            await d.customers.add(customerId, orderId);
             slot.track(orderId, now.getTime() + d.timeoutMs);
             try {
               await d.store.append(event, 0);
@@ -267,26 +313,35 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
   app.get<{ Params: Static<typeof OrderIdParam> }>(
     "/orders/:id",
     {
+      config: { auth: "customer" },
       schema: {
         summary: "Read an order",
+        description: "A customer reads their own orders; an operator reads any.",
+        security: bearerSecurity,
         params: OrderIdParam,
         response: {
           200: OrderView,
           400: problemResponse("The order id is malformed"),
-          404: problemResponse("No such order"),
+          ...authResponses,
+          404: problemResponse("No such order, or not the caller's"),
           503: problemResponse("Temporarily unavailable: retry later (`Retry-After`)"),
         },
       },
     },
     async (req) => {
+      const who = principalOf(req);
       const { order } = await d.store.load(req.params.id);
-      if (!order) throw new ProblemError(404, "order-not-found", "Not Found", `no order ${req.params.id}`);
+      if (!order || (!who.operator && order.customerId !== who.sub)) throw orderNotFound(req.params.id);
       return view(order);
     },
   );
 
   const ListQuery = Type.Object({
-    customerId: CustomerId,
+    customerId: Type.Optional({
+      ...CustomerId,
+      description:
+        "a customer lists their own orders (omit it, or give their own id); an operator names the customer",
+    }),
     limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
     after: Type.Optional(
       Type.String({
@@ -298,18 +353,40 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
   app.get<{ Querystring: Static<typeof ListQuery> }>(
     "/orders",
     {
+      config: { auth: "customer" },
       schema: {
         summary: "List a customer's orders, newest first, paged",
+        security: bearerSecurity,
         querystring: ListQuery,
         response: {
           200: Type.Object({ orders: Type.Array(OrderView), next: Type.Union([Type.String(), Type.Null()]) }),
-          400: problemResponse("The query is malformed (each field in `errors`)"),
+          400: problemResponse(
+            "The query is malformed (each field in `errors`), or an operator named no customerId",
+          ),
+          ...authResponses,
+          403: problemResponse("A customer asked for another customer's orders (`customer-mismatch`)"),
           503: problemResponse("Temporarily unavailable: retry later (`Retry-After`)"),
         },
       },
     },
     async (req) => {
-      const { customerId, limit, after } = req.query;
+      const who = principalOf(req);
+      const { limit, after } = req.query;
+      let customerId = req.query.customerId;
+      if (!who.operator) {
+        if (customerId !== undefined && customerId !== who.sub) throw customerMismatch();
+        customerId = who.sub;
+      } else if (customerId === undefined) {
+        throw new ProblemError(
+          400,
+          "validation",
+          "Request validation failed",
+          "an operator lists a customer's orders: give customerId",
+          {
+            errors: [{ pointer: "/querystring/customerId", message: "required for an operator" }],
+          },
+        );
+      }
       const ids = await d.customers.list(customerId);
       const start = after ? ids.findIndex((id) => id < after) : 0;
       const page = start < 0 ? [] : ids.slice(start, start + limit);

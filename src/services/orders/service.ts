@@ -1,4 +1,5 @@
 import swagger from "@fastify/swagger";
+import { bearerSecurityScheme } from "../../lib/http/auth.js";
 import { Durables } from "../../lib/events/consumers.js";
 import { Streams } from "../../lib/events/mod.js";
 import { openBucket } from "../../lib/kv.js";
@@ -46,8 +47,10 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
           info: {
             title: "ShopStream orders API",
             version: "1.0.0",
-            description: "Place and read orders. Errors are application/problem+json (RFC 9457).",
+            description:
+              "Place and read orders. Every call carries `Authorization: Bearer <JWT>` (docs/security.md). Errors are application/problem+json (RFC 9457).",
           },
+          components: { securitySchemes: bearerSecurityScheme },
         },
       });
       registerOrderRoutes(ctx.app, {
@@ -61,7 +64,9 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
         defaultCurrency: ctx.config.DEFAULT_CURRENCY,
         inFlight,
       });
-      ctx.app.get("/openapi.json", { schema: { hide: true } }, async () => ctx.app.swagger());
+      ctx.app.get("/openapi.json", { schema: { hide: true }, config: { auth: "none" } }, async () =>
+        ctx.app.swagger(),
+      );
       return {
         close: async () => {
           inFlight.stop();
