@@ -442,4 +442,46 @@ void describe("payments service", () => {
     assert.equal(dl.attempts, 1);
     assert.equal(gateway().state, "closed", "a 4xx does not count against the breaker");
   });
+
+  void it("fails closed when the gateway's answer is not about the charge: dead letter, no PaymentCaptured, a metric", async () => {
+    const cases = [
+      { tamper: { amountDelta: -1 }, field: "amount" },
+      { tamper: { currency: "USD" }, field: "currency" },
+      { tamper: { orderId: "ord_someone_else" }, field: "orderId" },
+    ];
+    for (const c of cases) {
+      const orderId = newOrderId(`lie-${c.field}`);
+      await gw.inject({ method: "PUT", url: "/admin/tamper", payload: c.tamper });
+      try {
+        await reserve(orderId);
+        const dl = await theDeadLetterOf(jsm, orderId);
+        assert.equal(dl.consumer, INVENTORY_CONSUMER, c.field);
+        assert.equal(dl.code, "GATEWAY_RESPONSE_MISMATCH", c.field);
+        assert.equal(dl.attempts, 1, `${c.field}: not retried`);
+        assert.match(dl.error, new RegExp(c.field), c.field);
+      } finally {
+        await gw.inject({ method: "PUT", url: "/admin/tamper", payload: {} });
+      }
+      // The handler failed before any publish, and the dead letter was written after it failed.
+      assert.deepEqual(
+        payments.of("PaymentCaptured", orderId),
+        [],
+        `${c.field}: nothing captured is announced`,
+      );
+      assert.deepEqual(payments.of("PaymentDeclined", orderId), [], c.field);
+      // The gateway did charge (its ledger keeps the truth): an operator reconciles it from the dead letter.
+      assert.equal((await ledger(orderId))[0]?.amount, 1250, c.field);
+      assert.notEqual((await state(orderId)).body.status, "captured", c.field);
+    }
+    const metrics = await (await fetch(`${svc.url}/metrics`)).text();
+    for (const c of cases)
+      assert.match(
+        metrics,
+        new RegExp(`shopstream_payments_gateway_mismatch_total\\{[^}]*field="${c.field}"[^}]*\\} 1`),
+      );
+    // An honest answer again: the next charge is captured.
+    const next = newOrderId("honest");
+    await reserve(next);
+    assert.equal((await payments.one("PaymentCaptured", next)).data.amount, 1250);
+  });
 });
