@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import type { FastifyInstance, FastifyReply } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { fingerprint } from "../../lib/canonical.js";
@@ -11,6 +11,7 @@ import { SpanKind, SpanStatusCode, tracer } from "../../lib/telemetry/tracing.js
 import type { Logger } from "../../lib/telemetry/logger.js";
 import { ConcurrencyError } from "../../lib/messaging/publisher.js";
 import type { OrdersInFlight } from "./admission.js";
+import type { SkuQuota } from "./limits.js";
 import type { CatalogView } from "./catalog.js";
 import { SOURCE } from "./handlers.js";
 import type { Order } from "./order.js";
@@ -31,7 +32,7 @@ const CustomerId = Type.String({
  * Body of `POST /orders`. Prices are not accepted: they come from the catalog. The customer is the bearer token's
  * `sub`: `customerId` may be omitted, and when given must equal it (403 `customer-mismatch` otherwise).
  */
-export function placeOrderBody(maxLines: number) {
+export function placeOrderBody(maxLines: number, maxLineQuantity = 1000) {
   return Type.Object(
     {
       customerId: Type.Optional({
@@ -41,7 +42,7 @@ export function placeOrderBody(maxLines: number) {
       email: Type.String({ format: "email", maxLength: 254 }),
       items: Type.Array(
         Type.Object(
-          { sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: 1000 }) },
+          { sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: maxLineQuantity }) },
           { additionalProperties: false },
         ),
         { minItems: 1, maxItems: maxLines },
@@ -127,6 +128,14 @@ export interface OrdersApiDeps {
   defaultCurrency: string;
   /** Admission control: orders in flight on this replica, and the limit beyond which POST /orders is shed. */
   inFlight: OrdersInFlight;
+  /** Abuse limits (docs/security.md); absent = none beyond the schema's. */
+  limits?: {
+    /** POST /orders per customer per window (0 = none); needs @fastify/rate-limit registered on the app. */
+    rate?: { max: number; windowMs: number };
+    maxLineQuantity?: number;
+    maxOrderQuantity?: number;
+    skuQuota?: SkuQuota;
+  };
 }
 
 /** Seconds a shed client is asked to wait (`Retry-After`). */
@@ -151,12 +160,34 @@ function shed(reply: FastifyReply, inFlight: OrdersInFlight): FastifyReply {
 
 /** Registers the public order API: place an order, read one, list a customer's orders. */
 export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): void {
-  const body = placeOrderBody(d.maxLines);
+  const body = placeOrderBody(d.maxLines, d.limits?.maxLineQuantity);
+  const rate = d.limits?.rate;
+  const maxOrderQuantity = d.limits?.maxOrderQuantity ?? Infinity;
 
   app.post<{ Body: PlaceOrderBody; Headers: { "idempotency-key"?: string } }>(
     "/orders",
     {
-      config: { auth: "customer" },
+      config: {
+        auth: "customer",
+        // Per customer (the token's sub), after authentication: 429 problem+json with Retry-After.
+        ...(rate && rate.max > 0
+          ? {
+              rateLimit: {
+                max: rate.max,
+                timeWindow: rate.windowMs,
+                hook: "preHandler" as const,
+                keyGenerator: (req: FastifyRequest) => principalOf(req).sub,
+                errorResponseBuilder: (_req: FastifyRequest, c: { max: number; after: string }) =>
+                  new ProblemError(
+                    429,
+                    "rate-limited",
+                    "Too Many Requests",
+                    `more than ${c.max} orders in ${rate.windowMs} ms from this customer: retry in ${c.after}`,
+                  ),
+              },
+            }
+          : {}),
+      },
       schema: {
         summary: "Place an order",
         security: bearerSecurity,
@@ -175,9 +206,17 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
           ),
           409: problemResponse("A concurrent write conflicted: retry"),
           413: problemResponse("The body is larger than the limit"),
+          429: {
+            ...problemResponse(
+              "Too many orders from this customer (`rate-limited`): retry after `Retry-After` seconds",
+            ),
+            headers: {
+              "Retry-After": { type: "integer", minimum: 0, description: "seconds to wait before retrying" },
+            },
+          },
           415: problemResponse("The body's media type is not supported: send `application/json` (UTF-8)"),
           422: problemResponse(
-            "The order cannot be placed as given (unknown or duplicate SKU, wrong currency), or the Idempotency-Key was used with another body",
+            "The order cannot be placed as given (unknown or duplicate SKU, wrong currency, more units than an order may hold, more of one SKU than a customer may buy), or the Idempotency-Key was used with another body",
           ),
           503: {
             ...problemResponse(
@@ -226,6 +265,16 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
               });
             else items.push({ sku: line.sku, quantity: line.quantity, unitPrice: entry.price });
           });
+          const units = b.items.reduce((n, l) => n + l.quantity, 0);
+          if (problems.length === 0 && units > maxOrderQuantity) {
+            throw new ProblemError(
+              422,
+              "order-too-large",
+              "Unprocessable Content",
+              `${units} units in one order; at most ${maxOrderQuantity}`,
+              { errors: [{ pointer: "/body/items", message: `at most ${maxOrderQuantity} units in all` }] },
+            );
+          }
           if (problems.length > 0) {
             throw new ProblemError(
               422,
@@ -268,6 +317,22 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
           if (existing) {
             status = existing.status;
           } else {
+            // A customer's share of each SKU (checked when the order is placed, not when a key is replayed).
+            const over = d.limits?.skuQuota?.take(customerId, items) ?? [];
+            if (over.length > 0) {
+              throw new ProblemError(
+                422,
+                "sku-limit",
+                "Unprocessable Content",
+                over.map((o) => `at most ${o.left} more of ${o.sku} for this customer now`).join("; "),
+                {
+                  errors: over.map((o) => ({
+                    pointer: `/body/items/${o.index}/quantity`,
+                    message: `at most ${o.left}`,
+                  })),
+                },
+              );
+            }
             const now = new Date();
             const event = makeEvent(
               "OrderPlaced",
