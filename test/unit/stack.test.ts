@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { promisify } from "node:util";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, mkdtemp, readdir, rm, stat, symlink } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink } from "node:fs/promises";
 import { type Server, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -267,6 +267,10 @@ void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
     assert.equal((await fetch(`${orders}/orders/${orderId}`)).status, 401);
     assert.equal((await fetch(`${inventory}/inventory`, { headers: alice })).status, 403);
     assert.equal((await fetch(`${inventory}/inventory`, { headers: admin })).status, 200);
+    // The secret and the tokens never reach the stack's output (issue 11 part 6).
+    const secretText = (await readFile(secretFile, "utf8")).trim();
+    for (const t of [secretText, alice.authorization.slice(7), admin.authorization.slice(7)])
+      assert.ok(!(stack.out() + stack.err()).includes(t), "a secret or token in the stack's output");
 
     stack.signal("SIGTERM");
     const exit = await exitOf(stack, 40_000);
