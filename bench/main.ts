@@ -59,6 +59,7 @@ import {
   type PeerStack,
 } from "./peer.js";
 import { stackProcesses } from "../src/stack/processes.js";
+import { DevTokens, devSecretPath } from "../src/lib/http/dev-token.js";
 import type { ProcessName } from "../src/lib/ports.js";
 
 const EVENT_STREAMS = ["ORDERS", "INVENTORY", "PAYMENTS", "NOTIFICATIONS"];
@@ -445,9 +446,18 @@ async function runScenario(
     const tracker = new TerminalTracker(nc);
     await tracker.start();
     const ordersUrl = stack.urls.orders;
+    // Customers' tokens, signed with the stack's development secret (created by the stack under its DATA_DIR).
+    const tokens = await DevTokens.open(
+      process.env["AUTH_HS256_SECRET_FILE"] ?? devSecretPath(stack.dataDir),
+    );
+    const token = (customerId: string) => tokens.token(customerId);
 
     // Warm-up: JIT, connections, buckets. Its orders are checked too.
-    const warm = await runLoad({ ordersUrl, mode: { kind: "open", ratePerSec: 100, durationMs: 2_000 } });
+    const warm = await runLoad({
+      ordersUrl,
+      mode: { kind: "open", ratePerSec: 100, durationMs: 2_000 },
+      token,
+    });
     const warmIds = warm.flatMap((r) => (r.orderId ? [r.orderId] : []));
     await tracker.waitAll(warmIds, 30_000);
     await waitQuiet(nc, 30_000);
@@ -472,6 +482,7 @@ async function runScenario(
     const records: OrderRecord[] = await runLoad({
       ordersUrl,
       mode,
+      token,
       signal: abort.signal,
       maxSockets: mode.kind === "closed" ? mode.concurrency : 512,
       onTick: (s) => {
@@ -634,6 +645,7 @@ async function runScenario(
       mailUrl: stack.urls["mail-provider"],
       acceptedOrderIds: [...warmIds, ...ids],
       timerConsumers: ["orders-timeouts"],
+      authorization: (await tokens.operator()).authorization,
     });
     const summary = formatReport(report, 5);
     say(

@@ -59,10 +59,15 @@ export class OrdersBalancer {
   readonly #agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   #rr = 0;
   #timer: NodeJS.Timeout | undefined;
+  readonly #token: ((customerId: string) => Promise<string>) | undefined;
 
-  /** `backends` is asked each time: replicas come and go. */
-  constructor(backends: () => string[]) {
+  /**
+   * `backends` is asked each time: replicas come and go. `token` gives the bearer token of a customer (each order
+   * is sent as the customer its body names).
+   */
+  constructor(backends: () => string[], token?: (customerId: string) => Promise<string>) {
     this.#backends = backends;
+    this.#token = token;
   }
 
   /** Starts polling `/ready` of every backend every 250 ms. */
@@ -99,7 +104,7 @@ export class OrdersBalancer {
   }
 
   /** One POST /orders attempt at `base`. Never rejects. */
-  post(base: string, body: string, key: string, timeoutMs: number): Promise<Answer> {
+  post(base: string, body: string, key: string, timeoutMs: number, token?: string): Promise<Answer> {
     const url = new URL(base);
     return new Promise((resolve) => {
       const req = http.request(
@@ -113,6 +118,7 @@ export class OrdersBalancer {
             "content-type": "application/json",
             "content-length": Buffer.byteLength(body),
             "idempotency-key": key,
+            ...(token ? { authorization: `Bearer ${token}` } : {}),
           },
           timeout: timeoutMs,
         },
@@ -135,6 +141,7 @@ export class OrdersBalancer {
    */
   async place(rec: ChaosOrder, body: OrderBody, deadline: number, timeoutMs: number): Promise<void> {
     const text = JSON.stringify(body);
+    const token = await this.#token?.(body.customerId);
     const tried = new Set<string>();
     let pause = 100;
     // A client backs off: exponentially, with jitter, up to 2 s between rounds.
@@ -152,7 +159,7 @@ export class OrdersBalancer {
         continue;
       }
       rec.attempts++;
-      const a = await this.post(base, text, rec.key, timeoutMs);
+      const a = await this.post(base, text, rec.key, timeoutMs, token);
       rec.answeredAt = Date.now();
       if (a.status === 202) {
         rec.status = 202;

@@ -47,10 +47,15 @@ export interface FactSources {
   auditUrl: string;
   gatewayUrl: string;
   mailUrl: string;
+  /** `Authorization` header value for the audit and inventory reads (`Bearer <operator token>`). */
+  authorization?: string;
 }
 
-async function getJson<T>(url: string): Promise<T> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(120_000) });
+async function getJson<T>(url: string, src: { authorization?: string | undefined }): Promise<T> {
+  const res = await fetch(url, {
+    signal: AbortSignal.timeout(120_000),
+    ...(src.authorization ? { headers: { authorization: src.authorization } } : {}),
+  });
   if (!res.ok) throw new Error(`GET ${url}: ${res.status} ${await res.text()}`);
   return (await res.json()) as T;
 }
@@ -101,10 +106,13 @@ export async function gatherFacts(src: FactSources, accepted: Iterable<string>):
 
   const summary = await getJson<{
     orders: { orderId: string; captured: number; refunded: number; net: number; charges: number }[];
-  }>(`${src.gatewayUrl}/v1/ledger/summary`);
+  }>(`${src.gatewayUrl}/v1/ledger/summary`, src);
   const ledger = new Map(summary.orders.map((s) => [s.orderId, s]));
 
-  const mail = await getJson<{ messages: { tags?: Record<string, string> }[] }>(`${src.mailUrl}/v1/messages`);
+  const mail = await getJson<{ messages: { tags?: Record<string, string> }[] }>(
+    `${src.mailUrl}/v1/messages`,
+    src,
+  );
   const mails = new Map<string, number>();
   for (const m of mail.messages) {
     const key = `${m.tags?.["orderId"]}:${m.tags?.["kind"]}`;
@@ -117,7 +125,7 @@ export async function gatherFacts(src: FactSources, accepted: Iterable<string>):
       events: { position: number; event_id: string }[];
       more: boolean;
       next: number;
-    }>(`${src.auditUrl}/audit/events?after=${after}&limit=10000`);
+    }>(`${src.auditUrl}/audit/events?after=${after}&limit=10000`, src);
     for (const r of page.events) audited.set(r.event_id, (audited.get(r.event_id) ?? 0) + 1);
     if (page.events.length === 0) break;
     after = page.next;
@@ -125,6 +133,7 @@ export async function gatherFacts(src: FactSources, accepted: Iterable<string>):
 
   const inv = await getJson<{ items: { sku: string; initial?: number; available: number }[] }>(
     `${src.inventoryUrl}/inventory`,
+    src,
   );
   const check = await checkInvariants({ ...src, acceptedOrderIds: accepted });
   const oversoldSkus = new Set<string>();

@@ -196,7 +196,10 @@ async function runPhase(
       await sys.start();
       watch = new OrderWatch(await sys.connection());
       await watch.start();
-      balancer = new OrdersBalancer(() => sys.ordersUrls());
+      balancer = new OrdersBalancer(
+        () => sys.ordersUrls(),
+        (customerId) => sys.tokens.token(customerId),
+      );
       balancer.start();
     } catch (err) {
       return failAll(err);
@@ -227,6 +230,7 @@ async function runPhase(
           auditUrl: sys.url("audit"),
           gatewayUrl: sys.url("payment-gateway"),
           mailUrl: sys.url("mail-provider"),
+          authorization: (await sys.tokens.operator()).authorization,
         },
         accepted,
       );

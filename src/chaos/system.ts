@@ -9,6 +9,7 @@
  * Processes are started exactly as `npm start` starts them ({@link stackProcesses}, {@link childEnv},
  * {@link StackChild}); each replica has its own port. Every child's output goes to a log file of its own.
  */
+import { DevTokens, devSecretPath } from "../lib/http/dev-token.js";
 import { createWriteStream, type WriteStream } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
@@ -247,6 +248,8 @@ export class ChaosSystem {
   async start(): Promise<void> {
     const t0 = Date.now();
     await mkdir(this.opts.dataDir, { recursive: true });
+    // The development token secret every process verifies with (childEnv points them at it), as `npm start` does.
+    this.#tokens = await DevTokens.open(devSecretPath(this.opts.dataDir));
     await mkdir(this.opts.logDir, { recursive: true });
     this.#catalogFile = join(this.opts.dataDir, "catalog.json");
     await writeFile(
@@ -615,6 +618,13 @@ export class ChaosSystem {
     this.#log(`NATS node ${this.natsCluster!.server(i).serverName} is back`);
   }
 
+  #tokens: DevTokens | undefined;
+  /** Tokens signed with this system's development secret (after {@link start}). */
+  get tokens(): DevTokens {
+    if (!this.#tokens) throw new Error("ChaosSystem: start() first");
+    return this.#tokens;
+  }
+
   /** `PUT /admin/faults` on a simulator. */
   async setFaults(
     sim: "payment-gateway" | "mail-provider",
@@ -622,7 +632,7 @@ export class ChaosSystem {
   ): Promise<void> {
     const res = await fetch(`${this.url(sim)}/admin/faults`, {
       method: "PUT",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...(await this.tokens.operator()) },
       body: JSON.stringify(faults),
     });
     if (!res.ok) throw new Error(`PUT ${sim} /admin/faults: ${res.status} ${await res.text()}`);

@@ -16,6 +16,8 @@ export interface CheckTargets {
   pendingGraceMs?: number;
   /** Consumers whose backlog is a timer, not lost work (default: orders-timeouts). */
   timerConsumers?: string[];
+  /** `Authorization` header value for the audit and inventory reads (`Bearer <operator token>`). */
+  authorization?: string;
 }
 
 /** The invariants of ARCHITECTURE.md. */
@@ -115,8 +117,9 @@ export const DEFAULT_TIMER_CONSUMERS: readonly string[] = ["orders-timeouts"];
  */
 export const NOTIFICATIONS_CONSUMER = "notifications-orders";
 
-async function getJson<T>(url: string): Promise<T> {
-  const res = await fetch(url);
+async function getJson<T>(url: string, t: { authorization?: string | undefined }): Promise<T> {
+  // Audit and inventory reads need an operator token; the simulators' reads are open (the header is harmless there).
+  const res = await fetch(url, t.authorization ? { headers: { authorization: t.authorization } } : {});
   if (!res.ok) throw new Error(`GET ${url}: ${res.status} ${await res.text()}`);
   return (await res.json()) as T;
 }
@@ -321,7 +324,7 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   const i2: Violation[] = [];
   const summary = await getJson<{
     orders: { orderId: string; captured: number; refunded: number; net: number; charges: number }[];
-  }>(`${t.gatewayUrl}/v1/ledger/summary`);
+  }>(`${t.gatewayUrl}/v1/ledger/summary`, t);
   const ledger = new Map(summary.orders.map((s) => [s.orderId, s]));
   for (const o of orders.values()) {
     const s = ledger.get(o.orderId);
@@ -368,7 +371,7 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   const i3: Violation[] = [];
   const inv = await getJson<{
     items: { sku: string; initial?: number; available: number; reserved: number; committed: number }[];
-  }>(`${t.inventoryUrl}/inventory`);
+  }>(`${t.inventoryUrl}/inventory`, t);
   const confirmedUnits = new Map<string, number>();
   for (const o of orders.values()) {
     if (status(o) !== "CONFIRMED") continue;
@@ -401,7 +404,10 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
 
   // I4 notify
   const i4: Violation[] = [];
-  const mail = await getJson<{ messages: { tags?: Record<string, string> }[] }>(`${t.mailUrl}/v1/messages`);
+  const mail = await getJson<{ messages: { tags?: Record<string, string> }[] }>(
+    `${t.mailUrl}/v1/messages`,
+    t,
+  );
   const sent = new Map<string, number>();
   for (const m of mail.messages) {
     const key = `${m.tags?.["orderId"]}:${m.tags?.["kind"]}`;
@@ -447,6 +453,7 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   const i5: Violation[] = [];
   const verify = await getJson<{ ok: boolean; rows: number; firstBadPosition?: number; reason?: string }>(
     `${t.auditUrl}/audit/verify`,
+    t,
   );
   if (!verify.ok)
     i5.push({
@@ -458,6 +465,7 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   for (;;) {
     const page = await getJson<{ events: { position: number; event_id: string }[] }>(
       `${t.auditUrl}/audit/events?after=${after}&limit=1000`,
+      t,
     );
     for (const r of page.events) audited.set(r.event_id, (audited.get(r.event_id) ?? 0) + 1);
     if (page.events.length === 0) break;

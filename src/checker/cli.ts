@@ -1,6 +1,7 @@
 import { Type } from "@sinclair/typebox";
 import { connect } from "@nats-io/transport-node";
 import { parseConfig } from "../lib/config.js";
+import { operatorTokenFromEnv } from "../lib/http/dev-token.js";
 import { defaultPorts } from "../lib/ports.js";
 import { checkInvariants, formatReport } from "./checker.js";
 
@@ -31,6 +32,7 @@ async function main(): Promise<void> {
       gatewayUrl: c.PAYMENT_GATEWAY_URL,
       mailUrl: c.MAIL_PROVIDER_URL,
       pendingGraceMs: c.PENDING_GRACE_MS,
+      authorization: `Bearer ${await operatorTokenFromEnv()}`,
     });
     process.stdout.write((json ? JSON.stringify(report, null, 2) : formatReport(report)) + "\n");
     process.exitCode = report.ok ? 0 : 1;

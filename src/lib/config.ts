@@ -22,7 +22,12 @@ export function parseConfig<S extends TSchema>(schema: S, env: NodeJS.ProcessEnv
   for (const e of Value.Errors(schema, value)) {
     const name = e.path.replace(/^\//, "") || "(root)";
     const expected = describeExpected(e.schema);
-    const got = raw[name] === undefined ? "it is missing" : `got ${JSON.stringify(raw[name])}`;
+    const got =
+      raw[name] === undefined
+        ? "it is missing"
+        : isSensitive(name, props[name])
+          ? "got a value that is not shown (secret)"
+          : `got ${JSON.stringify(raw[name])}`;
     problems.push(`  ${name}: expected ${expected}; ${got}`);
   }
   if (problems.length > 0) {
@@ -30,6 +35,14 @@ export function parseConfig<S extends TSchema>(schema: S, env: NodeJS.ProcessEnv
     throw new ConfigError(`invalid configuration:\n${unique.join("\n")}`);
   }
   return value;
+}
+
+/** Names of variables whose values are secrets: never echoed in a configuration error. */
+const SECRET_NAME = /SECRET|PASSWORD|PASSWD|TOKEN|PRIVATE|CREDENTIAL|_KEY$|DATABASE_URL/i;
+
+/** A variable whose value must not be echoed: marked `sensitive: true` in its schema, or named like a secret. */
+function isSensitive(name: string, s: TSchema | undefined): boolean {
+  return SECRET_NAME.test(name) || (s as { sensitive?: boolean } | undefined)?.sensitive === true;
 }
 
 function describeExpected(s: TSchema): string {

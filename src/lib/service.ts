@@ -4,6 +4,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Env, parseConfig } from "./config.js";
 import { Streams } from "./events/catalog.js";
+import { AuthConfig, TokenVerifier } from "./http/auth.js";
 import { createOpsServer, type OpsServer, type ReadinessCheck } from "./http/ops-server.js";
 import { runShutdown, onTerminationSignal } from "./lifecycle.js";
 import { connectNats, natsUnavailable } from "./messaging/connection.js";
@@ -17,42 +18,45 @@ import { Metrics } from "./telemetry/metrics.js";
 import { initTracing, type Tracing } from "./telemetry/tracing.js";
 
 /** Environment variables every service reads (each service adds its own). */
-export const CommonConfig = Type.Object({
-  NATS_URL: Type.String({
-    default: "nats://127.0.0.1:4222",
-    description: "NATS server URL(s), comma-separated",
+export const CommonConfig = Type.Composite([
+  AuthConfig,
+  Type.Object({
+    NATS_URL: Type.String({
+      default: "nats://127.0.0.1:4222",
+      description: "NATS server URL(s), comma-separated",
+    }),
+    HOST: Type.String({ default: "127.0.0.1", description: "interface the HTTP server listens on" }),
+    LOG_LEVEL: Env.logLevel(),
+    OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(
+      Type.String({ format: "uri", description: "OTLP/HTTP endpoint" }),
+    ),
+    DRAIN_TIMEOUT_MS: Env.ms(20_000, "bound of the graceful shutdown"),
+    STREAM_REPLICAS: Type.Integer({
+      minimum: 1,
+      maximum: 5,
+      default: 1,
+      description: "replicas of every stream",
+    }),
+    CONSUMER_CONCURRENCY: Type.Integer({
+      minimum: 1,
+      maximum: 1024,
+      default: 128,
+      description: "handlers at once per consumer",
+    }),
+    MAX_ATTEMPTS: Type.Integer({
+      minimum: 1,
+      maximum: 100,
+      default: 5,
+      description: "failed attempts before the DLQ",
+    }),
+    RETRY_INITIAL_MS: Env.ms(250, "first redelivery delay"),
+    RETRY_MAX_MS: Env.ms(30_000, "longest redelivery delay"),
+    CONSUMER_RECREATE_MS: Env.ms(
+      10_000,
+      "a durable consumer deleted on the server is provisioned again from its declaration after this long (/ready is 503 meanwhile)",
+    ),
   }),
-  HOST: Type.String({ default: "127.0.0.1", description: "interface the HTTP server listens on" }),
-  LOG_LEVEL: Env.logLevel(),
-  OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(
-    Type.String({ format: "uri", description: "OTLP/HTTP endpoint" }),
-  ),
-  DRAIN_TIMEOUT_MS: Env.ms(20_000, "bound of the graceful shutdown"),
-  STREAM_REPLICAS: Type.Integer({
-    minimum: 1,
-    maximum: 5,
-    default: 1,
-    description: "replicas of every stream",
-  }),
-  CONSUMER_CONCURRENCY: Type.Integer({
-    minimum: 1,
-    maximum: 1024,
-    default: 128,
-    description: "handlers at once per consumer",
-  }),
-  MAX_ATTEMPTS: Type.Integer({
-    minimum: 1,
-    maximum: 100,
-    default: 5,
-    description: "failed attempts before the DLQ",
-  }),
-  RETRY_INITIAL_MS: Env.ms(250, "first redelivery delay"),
-  RETRY_MAX_MS: Env.ms(30_000, "longest redelivery delay"),
-  CONSUMER_RECREATE_MS: Env.ms(
-    10_000,
-    "a durable consumer deleted on the server is provisioned again from its declaration after this long (/ready is 503 meanwhile)",
-  ),
-});
+]);
 export type CommonConfig = Static<typeof CommonConfig>;
 
 /** The streams of ShopStream, one per owning context, plus the DLQ. */
@@ -139,9 +143,11 @@ export async function startService<S extends TObject>(
   type C = Static<S> & CommonConfig;
   const schema = Type.Composite([CommonConfig, def.config]);
   const config = parseConfig(schema, env) as unknown as C;
+  const verifier = await TokenVerifier.fromConfig(config);
   const logger = createLogger({ service: def.name, level: config.LOG_LEVEL as never });
   const tracing = initTracing({ service: def.name, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const metrics = new Metrics(def.name);
+  logger.info({ source: verifier.source }, "bearer tokens verified");
   const nc = await connectNats({ servers: config.NATS_URL, name: def.name, logger });
   warnIfConditionalWritesUnsafe(nc.info?.version, config.STREAM_REPLICAS, logger);
   // Everything after the connection is undone if start-up fails, so a failed start leaks nothing.
@@ -162,6 +168,7 @@ export async function startService<S extends TObject>(
       metrics,
       logger,
       readiness,
+      auth: verifier,
       ...(def.bodyLimit ? { bodyLimit: def.bodyLimit } : {}),
     });
     ctx = {

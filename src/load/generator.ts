@@ -126,6 +126,12 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** Max sockets to the orders service (default 256). */
   maxSockets?: number;
+  /**
+   * The bearer token of a customer (each order is sent as the customer its body names): e.g.
+   * `DevTokens.token` with the stack's development secret (src/lib/http/dev-token.ts). Without it no
+   * `Authorization` is sent (the orders service answers 401).
+   */
+  token?: (customerId: string) => string | Promise<string>;
 }
 
 const defaultSkus = ["SKU-TSHIRT", "SKU-MUG", "SKU-HOODIE", "SKU-CAP", "SKU-STICKERS"];
@@ -137,6 +143,9 @@ export function defaultOrder(i: number): OrderBody {
   return { customerId: `load-${i % 1000}`, email: `load-${i % 1000}@example.com`, items };
 }
 
+/** What one POST /orders came to: an answer, or a transport error. */
+type PostResult = { status?: number; body?: string; retryAfter?: string; error?: string };
+
 /**
  * Sends one order over a keep-alive connection pool; resolves with status and body (never rejects). undici's
  * pool, not `http.request`: the generator shares the machine with the system it measures, so its own CPU per
@@ -147,12 +156,15 @@ async function post(
   path: string,
   body: string,
   timeoutMs: number,
-): Promise<{ status?: number; body?: string; retryAfter?: string; error?: string }> {
+  token: string | undefined,
+): Promise<PostResult> {
   try {
     const res = await pool.request({
       path,
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: token
+        ? { "content-type": "application/json", authorization: `Bearer ${token}` }
+        : { "content-type": "application/json" },
       body,
       headersTimeout: timeoutMs,
       bodyTimeout: timeoutMs,
@@ -191,28 +203,34 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
   const send = (i: number, scheduledAt: number): Promise<void> => {
     const rec: OrderRecord = { i, scheduledAt, sentAt: Date.now() };
     records.push(rec);
-    const p = post(pool, path, JSON.stringify(make(i)), timeoutMs).then((r) => {
-      rec.answeredAt = Date.now();
-      if (r.error !== undefined) {
-        rec.error = r.error;
-        failed++;
-        return;
-      }
-      rec.httpStatus = r.status;
-      if (r.status === 202) {
-        try {
-          rec.orderId = (JSON.parse(r.body ?? "{}") as { orderId?: string }).orderId;
-          accepted++;
-        } catch {
+    const order = make(i);
+    const p = Promise.resolve(o.token?.(order.customerId))
+      .then(
+        (token) => post(pool, path, JSON.stringify(order), timeoutMs, token),
+        (err: unknown): PostResult => ({ error: `no token: ${(err as Error).message}` }),
+      )
+      .then((r) => {
+        rec.answeredAt = Date.now();
+        if (r.error !== undefined) {
+          rec.error = r.error;
           failed++;
+          return;
         }
-      } else if (r.status === 503 && r.retryAfter !== undefined) {
-        rec.shed = true;
-        const s = Number(r.retryAfter);
-        if (Number.isFinite(s)) rec.retryAfterS = s;
-        shed++;
-      } else failed++;
-    });
+        rec.httpStatus = r.status;
+        if (r.status === 202) {
+          try {
+            rec.orderId = (JSON.parse(r.body ?? "{}") as { orderId?: string }).orderId;
+            accepted++;
+          } catch {
+            failed++;
+          }
+        } else if (r.status === 503 && r.retryAfter !== undefined) {
+          rec.shed = true;
+          const s = Number(r.retryAfter);
+          if (Number.isFinite(s)) rec.retryAfterS = s;
+          shed++;
+        } else failed++;
+      });
     inflight.add(p);
     void p.finally(() => inflight.delete(p));
     return p;

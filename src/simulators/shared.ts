@@ -35,6 +35,7 @@ import Fastify, {
 import { pino, type Logger } from "pino";
 import { type Static, Type } from "@sinclair/typebox";
 import { parseConfig, Env } from "../lib/config.js";
+import { AuthConfig, TokenVerifier, installAuth } from "../lib/http/auth.js";
 import { canonicalJson, fingerprint } from "../lib/canonical.js";
 import { ProblemError, installProblemHandlers, problem, sendProblem } from "../lib/http/problem.js";
 
@@ -47,6 +48,12 @@ export interface SimulatorOptions {
   logger?: boolean | Logger;
   /** Seed for the fault-injection random number generator (reproducible failure patterns). */
   seed?: number;
+  /**
+   * Bearer-token verification: `/admin/*` then requires an operator token (the simulated API itself stays open, as
+   * the real provider's would be to ShopStream). Without it `/admin/*` is open (in-process unit tests only:
+   * `runSimulator` always passes one).
+   */
+  auth?: TokenVerifier;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -77,6 +84,7 @@ export function createSimulatorServer(name: string, opts: SimulatorOptions = {})
         });
 
   installProblemHandlers(app);
+  if (opts.auth) installAuth(app, opts.auth, { defaultLevel: "none" });
   app.get("/health", async () => ({ status: "ok", service: name }));
   return app;
 }
@@ -206,13 +214,18 @@ export function registerAdminRoutes(
   faults: Faults,
   onReset: () => Promise<void>,
 ): void {
-  app.get("/admin/faults", async () => faults.get());
-  app.put<{ Body: FaultPatch }>("/admin/faults", { schema: { body: FaultPatchSchema } }, async (req) => {
-    const next = faults.update(req.body);
-    req.log.info({ faults: next }, "fault settings changed");
-    return next;
-  });
-  app.post("/admin/reset", async (req) => {
+  const operator = { config: { auth: "operator" as const } };
+  app.get("/admin/faults", operator, async () => faults.get());
+  app.put<{ Body: FaultPatch }>(
+    "/admin/faults",
+    { ...operator, schema: { body: FaultPatchSchema } },
+    async (req) => {
+      const next = faults.update(req.body);
+      req.log.info({ faults: next }, "fault settings changed");
+      return next;
+    },
+  );
+  app.post("/admin/reset", operator, async (req) => {
     const next = faults.reset();
     await onReset();
     req.log.info("simulator reset");
@@ -681,15 +694,17 @@ export async function runSimulator(spec: {
     ),
   });
   let config: Static<typeof schema>;
+  let auth: TokenVerifier;
   try {
     config = parseConfig(schema);
+    auth = await TokenVerifier.fromConfig(parseConfig(AuthConfig));
   } catch (err) {
     process.stderr.write(`${spec.name}: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(1);
   }
   const logger = pino({ name: spec.name, level: config.LOG_LEVEL as string });
   const file = config[spec.fileEnv] as string | undefined;
-  const app = spec.build({ logger, seed: config.SEED as number | undefined, file });
+  const app = spec.build({ logger, seed: config.SEED as number | undefined, file, auth });
 
   let closing = false;
   const shutdown = (signal: string): void => {

@@ -7,6 +7,7 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { devSecretPath } from "../lib/http/dev-token.js";
 import { defaultPorts, type ProcessName } from "../lib/ports.js";
 
 /** A simulator of the outside world (readiness = `/health`) or a ShopStream service (readiness = `/ready`). */
@@ -208,6 +209,9 @@ export function childEnv(input: ChildEnvInput): NodeJS.ProcessEnv {
     MAIL_PROVIDER_URL: input.mailProviderUrl,
     LEDGER_FILE: join(input.dataDir, "payment-gateway", "ledger.json"),
     MAIL_LOG_FILE: join(input.dataDir, "mail-provider", "messages.json"),
+    // The development token secret, shared by every process (created by the stack first: ensureDevSecret). A
+    // configured AUTH_JWKS_URL or AUTH_PUBLIC_KEY takes precedence over it (src/lib/http/auth.ts).
+    AUTH_HS256_SECRET_FILE: input.parent["AUTH_HS256_SECRET_FILE"] ?? devSecretPath(input.dataDir),
   };
 }
 

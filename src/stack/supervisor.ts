@@ -6,6 +6,7 @@
  * {@link runStack} is called by `main.ts` in a process of its own session, so a Ctrl-C in the terminal reaches
  * only `main.ts`, which forwards it here once: the children never see the terminal's SIGINT and stop in order.
  */
+import { devSecretPath, ensureDevSecret } from "../lib/http/dev-token.js";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
@@ -268,6 +269,14 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
       say(`nats-server ready at ${nats.url} (JetStream data in ${nats.storeDir})`);
     } else {
       say(`using NATS at ${natsUrl} (NATS_URL)`);
+    }
+
+    // The development token secret every process verifies bearer tokens with (and `npm run token` signs with),
+    // created on the first start (mode 0600). A configured JWKS URL or public key makes the services ignore it.
+    if (env["AUTH_HS256_SECRET_FILE"] === undefined) {
+      const secretFile = devSecretPath(dataDir);
+      await ensureDevSecret(secretFile);
+      say(`development token secret in ${secretFile} (npm run token -- <customerId> | --admin)`);
     }
 
     // 7. Tier by tier, every process as its own child; a tier starts once the previous one is ready.

@@ -18,6 +18,7 @@ import { startService, type ServiceDefinition } from "../../src/lib/service.js";
 import { consumerConfig, ensureConsumer, type ConsumerSpec } from "../../src/lib/messaging/topology.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
 import { eventually, orderPlacedEvents, within } from "../helpers/messaging.js";
+import { AUTH_ENV } from "../helpers/auth.js";
 
 const ORDERS_SPEC: ConsumerSpec = {
   stream: Streams.ORDERS,
@@ -107,6 +108,7 @@ async function start(t: TestContext, env: Record<string, string> = {}) {
   const nats: NatsServer = await startNatsServer();
   const handled = new Handled();
   const svc = await startService(probeService(handled), {
+    ...AUTH_ENV,
     NATS_URL: nats.url,
     PORT: "0",
     LOG_LEVEL: process.env["TEST_LOG_LEVEL"] ?? "silent",

@@ -11,7 +11,8 @@ import { decodeEvent } from "../../src/lib/events/codec.js";
 import { startService, type RunningService } from "../../src/lib/service.js";
 import { createOrdersService } from "../../src/services/orders/service.js";
 import { runLoad, summarizeLoad } from "../../src/load/generator.js";
-import { getJson, startSystem, type System } from "../helpers/system.js";
+import { customerOf, getJson, startSystem, type System } from "../helpers/system.js";
+import { AUTH_ENV, customerAuth, testTokens } from "../helpers/auth.js";
 
 const LIMIT = 3;
 const ORDER_TIMEOUT_MS = 8_000;
@@ -40,7 +41,7 @@ const inFlight = (url: string) => metric(url, "shopstream_orders_in_flight");
 async function post(ordersUrl: string, body: unknown, headers: Record<string, string> = {}) {
   const res = await fetch(`${ordersUrl}/orders`, {
     method: "POST",
-    headers: { "content-type": "application/json", ...headers },
+    headers: { "content-type": "application/json", ...(await customerAuth(customerOf(body))), ...headers },
     body: JSON.stringify(body),
   });
   return { status: res.status, headers: res.headers, body: (await res.json()) as any };
@@ -109,6 +110,7 @@ describe("admission control of POST /orders", () => {
       ordersUrl: sys.urls.orders,
       mode: { kind: "open", ratePerSec: 20, durationMs: 500 },
       body: (i) => order(`shed-load-${i}`, "SKU-SHED"),
+      token: async (customerId) => (await testTokens()).token(customerId),
     });
     const summary = summarizeLoad(load, 500);
     assert.ok(summary.shed > 0, JSON.stringify(summary));
@@ -187,6 +189,7 @@ describe("admission control of POST /orders", () => {
     let replicaB: RunningService<never> | undefined;
     try {
       replicaB = (await startService(createOrdersService(), {
+        ...AUTH_ENV,
         NATS_URL: sys.nats.url,
         PORT: "0",
         LOG_LEVEL: process.env["TEST_LOG_LEVEL"] ?? "silent",

@@ -30,6 +30,7 @@ import type { EventType } from "../../src/lib/events/catalog.js";
 import { listDeadLetters, type DeadLetter } from "../../src/lib/messaging/dlq.js";
 import { Hdr } from "../../src/lib/messaging/headers.js";
 import { startSystem, type System } from "../helpers/system.js";
+import { operatorFetch } from "../helpers/auth.js";
 
 const ORDER_TIMEOUT_MS = 15_000;
 const MAX_ATTEMPTS = 5; // the services' default
@@ -198,7 +199,7 @@ async function placeAndConfirm(prefix: string, n: number): Promise<string[]> {
 }
 
 async function getJson(url: string): Promise<any> {
-  return (await fetch(url)).json();
+  return (await operatorFetch(url)).json();
 }
 
 async function deadLetters(): Promise<DeadLetter[]> {
@@ -506,7 +507,7 @@ describe("hostile input on the bus", () => {
     for (const p of mine.filter((x) => x.auditedAs)) {
       const { orderId, eventId } = p.auditedAs!;
       await sys.until(`audit of ${p.name}`, async () => {
-        const r = await fetch(`${sys.urls.audit}/audit/orders/${orderId}`);
+        const r = await operatorFetch(`${sys.urls.audit}/audit/orders/${orderId}`);
         if (!r.ok) return undefined;
         const t: any = await r.json();
         return t.events.some((e: { event_id: string }) => e.event_id === eventId) ? t : undefined;

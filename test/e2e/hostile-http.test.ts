@@ -15,7 +15,9 @@ import fc from "fast-check";
 import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { decodeEvent } from "../../src/lib/events/codec.js";
 import { createOrdersService } from "../../src/services/orders/service.js";
-import { startSystem, type System } from "../helpers/system.js";
+import { customerOf, startSystem, type System } from "../helpers/system.js";
+import { SignJWT } from "jose";
+import { customerAuth, operatorAuth, operatorFetch, testSecret } from "../helpers/auth.js";
 
 const MAX_LINES = 20;
 const BODY_LIMIT = createOrdersService().bodyLimit ?? 1024 * 1024;
@@ -47,7 +49,19 @@ async function send(
   body?: Body,
   headers: Record<string, string> = {},
 ): Promise<Res> {
-  const init: RequestInit & { duplex?: "half" } = { method, headers };
+  // Every request carries a valid token unless the test sets `authorization` itself ("" for none): a POST the
+  // customer its body names (so a hostile body is refused for what it is, not for a missing token), a GET an
+  // operator's (the list query then needs a customerId, as before authentication).
+  const h: Record<string, string> = { ...headers };
+  if (!("authorization" in h)) {
+    Object.assign(
+      h,
+      method === "POST"
+        ? await customerAuth(customerOf(typeof body === "string" ? body : undefined))
+        : await operatorAuth(),
+    );
+  } else if (h["authorization"] === "") delete h["authorization"];
+  const init: RequestInit & { duplex?: "half" } = { method, headers: h };
   if (body !== undefined) init.body = body;
   if (body instanceof ReadableStream) init.duplex = "half";
   const r = await fetch(`${sys.urls.orders}${path}`, init);
@@ -100,7 +114,7 @@ async function ordersCount(): Promise<number> {
   return (await jsm.streams.info("ORDERS")).state.messages;
 }
 async function inventory(): Promise<{ items: { sku: string; reserved: number }[] }> {
-  return (await (await fetch(`${sys.urls.inventory}/inventory`)).json()) as never;
+  return (await (await operatorFetch(`${sys.urls.inventory}/inventory`)).json()) as never;
 }
 /** Waits until the orders placed so far are terminal and their stock settled (nothing reserved). */
 async function settled(): Promise<void> {
@@ -282,7 +296,8 @@ describe("hostile input on the HTTP API", () => {
   test("wrong-typed or missing fields → 400 problem naming the field", async () => {
     type Kind = "string" | "integer" | "array" | "object";
     const fields: { path: (string | number)[]; kind: Kind; required: boolean }[] = [
-      { path: ["customerId"], kind: "string", required: true },
+      // Optional since authentication: the customer is the token's sub (a given customerId must equal it).
+      { path: ["customerId"], kind: "string", required: false },
       { path: ["email"], kind: "string", required: true },
       { path: ["currency"], kind: "string", required: false },
       { path: ["items"], kind: "array", required: true },
@@ -804,6 +819,7 @@ describe("hostile input on the HTTP API", () => {
         });
       });
     const body = '{"customerId":"c","email":"a@example.com","items":[{"sku":"SKU-A","quantity":1}]}';
+    const auth = (await customerAuth("c")).authorization;
     await unchanged(async () => {
       for (const payload of [
         "GARBAGE\r\n\r\n",
@@ -818,7 +834,8 @@ describe("hostile input on the HTTP API", () => {
         `GET /orders/x HTTP/1.1\r\nHost: x\r\nX-Big: ${"h".repeat(20_000)}\r\n\r\n`,
         `GET /${"p".repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`,
       ]) {
-        const r = await rawHttp(payload);
+        // With a valid token, so that what is refused is the framing, not a missing token.
+        const r = await rawHttp(payload.replace("Host: x\r\n", `Host: x\r\nAuthorization: ${auth}\r\n`));
         const what = JSON.stringify(payload.slice(0, 80));
         assert.ok(r.status >= 400 && r.status < 500, `${what} → ${r.headers.split("\r\n")[0]}`);
         assert.match(r.headers, /content-type: application\/problem\+json/i, what);
@@ -855,10 +872,12 @@ describe("hostile input on the HTTP API", () => {
           items: [{ sku: "SKU-C", quantity: 1 }],
         });
         assert.equal(r.status, 202, `${JSON.stringify(customerId)} → ${r.status} ${JSON.stringify(r.body)}`);
-        const view: any = await (await fetch(`${sys.urls.orders}/orders/${r.body.orderId}`)).json();
+        // Read back as that customer: their own order, their own list.
+        const own = { headers: await customerAuth(customerId) };
+        const view: any = await (await fetch(`${sys.urls.orders}/orders/${r.body.orderId}`, own)).json();
         assert.equal(view.customerId, customerId);
         const list: any = await (
-          await fetch(`${sys.urls.orders}/orders?customerId=${encodeURIComponent(customerId)}`)
+          await fetch(`${sys.urls.orders}/orders?customerId=${encodeURIComponent(customerId)}`, own)
         ).json();
         assert.ok(
           list.orders.some((o: { orderId: string }) => o.orderId === r.body.orderId),
@@ -883,7 +902,10 @@ describe("hostile input on the HTTP API", () => {
     await settled();
     await unchanged(async () => {
       await prop(
-        validOrder.filter((o) => JSON.stringify(o) !== JSON.stringify(first)),
+        // Keys are per customer: the same customer's other bodies.
+        validOrder
+          .map((o) => ({ ...o, customerId: first.customerId }))
+          .filter((o) => JSON.stringify(o) !== JSON.stringify(first)),
         async (other) => {
           const r = await post(JSON.stringify(other), { ...JSON_CT, "idempotency-key": key });
           assertProblem(r, 422, JSON.stringify(other));
@@ -896,6 +918,15 @@ describe("hostile input on the HTTP API", () => {
       assert.equal(again.json.orderId, r0.json.orderId);
       assert.equal(again.headers.get("idempotent-replayed"), "true");
     });
+    // Another customer's request with the same key is theirs alone: a new order, neither 422 nor the first's id.
+    const theirs = await post(JSON.stringify({ ...first, customerId: "idem-other" }), {
+      ...JSON_CT,
+      "idempotency-key": key,
+    });
+    assert.equal(theirs.status, 202, theirs.text);
+    assert.notEqual(theirs.json.orderId, r0.json.orderId);
+    assert.equal(theirs.headers.get("idempotent-replayed"), null);
+    sys.accepted.add(theirs.json.orderId);
   });
 
   test("Idempotency-Key reused concurrently with the same body → one order", async () => {
@@ -949,5 +980,220 @@ describe("hostile input on the HTTP API", () => {
       assert.equal(f.status, "CONFIRMED", `${f.orderId}: ${f.status} ${f.reason ?? ""}`);
     await settled();
     await sys.assertInvariants();
+  });
+
+  // -------------------------------------------------------------------------------------------------
+  // Tokens (docs/security.md): every way a token can be wrong is a 401; a customer sees only their own orders;
+  // operations need an operator.
+
+  /** Every route that needs a token, with a request a valid caller could make. */
+  const authenticated = (orderId: string) => [
+    { url: `${sys.urls.orders}/orders`, method: "POST", body: JSON.stringify(orderOf("tok")) },
+    { url: `${sys.urls.orders}/orders/${orderId}`, method: "GET" },
+    { url: `${sys.urls.orders}/orders?limit=5`, method: "GET" },
+    ...operations(orderId),
+  ];
+  /** The operations endpoints: operator tokens only. */
+  const operations = (orderId: string) => [
+    { url: `${sys.urls.audit}/audit/orders/${orderId}`, method: "GET" },
+    { url: `${sys.urls.audit}/audit/verify`, method: "GET" },
+    { url: `${sys.urls.audit}/audit/events?limit=1`, method: "GET" },
+    { url: `${sys.urls.inventory}/inventory`, method: "GET" },
+    { url: `${sys.urls.inventory}/inventory/SKU-A`, method: "GET" },
+    { url: `${sys.urls.inventory}/inventory/reservations/${orderId}`, method: "GET" },
+    { url: `${sys.urls.payments}/payments/${orderId}`, method: "GET" },
+    { url: `${sys.urls.notifications}/notifications/${orderId}`, method: "GET" },
+    { url: `${sys.urls.gateway}/admin/faults`, method: "GET" },
+    { url: `${sys.urls.gateway}/admin/faults`, method: "PUT", body: "{}" },
+    { url: `${sys.urls.gateway}/admin/reset`, method: "POST", destructive: true },
+    { url: `${sys.urls.mail}/admin/faults`, method: "GET" },
+    { url: `${sys.urls.mail}/admin/reset`, method: "POST", destructive: true },
+  ];
+  const orderOf = (customerId: string) => ({
+    customerId,
+    email: "t@example.com",
+    items: [{ sku: "SKU-C", quantity: 1 }],
+  });
+  const call = async (r: { url: string; method: string; body?: string }, authorization?: string) => {
+    const headers: Record<string, string> = r.body ? { ...JSON_CT } : {};
+    if (authorization !== undefined) headers["authorization"] = authorization;
+    const res = await fetch(r.url, { method: r.method, headers, ...(r.body ? { body: r.body } : {}) });
+    const text = await res.text();
+    let json: any;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return {
+      status: res.status,
+      contentType: res.headers.get("content-type") ?? "",
+      text,
+      json,
+      headers: res.headers,
+    };
+  };
+  /** Tokens signed with the system's own secret that are still wrong, by what is wrong with them. */
+  const wrongTokens = async (): Promise<Record<string, string>> => {
+    const key = await testSecret();
+    const now = Math.floor(Date.now() / 1000);
+    const base = { sub: "mallory", aud: "shopstream", iat: now, exp: now + 600, scope: "operator" };
+    const signed = (claims: Record<string, unknown>) =>
+      new SignJWT({ ...base, ...claims }).setProtectedHeader({ alg: "HS256" }).sign(key);
+    const b64 = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const good = await signed({});
+    return {
+      "alg none": `${b64({ alg: "none", typ: "JWT" })}.${b64(base)}.`,
+      expired: await signed({ iat: now - 7200, exp: now - 3600 }),
+      "not yet valid": await signed({ nbf: now + 3600 }),
+      "wrong audience": await signed({ aud: "another-api" }),
+      "signed with another secret": await new SignJWT(base)
+        .setProtectedHeader({ alg: "HS256" })
+        .sign(new Uint8Array(32).fill(7)),
+      "payload swapped": `${good.split(".")[0]}.${b64({ ...base, sub: "eve" })}.${good.split(".")[2]}`,
+    };
+  };
+
+  test("no token → 401 `WWW-Authenticate: Bearer` on every authenticated route; probes and metrics stay open", async () => {
+    await unchanged(async () => {
+      for (const r of authenticated("ord_000000000aaaaaaaaaaaaaaaa")) {
+        const res = await call(r);
+        assertProblem(res, 401, `${r.method} ${r.url}`);
+        assert.equal(res.headers.get("www-authenticate"), "Bearer", r.url);
+      }
+    });
+    for (const url of [
+      sys.urls.orders,
+      sys.urls.inventory,
+      sys.urls.payments,
+      sys.urls.notifications,
+      sys.urls.audit,
+    ]) {
+      for (const path of ["/health", "/ready", "/metrics"])
+        assert.equal((await fetch(`${url}${path}`)).status, 200, `${url}${path} without a token`);
+    }
+    assert.equal((await fetch(`${sys.urls.orders}/openapi.json`)).status, 200);
+  });
+
+  test("random garbage, alg none, expired, not-yet-valid, wrong-audience, forged tokens → 401 invalid_token", async () => {
+    const routes = authenticated("ord_000000000bbbbbbbbbbbbbbbb");
+    const garbage = fc.oneof(
+      fc.stringMatching(/^[A-Za-z0-9\-._~+/]{1,300}=*$/),
+      fc
+        .tuple(
+          fc.base64String({ maxLength: 80 }),
+          fc.base64String({ maxLength: 200 }),
+          fc.base64String({ maxLength: 60 }),
+        )
+        .map(([a, b, c]) => `${a}.${b}.${c}`.replace(/=/g, "")),
+      fc.string({ maxLength: 100 }),
+    );
+    await unchanged(async () => {
+      await prop(
+        fc.tuple(garbage, fc.constantFrom(...routes)),
+        async ([token, r]) => {
+          const res = await call(r, `Bearer ${token}`);
+          assertProblem(res, 401, `${r.method} ${r.url} with ${JSON.stringify(token.slice(0, 60))}`);
+          assert.match(res.headers.get("www-authenticate") ?? "", /^Bearer( error="invalid_token"|$)/);
+          assert.ok(!res.text.includes(token) || token.length < 8, "the token is not echoed");
+        },
+        100,
+      );
+      for (const [what, token] of Object.entries(await wrongTokens())) {
+        for (const r of routes) {
+          const res = await call(r, `Bearer ${token}`);
+          assertProblem(res, 401, `${what}: ${r.method} ${r.url}`);
+          assert.match(res.headers.get("www-authenticate") ?? "", /^Bearer error="invalid_token"/, what);
+          assert.ok(!res.text.includes(token.split(".")[1]!), `${what}: the token is not echoed`);
+        }
+      }
+    });
+  });
+
+  test("another customer's order is 404 (as an unknown one), their list is refused, an operator reads both", async () => {
+    const pair = fc
+      .tuple(fc.stringMatching(/^[a-z0-9-]{1,20}$/), fc.stringMatching(/^[a-z0-9-]{1,20}$/))
+      .filter(([a, b]) => a !== b && !a.startsWith("decline-"));
+    await prop(
+      pair,
+      async ([owner, other]) => {
+        const placed = await sys.placeOrder(orderOf(owner));
+        assert.equal(placed.status, 202, placed.body);
+        const id = placed.body.orderId as string;
+        const asOwner = await customerAuth(owner);
+        const asOther = await customerAuth(other);
+        const theirs = await call(
+          { url: `${sys.urls.orders}/orders/${id}`, method: "GET" },
+          asOther.authorization,
+        );
+        const unknown = await call(
+          { url: `${sys.urls.orders}/orders/ord_000000000cccccccccccccccc`, method: "GET" },
+          asOther.authorization,
+        );
+        assertProblem(theirs, 404, "another customer's order");
+        assert.equal(theirs.json.type, unknown.json.type, "answered as an unknown order");
+        assert.equal(theirs.json.title, unknown.json.title);
+        const own = await call(
+          { url: `${sys.urls.orders}/orders/${id}`, method: "GET" },
+          asOwner.authorization,
+        );
+        assert.equal(own.status, 200);
+        assert.equal(own.json.customerId, owner);
+        const list = await call(
+          { url: `${sys.urls.orders}/orders?customerId=${encodeURIComponent(owner)}`, method: "GET" },
+          asOther.authorization,
+        );
+        assertProblem(list, 403, "another customer's list");
+        assert.match(list.json.type, /customer-mismatch$/);
+        const mine = await call(
+          { url: `${sys.urls.orders}/orders?limit=100`, method: "GET" },
+          asOther.authorization,
+        );
+        assert.equal(mine.status, 200);
+        assert.ok(
+          (mine.json.orders as { customerId: string }[]).every((o) => o.customerId === other),
+          "a customer's list holds only their orders",
+        );
+        const op = await operatorAuth();
+        assert.equal(
+          (await call({ url: `${sys.urls.orders}/orders/${id}`, method: "GET" }, op.authorization)).status,
+          200,
+        );
+        const byOp = await call(
+          { url: `${sys.urls.orders}/orders?customerId=${encodeURIComponent(owner)}`, method: "GET" },
+          op.authorization,
+        );
+        assert.ok((byOp.json.orders as { orderId: string }[]).some((o) => o.orderId === id));
+        // A body naming someone else is refused, and places nothing.
+        const n0 = await ordersCount();
+        const mismatch = await post(JSON.stringify(orderOf(owner)), { ...JSON_CT, ...asOther });
+        assertProblem(mismatch, 403, "a body naming another customer");
+        assert.match(mismatch.json.type, /customer-mismatch$/);
+        assert.equal(await ordersCount(), n0);
+      },
+      10,
+    );
+    await settled();
+  });
+
+  test("a customer's token on operations endpoints → 403; an operator's is let through", async () => {
+    const placed = await sys.placeOrder(orderOf("ops-probe"));
+    assert.equal(placed.status, 202);
+    const id = placed.body.orderId as string;
+    await sys.waitForTerminal(id);
+    await unchanged(async () => {
+      for (const r of operations(id)) {
+        const customer = await call(r, (await customerAuth("ops-probe")).authorization);
+        assertProblem(customer, 403, `customer: ${r.method} ${r.url}`);
+        assert.match(customer.headers.get("www-authenticate") ?? "", /insufficient_scope/);
+        // An operator is let through (a reset is not run: it would wipe the simulators' records of this system).
+        if ("destructive" in r) continue;
+        const operator = await call(r, (await operatorAuth()).authorization);
+        assert.ok(
+          operator.status !== 401 && operator.status !== 403 && operator.status < 500,
+          `operator: ${r.method} ${r.url} → ${operator.status} ${operator.text.slice(0, 200)}`,
+        );
+      }
+    });
   });
 });

@@ -1,6 +1,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { getJson, startSystem, type System } from "../helpers/system.js";
+import { operatorFetch } from "../helpers/auth.js";
 
 const catalog = [
   { sku: "SKU-A", name: "Widget A", price: 1250, currency: "EUR", stock: 10_000 },
@@ -143,7 +144,7 @@ describe("order saga end to end", () => {
     assert.equal(huge.status, 413);
     const notJson = await sys.placeOrder("{oops");
     assert.equal(notJson.status, 400);
-    const missing = await fetch(`${sys.urls.orders}/orders/ord_doesnotexist`);
+    const missing = await operatorFetch(`${sys.urls.orders}/orders/ord_doesnotexist`);
     assert.equal(missing.status, 404);
   });
 

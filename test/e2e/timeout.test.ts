@@ -1,6 +1,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { getJson, startSystem, type System } from "../helpers/system.js";
+import { operatorFetch } from "../helpers/auth.js";
 
 const order = (customerId: string) => ({
   customerId,
@@ -29,7 +30,7 @@ describe("order timeout", () => {
     // The charge was already in flight when the order timed out (payments cannot know whether the
     // gateway saw it), so after the outage it settles and is refunded: the order nets zero.
     await sys.until("payment settled", async () => {
-      const p = await fetch(`${sys.urls.payments}/payments/${res.body.orderId}`);
+      const p = await operatorFetch(`${sys.urls.payments}/payments/${res.body.orderId}`);
       const status = p.status === 200 ? ((await p.json()) as { status: string }).status : undefined;
       return status === "cancelled" || status === "refunded";
     });

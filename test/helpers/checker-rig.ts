@@ -42,6 +42,7 @@ import { definition as notifications } from "../../src/services/notifications/se
 import { buildMailProvider } from "../../src/simulators/mail-provider/app.js";
 import { buildPaymentGateway } from "../../src/simulators/payment-gateway/app.js";
 import { connectTo, startNatsServer, type NatsServer } from "./nats.js";
+import { AUTH_ENV, operatorAuth } from "./auth.js";
 
 const DATABASE_URL = process.env["DATABASE_URL"] || undefined;
 
@@ -94,6 +95,8 @@ export class Rig {
     readonly urls: { gateway: string; mail: string; inventory: string; audit: string },
     readonly services: { inventory: Service; audit: Service; notifications?: Service },
     readonly env: Record<string, string>,
+    /** `Bearer <operator token>` for the checker's audit and inventory reads. */
+    readonly authorization: string,
   ) {}
 
   /** Where the checker (and the reconciliation) read this system. */
@@ -104,6 +107,7 @@ export class Rig {
       auditUrl: this.urls.audit,
       gatewayUrl: this.urls.gateway,
       mailUrl: this.urls.mail,
+      authorization: this.authorization,
       ...extra,
     };
   }
@@ -395,6 +399,7 @@ export async function startRig(opts: RigOptions = {}): Promise<Rig> {
     const catalogFile = join(dir, "catalog.json");
     await writeFile(catalogFile, JSON.stringify({ items: CATALOG }));
     const env: Record<string, string> = {
+      ...AUTH_ENV,
       NATS_URL: nats.url,
       PORT: "0",
       LOG_LEVEL: process.env["TEST_LOG_LEVEL"] ?? "silent",
@@ -429,6 +434,7 @@ export async function startRig(opts: RigOptions = {}): Promise<Rig> {
       { gateway: gatewayUrl, mail: mailUrl, inventory: services.inventory.url, audit: services.audit.url },
       services,
       env,
+      (await operatorAuth()).authorization,
     );
   } catch (err) {
     for (const s of started.reverse()) await s.stop().catch(() => undefined);

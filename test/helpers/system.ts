@@ -25,6 +25,25 @@ import { checkInvariants, formatReport, waitForDrain, type CheckReport } from ".
 import { decodeEvent } from "../../src/lib/events/codec.js";
 import { until as pollUntil } from "./eventually.js";
 import { connectTo } from "./nats.js";
+import { isValidSubject } from "../../src/lib/http/auth.js";
+import { authEnv, customerAuth, operatorAuth, operatorFetch, testVerifier } from "./auth.js";
+
+/** The customer of a test request whose body names none usable. */
+export const DEFAULT_TEST_CUSTOMER = "test-customer";
+
+/** The customer a body names, when a token can carry it; else {@link DEFAULT_TEST_CUSTOMER}. */
+export function customerOf(body: unknown): string {
+  let b = body;
+  if (typeof b === "string") {
+    try {
+      b = JSON.parse(b);
+    } catch {
+      return DEFAULT_TEST_CUSTOMER;
+    }
+  }
+  const c = (b as { customerId?: unknown } | null)?.customerId;
+  return typeof c === "string" && isValidSubject(c) ? c : DEFAULT_TEST_CUSTOMER;
+}
 
 export interface SystemOptions {
   /** Catalog items replacing the default catalog. */
@@ -58,6 +77,10 @@ export interface System {
   services: Record<"orders" | "inventory" | "payments" | "notifications" | "audit", RunningService<never>>;
   /** Orders answered 202. */
   accepted: Set<string>;
+  /**
+   * POSTs an order as the customer its body names (a bearer token for `body.customerId`, or for
+   * {@link DEFAULT_TEST_CUSTOMER}); an `authorization` in `headers` replaces it.
+   */
   placeOrder(
     body: unknown,
     headers?: Record<string, string>,
@@ -89,9 +112,9 @@ export interface System {
   stop(): Promise<void>;
 }
 
-/** GET a URL and parse its JSON body (untyped: tests assert on the shape). */
+/** GET a URL as an operator and parse its JSON body (untyped: tests assert on the shape). */
 export async function getJson(url: string): Promise<any> {
-  const r = await fetch(url);
+  const r = await operatorFetch(url);
   return r.json();
 }
 
@@ -99,8 +122,9 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   const dir = await mkdtemp(join(tmpdir(), "shopstream-e2e-"));
   const nats = await startNatsServer();
   const nc = await connectTo(nats);
-  const gateway = buildPaymentGateway({ logger: false });
-  const mail = buildMailProvider({ logger: false });
+  const auth = await testVerifier();
+  const gateway = buildPaymentGateway({ logger: false, auth });
+  const mail = buildMailProvider({ logger: false, auth });
   const gatewayUrl = await gateway.listen({ host: "127.0.0.1", port: 0 });
   const mailUrl = await mail.listen({ host: "127.0.0.1", port: 0 });
   let catalogFile: string | undefined;
@@ -120,6 +144,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     ORDER_TIMEOUT_MS: String(opts.orderTimeoutMs ?? 60_000),
     RETRY_INITIAL_MS: "100",
     BREAKER_HALF_OPEN_MS: "1000",
+    ...(await authEnv()),
     ...(process.env["DATABASE_URL"] ? { DATABASE_URL: process.env["DATABASE_URL"] } : {}),
     ...(catalogFile ? { CATALOG_FILE: catalogFile } : {}),
     ...opts.env,
@@ -181,7 +206,11 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     async placeOrder(body, headers = {}) {
       const res = await fetch(`${urls.orders}/orders`, {
         method: "POST",
-        headers: { "content-type": "application/json", ...headers },
+        headers: {
+          "content-type": "application/json",
+          ...(await customerAuth(customerOf(body))),
+          ...headers,
+        },
         body: typeof body === "string" ? body : JSON.stringify(body),
       });
       const text = await res.text();
@@ -233,14 +262,14 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     async setGatewayFaults(f) {
       await fetch(`${gatewayUrl}/admin/faults`, {
         method: "PUT",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", ...(await operatorAuth()) },
         body: JSON.stringify(f),
       });
     },
     async setMailFaults(f) {
       await fetch(`${mailUrl}/admin/faults`, {
         method: "PUT",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", ...(await operatorAuth()) },
         body: JSON.stringify(f),
       });
     },
@@ -252,6 +281,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
         gatewayUrl,
         mailUrl,
         acceptedOrderIds: accepted,
+        authorization: (await operatorAuth()).authorization,
       });
     },
     async assertInvariants() {

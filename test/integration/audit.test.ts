@@ -43,6 +43,7 @@ import { openDb, type AuditStore, type SqlDb } from "../../src/services/audit/st
 import type { VerifyResult } from "../../src/services/audit/audit.js";
 import { eventually } from "../helpers/eventually.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
+import { AUTH_ENV, operatorFetch } from "../helpers/auth.js";
 
 const DATABASE_URL = process.env.DATABASE_URL || undefined;
 const schema = `audit_it_${process.pid}_${randomBytes(3).toString("hex")}`;
@@ -239,6 +240,7 @@ function saga(orderId: string, variant: Variant): AnyEnvelope[] {
 
 function auditEnv(bus: Bus, table: string, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return {
+    ...AUTH_ENV,
     NATS_URL: bus.nats.url,
     PORT: "0",
     HOST: "127.0.0.1",
@@ -258,7 +260,7 @@ async function get<T>(
   svc: RunningService<never> | { url: string },
   path: string,
 ): Promise<{ status: number; type: string; body: T }> {
-  const res = await fetch(svc.url + path);
+  const res = await operatorFetch(svc.url + path);
   return { status: res.status, type: res.headers.get("content-type") ?? "", body: (await res.json()) as T };
 }
 

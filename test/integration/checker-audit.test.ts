@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { formatReport, waitForDrain, type CheckReport, type DrainResult } from "../../src/checker/checker.js";
 import { startRig, verdict, type Rig } from "../helpers/checker-rig.js";
+import { operatorFetch } from "../helpers/auth.js";
 
 async function twoOrders(rig: Rig): Promise<void> {
   await rig.confirmedOrder("a-1", [{ sku: "SKU-A", quantity: 1 }]);
@@ -17,7 +18,7 @@ async function twoOrders(rig: Rig): Promise<void> {
 }
 
 async function verify(rig: Rig): Promise<{ ok: boolean; rows: number; firstBadPosition?: number }> {
-  return (await fetch(`${rig.urls.audit}/audit/verify`)).json() as Promise<{
+  return (await operatorFetch(`${rig.urls.audit}/audit/verify`)).json() as Promise<{
     ok: boolean;
     rows: number;
     firstBadPosition?: number;

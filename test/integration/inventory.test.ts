@@ -36,6 +36,7 @@ import {
 import { ORDERS_CONSUMER, definition } from "../../src/services/inventory/service.js";
 import { eventually } from "../helpers/eventually.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
+import { AUTH_ENV, operatorFetch } from "../helpers/auth.js";
 
 const WAIT_MS = 15_000;
 
@@ -133,6 +134,7 @@ void describe("inventory service", () => {
   let svc: RunningService<InventoryConfig & CommonConfig> | undefined;
 
   const env = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => ({
+    ...AUTH_ENV,
     NATS_URL: server.url,
     PORT: "0",
     // The service's logs are quiet unless asked for (the invariant-breach test logs expected errors).
@@ -248,7 +250,7 @@ void describe("inventory service", () => {
   }
 
   async function get(path: string): Promise<{ status: number; type: string | null; body: unknown }> {
-    const res = await fetch(svc!.url + path);
+    const res = await operatorFetch(svc!.url + path);
     return { status: res.status, type: res.headers.get("content-type"), body: await res.json() };
   }
 

@@ -21,6 +21,7 @@ import { ORDERS_CONSUMER, definition, internalsOf } from "../../src/services/not
 import { deadLettersOf, theDeadLetterOf } from "../helpers/dead-letters.js";
 import { eventually } from "../helpers/eventually.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
+import { AUTH_ENV, operatorFetch } from "../helpers/auth.js";
 
 const HALF_OPEN_MS = 800;
 
@@ -112,6 +113,7 @@ void describe("notifications service", () => {
     mail = buildMailProvider();
     const mailUrl = await mail.listen({ host: "127.0.0.1", port: 0 });
     svc = await startService(definition, {
+      ...AUTH_ENV,
       NATS_URL: nats.url,
       PORT: "0",
       LOG_LEVEL: process.env.LOG_LEVEL ?? "silent",
@@ -213,7 +215,7 @@ void describe("notifications service", () => {
     const [ev] = sent.of("NotificationSent", orderId);
     assert.deepEqual(ev!.data, { orderId, kind: "order_confirmed", messageId: msg!.id });
     assert.equal(ev!.id, `${orderId}:NotificationSent:order_confirmed`);
-    const res = await fetch(`${svc.url}/notifications/${orderId}`);
+    const res = await operatorFetch(`${svc.url}/notifications/${orderId}`);
     assert.equal(res.status, 200);
     const body = (await res.json()) as { notifications: { kind: string; messageId: string }[] };
     assert.deepEqual(
@@ -221,7 +223,10 @@ void describe("notifications service", () => {
       [["order_confirmed", msg!.id]],
     );
     assert.doesNotMatch(JSON.stringify(body), /@/, "the route does not expose the address");
-    assert.equal((await fetch(`${svc.url}/notifications/none-${randomUUID().slice(0, 8)}`)).status, 404);
+    assert.equal(
+      (await operatorFetch(`${svc.url}/notifications/none-${randomUUID().slice(0, 8)}`)).status,
+      404,
+    );
   });
 
   void it("sends one e-mail per (order, kind) despite duplicated events", async () => {
@@ -279,7 +284,7 @@ void describe("notifications service", () => {
     assert.equal(dl.code, "NOTIFICATION_KIND_CONFLICT");
     const info = await jsm.streams.info("NOTIFICATIONS", { subjects_filter: `notifications.${orderId}.>` });
     assert.deepEqual(info.state.subjects, { [`notifications.${orderId}.NotificationSent`]: 1 });
-    const res = await fetch(`${svc.url}/notifications/${orderId}`);
+    const res = await operatorFetch(`${svc.url}/notifications/${orderId}`);
     const body = (await res.json()) as { notifications: { kind: string; sentAt: string }[] };
     assert.deepEqual(
       body.notifications.map((n) => n.kind),

@@ -33,6 +33,7 @@ import { deadLettersOf, theDeadLetterOf } from "../helpers/dead-letters.js";
 import { eventually } from "../helpers/eventually.js";
 import { orderPlacedData } from "../helpers/messaging.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
+import { AUTH_ENV, operatorFetch } from "../helpers/auth.js";
 
 const TIMEOUT_MS = 400;
 const HALF_OPEN_MS = 800;
@@ -131,6 +132,7 @@ void describe("payments service", () => {
     gw = buildPaymentGateway();
     const gwUrl = await gw.listen({ host: "127.0.0.1", port: 0 });
     svc = await startService(definition, {
+      ...AUTH_ENV,
       NATS_URL: nats.url,
       PORT: "0",
       LOG_LEVEL: process.env.LOG_LEVEL ?? "silent",
@@ -215,7 +217,7 @@ void describe("payments service", () => {
   const faults = (f: Record<string, unknown>) =>
     gw.inject({ method: "PUT", url: "/admin/faults", payload: f });
   const state = async (orderId: string): Promise<{ status: number; body: Payment & { orderId: string } }> => {
-    const res = await fetch(`${svc.url}/payments/${orderId}`);
+    const res = await operatorFetch(`${svc.url}/payments/${orderId}`);
     return { status: res.status, body: (await res.json()) as Payment & { orderId: string } };
   };
   /** Resolves once the consumer has delivered and acknowledged everything in its stream. */
@@ -263,11 +265,11 @@ void describe("payments service", () => {
   });
 
   void it("answers 404 and 400 problem documents for unknown and invalid order ids", async () => {
-    const missing = await fetch(`${svc.url}/payments/nope-${randomUUID().slice(0, 8)}`);
+    const missing = await operatorFetch(`${svc.url}/payments/nope-${randomUUID().slice(0, 8)}`);
     assert.equal(missing.status, 404);
     assert.match(missing.headers.get("content-type") ?? "", /application\/problem\+json/);
     assert.equal(((await missing.json()) as { status: number }).status, 404);
-    const bad = await fetch(`${svc.url}/payments/${encodeURIComponent("a.b")}`);
+    const bad = await operatorFetch(`${svc.url}/payments/${encodeURIComponent("a.b")}`);
     assert.equal(bad.status, 400);
   });
 
@@ -439,5 +441,47 @@ void describe("payments service", () => {
     assert.equal(dl.code, "UPSTREAM_REJECTED");
     assert.equal(dl.attempts, 1);
     assert.equal(gateway().state, "closed", "a 4xx does not count against the breaker");
+  });
+
+  void it("fails closed when the gateway's answer is not about the charge: dead letter, no PaymentCaptured, a metric", async () => {
+    const cases = [
+      { tamper: { amountDelta: -1 }, field: "amount" },
+      { tamper: { currency: "USD" }, field: "currency" },
+      { tamper: { orderId: "ord_someone_else" }, field: "orderId" },
+    ];
+    for (const c of cases) {
+      const orderId = newOrderId(`lie-${c.field}`);
+      await gw.inject({ method: "PUT", url: "/admin/tamper", payload: c.tamper });
+      try {
+        await reserve(orderId);
+        const dl = await theDeadLetterOf(jsm, orderId);
+        assert.equal(dl.consumer, INVENTORY_CONSUMER, c.field);
+        assert.equal(dl.code, "GATEWAY_RESPONSE_MISMATCH", c.field);
+        assert.equal(dl.attempts, 1, `${c.field}: not retried`);
+        assert.match(dl.error, new RegExp(c.field), c.field);
+      } finally {
+        await gw.inject({ method: "PUT", url: "/admin/tamper", payload: {} });
+      }
+      // The handler failed before any publish, and the dead letter was written after it failed.
+      assert.deepEqual(
+        payments.of("PaymentCaptured", orderId),
+        [],
+        `${c.field}: nothing captured is announced`,
+      );
+      assert.deepEqual(payments.of("PaymentDeclined", orderId), [], c.field);
+      // The gateway did charge (its ledger keeps the truth): an operator reconciles it from the dead letter.
+      assert.equal((await ledger(orderId))[0]?.amount, 1250, c.field);
+      assert.notEqual((await state(orderId)).body.status, "captured", c.field);
+    }
+    const metrics = await (await fetch(`${svc.url}/metrics`)).text();
+    for (const c of cases)
+      assert.match(
+        metrics,
+        new RegExp(`shopstream_payments_gateway_mismatch_total\\{[^}]*field="${c.field}"[^}]*\\} 1`),
+      );
+    // An honest answer again: the next charge is captured.
+    const next = newOrderId("honest");
+    await reserve(next);
+    assert.equal((await payments.one("PaymentCaptured", next)).data.amount, 1250);
   });
 });

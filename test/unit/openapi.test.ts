@@ -19,6 +19,8 @@ import { startService } from "../../src/lib/service.js";
 import { PROBLEM_CONTENT_TYPE, ProblemSchema, type ProblemDocument } from "../../src/lib/http/problem.js";
 import { createOrdersService } from "../../src/services/orders/service.js";
 import { startNatsServer, type NatsServer } from "../helpers/nats.js";
+import { AUTH_ENV, customerAuth, operatorAuth } from "../helpers/auth.js";
+import { customerOf } from "../helpers/system.js";
 
 const METHODS = ["get", "put", "post", "delete", "patch", "head", "options", "trace"] as const;
 
@@ -32,6 +34,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), "shopstream-openapi-"));
   nats = await startNatsServer();
   orders = await startService(createOrdersService(), {
+    ...AUTH_ENV,
     NATS_URL: nats.url,
     PORT: "0",
     LOG_LEVEL: process.env["TEST_LOG_LEVEL"] ?? "silent",
@@ -147,6 +150,8 @@ describe("orders OpenAPI document", () => {
       init?: RequestInit;
       status: number;
       fields?: boolean;
+      /** Whose token: "operator", "nobody" (none) or a customer id (default: the body's customer, else a default one). */
+      as?: string;
     }[] = [
       {
         what: "a body failing the schema",
@@ -192,16 +197,48 @@ describe("orders OpenAPI document", () => {
       { what: "an unknown order", path: "/orders/ord_unknown", route: "/orders/{id}", status: 404 },
       { what: "a malformed order id", path: "/orders/a.b", route: "/orders/{id}", status: 400, fields: true },
       {
-        what: "a list without customerId",
+        what: "an operator's list without customerId",
         path: "/orders?limit=5",
         route: "/orders",
         status: 400,
         fields: true,
+        as: "operator",
+      },
+      {
+        what: "no bearer token",
+        path: "/orders/ord_unknown",
+        route: "/orders/{id}",
+        status: 401,
+        as: "nobody",
+      },
+      {
+        what: "another customer's id in the body",
+        path: "/orders",
+        route: "/orders",
+        init: { method: "POST", headers: json, body: JSON.stringify(order) },
+        status: 403,
+        as: "cus_2",
+      },
+      {
+        what: "another customer's list",
+        path: "/orders?customerId=cus_1",
+        route: "/orders",
+        status: 403,
+        as: "cus_2",
       },
     ];
     for (const c of cases) {
       const method = (c.init?.method ?? "GET").toLowerCase();
-      const res = await fetch(`${orders.url}${c.path}`, c.init);
+      const auth =
+        c.as === "nobody"
+          ? {}
+          : c.as === "operator"
+            ? await operatorAuth()
+            : await customerAuth(c.as ?? customerOf(c.init?.body));
+      const res = await fetch(`${orders.url}${c.path}`, {
+        ...c.init,
+        headers: { ...(c.init?.headers as Record<string, string> | undefined), ...auth },
+      });
       const text = await res.text();
       const where = `${c.what}: ${method.toUpperCase()} ${c.path} → ${res.status} ${text.slice(0, 300)}`;
       assert.equal(res.status, c.status, where);

@@ -23,6 +23,7 @@ import {
   startNatsCluster,
   startNatsServer,
 } from "../helpers/nats.js";
+import { AUTH_ENV } from "../helpers/auth.js";
 
 /**
  * A port picker whose calls numbered by `squat` (0-based) return a port that something else already listens on: the
@@ -314,6 +315,7 @@ async function startGateway(port: number, dir: string, env: Record<string, strin
       PORT: String(port),
       HOST: "127.0.0.1",
       LEDGER_FILE: join(dir, `ledger-${port}.json`),
+      ...AUTH_ENV,
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],

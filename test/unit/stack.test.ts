@@ -4,15 +4,18 @@
  * start at all.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { promisify } from "node:util";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, mkdtemp, readdir, rm, symlink } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink } from "node:fs/promises";
 import { type Server, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { stackProcesses } from "../../src/stack/processes.js";
+import { devSecretPath } from "../../src/lib/http/dev-token.js";
+import { until } from "../helpers/eventually.js";
 import { READY_MESSAGE } from "../../src/stack/supervisor.js";
 import { PortTakenError, onFreshPorts, takenPortIn } from "../../src/stack/fresh-ports.js";
 
@@ -189,6 +192,8 @@ async function startOnFreePorts(
   });
 }
 
+const run = promisify(execFile);
+
 void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
   let dataDir: string;
   const running: RunningStack[] = [];
@@ -226,6 +231,46 @@ void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
         assert.equal(ready.status, 200, `${p.name} /ready: ${await ready.text()}`);
       }
     }
+
+    // The README's walkthrough: the stack made a development secret (0600); `npm run token` signs with it; a
+    // customer's token places an order that is confirmed, and reads it back; no token is 401; ops need --admin.
+    const secretFile = devSecretPath(join(dataDir, "full"));
+    assert.equal((await stat(secretFile)).mode & 0o777, 0o600, "the dev secret is 0600");
+    const token = async (...args: string[]) =>
+      (
+        await run(process.execPath, ["--import", "tsx", join(ROOT, "src", "tools", "token.ts"), ...args], {
+          cwd: ROOT,
+          env: { ...process.env, DATA_DIR: join(dataDir, "full") },
+        })
+      ).stdout.trim();
+    const alice = { authorization: `Bearer ${await token("alice")}` };
+    const admin = { authorization: `Bearer ${await token("--admin")}` };
+    const orders = `http://127.0.0.1:${env["ORDERS_PORT"]}`;
+    const inventory = `http://127.0.0.1:${env["INVENTORY_PORT"]}`;
+    const placed = await fetch(`${orders}/orders`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...alice },
+      body: JSON.stringify({ email: "alice@example.com", items: [{ sku: "SKU-MUG", quantity: 1 }] }),
+    });
+    const { orderId } = (await placed.json()) as { orderId: string };
+    assert.equal(placed.status, 202, orderId);
+    await until(
+      "the walkthrough's order confirmed",
+      async () =>
+        (
+          (await (await fetch(`${orders}/orders/${orderId}`, { headers: alice })).json()) as {
+            status: string;
+          }
+        ).status === "CONFIRMED",
+      30_000,
+    );
+    assert.equal((await fetch(`${orders}/orders/${orderId}`)).status, 401);
+    assert.equal((await fetch(`${inventory}/inventory`, { headers: alice })).status, 403);
+    assert.equal((await fetch(`${inventory}/inventory`, { headers: admin })).status, 200);
+    // The secret and the tokens never reach the stack's output (issue 11 part 6).
+    const secretText = (await readFile(secretFile, "utf8")).trim();
+    for (const t of [secretText, alice.authorization.slice(7), admin.authorization.slice(7)])
+      assert.ok(!(stack.out() + stack.err()).includes(t), "a secret or token in the stack's output");
 
     stack.signal("SIGTERM");
     const exit = await exitOf(stack, 40_000);

@@ -4,6 +4,7 @@ import type { Logger } from "../telemetry/logger.js";
 import { installProblemHandlers, problemServerOptions } from "./problem.js";
 import { installStrictJson, installStrictValidation } from "./validation.js";
 import type { Metrics } from "../telemetry/metrics.js";
+import { installAuth, type TokenVerifier } from "./auth.js";
 
 /**
  * A readiness check: returns true when ready, or a reason string when not; or `{ready, detail}` to say which
@@ -23,6 +24,11 @@ export interface OpsServerOptions {
   app?: FastifyInstance;
   /** Body size limit in bytes for a new instance (default 1 MiB). */
   bodyLimit?: number;
+  /**
+   * Bearer-token verification ({@link installAuth}): every route then requires an operator token unless it declares
+   * otherwise (`config.auth`). The ops routes here are open: probes and Prometheus reach them without a token.
+   */
+  auth?: TokenVerifier;
 }
 
 /** The ops surface of a service: `/health`, `/ready`, `/metrics`, and `setDraining()` for shutdown. */
@@ -52,6 +58,11 @@ export function createOpsServer(opts: OpsServerOptions): OpsServer {
     installStrictValidation(app);
     installStrictJson(app);
   }
+  if (opts.auth)
+    installAuth(app, opts.auth, {
+      registry: opts.metrics.registry,
+      ...(opts.logger ? { logger: opts.logger } : {}),
+    });
   let draining = false;
   const requests = new Counter({
     name: "http_requests_total",
@@ -71,8 +82,9 @@ export function createOpsServer(opts: OpsServerOptions): OpsServer {
     requests.inc({ method: req.method, route, status: String(reply.statusCode) });
     durations.observe({ method: req.method, route }, reply.elapsedTime / 1000);
   });
-  app.get("/health", async () => ({ status: "ok", service: opts.service }));
-  app.get("/ready", async (_req, reply) => {
+  const open = { config: { auth: "none" as const } };
+  app.get("/health", open, async () => ({ status: "ok", service: opts.service }));
+  app.get("/ready", open, async (_req, reply) => {
     const failing: Record<string, string> = {};
     const detail: Record<string, string> = {};
     if (draining) failing["lifecycle"] = "draining";
@@ -93,7 +105,7 @@ export function createOpsServer(opts: OpsServerOptions): OpsServer {
     }
     return { status: "ready", service: opts.service, ...details };
   });
-  app.get("/metrics", async (_req, reply) => {
+  app.get("/metrics", open, async (_req, reply) => {
     const body = await opts.metrics.registry.metrics();
     return reply.type(opts.metrics.registry.contentType).send(body);
   });

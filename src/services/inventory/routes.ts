@@ -7,6 +7,7 @@
  *
  * Errors are RFC 9457 problem documents (`application/problem+json`, `{type, title, status, detail}`).
  */
+import { ProblemError } from "../../lib/http/problem.js";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { isOrderId } from "../../lib/ids.js";
 import { ShopStreamError, describeError } from "../../lib/errors.js";
@@ -37,6 +38,11 @@ export function registerInventoryRoutes(app: FastifyInstance, getStore: () => In
         sendProblem(reply, 404, "not-found", "Not Found", `no route ${req.method} ${req.url}`),
       );
       api.setErrorHandler((err, _req, reply) => {
+        // Authentication's 401/403 (src/lib/http/auth.ts), with their WWW-Authenticate challenge.
+        if (err instanceof ProblemError) {
+          const doc = err.toProblem();
+          return reply.code(doc.status).headers(err.headers).type(PROBLEM_CONTENT_TYPE).send(doc);
+        }
         if (err instanceof ShopStreamError)
           return sendProblem(reply, err.status, err.code.toLowerCase(), err.name, err.message);
         const status = (err as { statusCode?: number }).statusCode ?? 500;

@@ -29,4 +29,39 @@ export const OrdersConfig = Type.Object({
     description:
       "orders placed on this replica and not yet CONFIRMED or CANCELLED, beyond which POST /orders is shed (503, Retry-After); ≈ 2 s objective × orders/s completed; 0 = no limit",
   }),
+  // Abuse limits (OWASP API4 / API6; docs/security.md). Generous defaults: the benchmark's load generator sends
+  // thousands of orders/s spread over a thousand customers, none of them near a limit.
+  ORDER_RATE_LIMIT_MAX: Type.Integer({
+    minimum: 0,
+    default: 1_000,
+    description:
+      "POST /orders per customer (token sub) per ORDER_RATE_LIMIT_WINDOW_MS on this replica, beyond which 429 with Retry-After; 0 = no limit",
+  }),
+  ORDER_RATE_LIMIT_WINDOW_MS: Type.Integer({
+    minimum: 100,
+    default: 1_000,
+    description: "window of ORDER_RATE_LIMIT_MAX",
+  }),
+  MAX_LINE_QUANTITY: Type.Integer({
+    minimum: 1,
+    maximum: 1_000,
+    default: 1_000,
+    description: "units on one order line (400 beyond)",
+  }),
+  MAX_ORDER_QUANTITY: Type.Integer({
+    minimum: 1,
+    default: 5_000,
+    description: "units on one order, all lines together (422 order-too-large beyond)",
+  }),
+  SKU_UNITS_PER_CUSTOMER: Type.Integer({
+    minimum: 0,
+    default: 10_000,
+    description:
+      "units of one SKU a customer may order per SKU_QUOTA_WINDOW_MS on this replica (422 sku-limit beyond), so one buyer cannot take a hot SKU's whole stock; 0 = no limit",
+  }),
+  SKU_QUOTA_WINDOW_MS: Type.Integer({
+    minimum: 1_000,
+    default: 3_600_000,
+    description: "window of SKU_UNITS_PER_CUSTOMER",
+  }),
 });

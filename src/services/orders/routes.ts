@@ -1,15 +1,17 @@
 import { randomBytes } from "node:crypto";
-import type { FastifyInstance, FastifyReply } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { fingerprint } from "../../lib/canonical.js";
 import { makeEvent, type EventData } from "../../lib/events/mod.js";
 import { ORDER_ID_PATTERN } from "../../lib/ids.js";
 import { ProblemError, problem, problemResponse, sendProblem } from "../../lib/http/problem.js";
+import { bearerSecurity, principalOf } from "../../lib/http/auth.js";
 import { SpanKind, SpanStatusCode, tracer } from "../../lib/telemetry/tracing.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
 import { ConcurrencyError } from "../../lib/messaging/publisher.js";
 import type { OrdersInFlight } from "./admission.js";
+import type { SkuQuota } from "./limits.js";
 import type { CatalogView } from "./catalog.js";
 import { SOURCE } from "./handlers.js";
 import type { Order } from "./order.js";
@@ -26,15 +28,21 @@ const CustomerId = Type.String({
   pattern: "^(?:[^\\u0000-\\u001f\\u007f-\\u009f\\ud800-\\udfff]|[\\ud800-\\udbff][\\udc00-\\udfff])+$",
 });
 
-/** Body of `POST /orders`. Prices are not accepted: they come from the catalog. */
-export function placeOrderBody(maxLines: number) {
+/**
+ * Body of `POST /orders`. Prices are not accepted: they come from the catalog. The customer is the bearer token's
+ * `sub`: `customerId` may be omitted, and when given must equal it (403 `customer-mismatch` otherwise).
+ */
+export function placeOrderBody(maxLines: number, maxLineQuantity = 1000) {
   return Type.Object(
     {
-      customerId: CustomerId,
+      customerId: Type.Optional({
+        ...CustomerId,
+        description: "optional: the token's `sub` is the customer; when given it must equal it",
+      }),
       email: Type.String({ format: "email", maxLength: 254 }),
       items: Type.Array(
         Type.Object(
-          { sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: 1000 }) },
+          { sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: maxLineQuantity }) },
           { additionalProperties: false },
         ),
         { minItems: 1, maxItems: maxLines },
@@ -78,6 +86,36 @@ function view(o: Order) {
   };
 }
 
+/** The 401 and 403 answers of an authenticated route. */
+const authResponses = {
+  401: {
+    ...problemResponse(
+      "No bearer token, or one that is not valid (expired, wrong audience or signature, `alg: none`)",
+    ),
+    headers: {
+      "WWW-Authenticate": {
+        type: "string",
+        description: '`Bearer`, with `error="invalid_token"` for a bad token',
+      },
+    },
+  },
+} as const;
+
+/** 403 when the body's or query's customerId is not the token's `sub`. */
+function customerMismatch(): ProblemError {
+  return new ProblemError(
+    403,
+    "customer-mismatch",
+    "Forbidden",
+    "customerId must be the authenticated customer (the token's sub), or be omitted",
+  );
+}
+
+/** 404 for an order that does not exist or is not the caller's: the two are answered alike (no existence oracle). */
+function orderNotFound(orderId: string): ProblemError {
+  return new ProblemError(404, "order-not-found", "Not Found", `no order ${orderId}`);
+}
+
 /** Dependencies of the orders API. */
 export interface OrdersApiDeps {
   store: OrderStore;
@@ -90,6 +128,14 @@ export interface OrdersApiDeps {
   defaultCurrency: string;
   /** Admission control: orders in flight on this replica, and the limit beyond which POST /orders is shed. */
   inFlight: OrdersInFlight;
+  /** Abuse limits (docs/security.md); absent = none beyond the schema's. */
+  limits?: {
+    /** POST /orders per customer per window (0 = none); needs @fastify/rate-limit registered on the app. */
+    rate?: { max: number; windowMs: number };
+    maxLineQuantity?: number;
+    maxOrderQuantity?: number;
+    skuQuota?: SkuQuota;
+  };
 }
 
 /** Seconds a shed client is asked to wait (`Retry-After`). */
@@ -114,13 +160,37 @@ function shed(reply: FastifyReply, inFlight: OrdersInFlight): FastifyReply {
 
 /** Registers the public order API: place an order, read one, list a customer's orders. */
 export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): void {
-  const body = placeOrderBody(d.maxLines);
+  const body = placeOrderBody(d.maxLines, d.limits?.maxLineQuantity);
+  const rate = d.limits?.rate;
+  const maxOrderQuantity = d.limits?.maxOrderQuantity ?? Infinity;
 
   app.post<{ Body: PlaceOrderBody; Headers: { "idempotency-key"?: string } }>(
     "/orders",
     {
+      config: {
+        auth: "customer",
+        // Per customer (the token's sub), after authentication: 429 problem+json with Retry-After.
+        ...(rate && rate.max > 0
+          ? {
+              rateLimit: {
+                max: rate.max,
+                timeWindow: rate.windowMs,
+                hook: "preHandler" as const,
+                keyGenerator: (req: FastifyRequest) => principalOf(req).sub,
+                errorResponseBuilder: (_req: FastifyRequest, c: { max: number; after: string }) =>
+                  new ProblemError(
+                    429,
+                    "rate-limited",
+                    "Too Many Requests",
+                    `more than ${c.max} orders in ${rate.windowMs} ms from this customer: retry in ${c.after}`,
+                  ),
+              },
+            }
+          : {}),
+      },
       schema: {
         summary: "Place an order",
+        security: bearerSecurity,
         description:
           "Validates the order, prices it from the catalog and appends OrderPlaced. The saga then reserves stock, charges the payment and confirms or cancels. An `Idempotency-Key` header makes retries safe.",
         body,
@@ -130,11 +200,23 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
         response: {
           202: Type.Object({ orderId: Type.String(), status: Type.String() }),
           400: problemResponse("The request is malformed or fails the schema (each field in `errors`)"),
+          ...authResponses,
+          403: problemResponse(
+            "The body's customerId is not the authenticated customer (`customer-mismatch`)",
+          ),
           409: problemResponse("A concurrent write conflicted: retry"),
           413: problemResponse("The body is larger than the limit"),
+          429: {
+            ...problemResponse(
+              "Too many orders from this customer (`rate-limited`): retry after `Retry-After` seconds",
+            ),
+            headers: {
+              "Retry-After": { type: "integer", minimum: 0, description: "seconds to wait before retrying" },
+            },
+          },
           415: problemResponse("The body's media type is not supported: send `application/json` (UTF-8)"),
           422: problemResponse(
-            "The order cannot be placed as given (unknown or duplicate SKU, wrong currency), or the Idempotency-Key was used with another body",
+            "The order cannot be placed as given (unknown or duplicate SKU, wrong currency, more units than an order may hold, more of one SKU than a customer may buy), or the Idempotency-Key was used with another body",
           ),
           503: {
             ...problemResponse(
@@ -163,6 +245,8 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
       try {
         return await context.with(trace.setSpan(parent, span), async () => {
           const b = req.body;
+          const customerId = principalOf(req).sub;
+          if (b.customerId !== undefined && b.customerId !== customerId) throw customerMismatch();
           const currency = b.currency ?? d.defaultCurrency;
           const skus = new Set<string>();
           const problems: { pointer: string; message: string }[] = [];
@@ -181,6 +265,16 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
               });
             else items.push({ sku: line.sku, quantity: line.quantity, unitPrice: entry.price });
           });
+          const units = b.items.reduce((n, l) => n + l.quantity, 0);
+          if (problems.length === 0 && units > maxOrderQuantity) {
+            throw new ProblemError(
+              422,
+              "order-too-large",
+              "Unprocessable Content",
+              `${units} units in one order; at most ${maxOrderQuantity}`,
+              { errors: [{ pointer: "/body/items", message: `at most ${maxOrderQuantity} units in all` }] },
+            );
+          }
           if (problems.length > 0) {
             throw new ProblemError(
               422,
@@ -197,8 +291,9 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
           let replayed = false;
           const key = req.headers["idempotency-key"];
           if (key) {
-            const fp = fingerprint(b);
-            const prior = await d.idempotency.claim(key, {
+            // Keys are the customer's own: one customer's key never answers (or blocks) another's request.
+            const fp = fingerprint({ ...b, customerId });
+            const prior = await d.idempotency.claim(JSON.stringify([customerId, key]), {
               fingerprint: fp,
               orderId,
               at: new Date().toISOString(),
@@ -222,12 +317,28 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
           if (existing) {
             status = existing.status;
           } else {
+            // A customer's share of each SKU (checked when the order is placed, not when a key is replayed).
+            const over = d.limits?.skuQuota?.take(customerId, items) ?? [];
+            if (over.length > 0) {
+              throw new ProblemError(
+                422,
+                "sku-limit",
+                "Unprocessable Content",
+                over.map((o) => `at most ${o.left} more of ${o.sku} for this customer now`).join("; "),
+                {
+                  errors: over.map((o) => ({
+                    pointer: `/body/items/${o.index}/quantity`,
+                    message: `at most ${o.left}`,
+                  })),
+                },
+              );
+            }
             const now = new Date();
             const event = makeEvent(
               "OrderPlaced",
               {
                 orderId,
-                customerId: b.customerId,
+                customerId,
                 email: b.email,
                 items,
                 total,
@@ -237,7 +348,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
               },
               { aggregateId: orderId, source: SOURCE, traceId: span.spanContext().traceId, now },
             );
-            await d.customers.add(b.customerId, orderId);
+            await d.customers.add(customerId, orderId);
             slot.track(orderId, now.getTime() + d.timeoutMs);
             try {
               await d.store.append(event, 0);
@@ -267,26 +378,35 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
   app.get<{ Params: Static<typeof OrderIdParam> }>(
     "/orders/:id",
     {
+      config: { auth: "customer" },
       schema: {
         summary: "Read an order",
+        description: "A customer reads their own orders; an operator reads any.",
+        security: bearerSecurity,
         params: OrderIdParam,
         response: {
           200: OrderView,
           400: problemResponse("The order id is malformed"),
-          404: problemResponse("No such order"),
+          ...authResponses,
+          404: problemResponse("No such order, or not the caller's"),
           503: problemResponse("Temporarily unavailable: retry later (`Retry-After`)"),
         },
       },
     },
     async (req) => {
+      const who = principalOf(req);
       const { order } = await d.store.load(req.params.id);
-      if (!order) throw new ProblemError(404, "order-not-found", "Not Found", `no order ${req.params.id}`);
+      if (!order || (!who.operator && order.customerId !== who.sub)) throw orderNotFound(req.params.id);
       return view(order);
     },
   );
 
   const ListQuery = Type.Object({
-    customerId: CustomerId,
+    customerId: Type.Optional({
+      ...CustomerId,
+      description:
+        "a customer lists their own orders (omit it, or give their own id); an operator names the customer",
+    }),
     limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
     after: Type.Optional(
       Type.String({
@@ -298,18 +418,40 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
   app.get<{ Querystring: Static<typeof ListQuery> }>(
     "/orders",
     {
+      config: { auth: "customer" },
       schema: {
         summary: "List a customer's orders, newest first, paged",
+        security: bearerSecurity,
         querystring: ListQuery,
         response: {
           200: Type.Object({ orders: Type.Array(OrderView), next: Type.Union([Type.String(), Type.Null()]) }),
-          400: problemResponse("The query is malformed (each field in `errors`)"),
+          400: problemResponse(
+            "The query is malformed (each field in `errors`), or an operator named no customerId",
+          ),
+          ...authResponses,
+          403: problemResponse("A customer asked for another customer's orders (`customer-mismatch`)"),
           503: problemResponse("Temporarily unavailable: retry later (`Retry-After`)"),
         },
       },
     },
     async (req) => {
-      const { customerId, limit, after } = req.query;
+      const who = principalOf(req);
+      const { limit, after } = req.query;
+      let customerId = req.query.customerId;
+      if (!who.operator) {
+        if (customerId !== undefined && customerId !== who.sub) throw customerMismatch();
+        customerId = who.sub;
+      } else if (customerId === undefined) {
+        throw new ProblemError(
+          400,
+          "validation",
+          "Request validation failed",
+          "an operator lists a customer's orders: give customerId",
+          {
+            errors: [{ pointer: "/querystring/customerId", message: "required for an operator" }],
+          },
+        );
+      }
       const ids = await d.customers.list(customerId);
       const start = after ? ids.findIndex((id) => id < after) : 0;
       const page = start < 0 ? [] : ids.slice(start, start + limit);

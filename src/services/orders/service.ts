@@ -1,4 +1,6 @@
+import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
+import { bearerSecurityScheme } from "../../lib/http/auth.js";
 import { Durables } from "../../lib/events/consumers.js";
 import { Streams } from "../../lib/events/mod.js";
 import { openBucket } from "../../lib/kv.js";
@@ -6,6 +8,7 @@ import type { ServiceDefinition } from "../../lib/service.js";
 import { OrdersInFlight } from "./admission.js";
 import { CatalogView } from "./catalog.js";
 import { OrdersConfig } from "./config.js";
+import { SkuQuota } from "./limits.js";
 import { sagaHandlers, timeoutHandlers } from "./handlers.js";
 import { registerOrderRoutes } from "./routes.js";
 import { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
@@ -46,10 +49,14 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
           info: {
             title: "ShopStream orders API",
             version: "1.0.0",
-            description: "Place and read orders. Errors are application/problem+json (RFC 9457).",
+            description:
+              "Place and read orders. Every call carries `Authorization: Bearer <JWT>` (docs/security.md). Errors are application/problem+json (RFC 9457).",
           },
+          components: { securitySchemes: bearerSecurityScheme },
         },
       });
+      // Per-customer rate limit of POST /orders (in memory, per replica); routes opt in by their config.
+      await ctx.app.register(rateLimit, { global: false });
       registerOrderRoutes(ctx.app, {
         store,
         catalog,
@@ -60,8 +67,16 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
         maxLines: ctx.config.MAX_ORDER_LINES,
         defaultCurrency: ctx.config.DEFAULT_CURRENCY,
         inFlight,
+        limits: {
+          rate: { max: ctx.config.ORDER_RATE_LIMIT_MAX, windowMs: ctx.config.ORDER_RATE_LIMIT_WINDOW_MS },
+          maxLineQuantity: ctx.config.MAX_LINE_QUANTITY,
+          maxOrderQuantity: ctx.config.MAX_ORDER_QUANTITY,
+          skuQuota: new SkuQuota(ctx.config.SKU_UNITS_PER_CUSTOMER, ctx.config.SKU_QUOTA_WINDOW_MS),
+        },
       });
-      ctx.app.get("/openapi.json", { schema: { hide: true } }, async () => ctx.app.swagger());
+      ctx.app.get("/openapi.json", { schema: { hide: true }, config: { auth: "none" } }, async () =>
+        ctx.app.swagger(),
+      );
       return {
         close: async () => {
           inFlight.stop();

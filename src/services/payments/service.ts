@@ -1,4 +1,4 @@
-import { Histogram } from "prom-client";
+import { Counter, Histogram } from "prom-client";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { Streams } from "../../lib/events/catalog.js";
 import { Durables } from "../../lib/events/consumers.js";
@@ -6,7 +6,7 @@ import { HttpDependency, breakerGauge, pauseWhileOpen } from "../../lib/http-cli
 import { directGet } from "../../lib/messaging/direct.js";
 import type { ConsumerDefinition, ServiceDefinition } from "../../lib/service.js";
 import { PaymentsConfig } from "./config.js";
-import { PaymentGateway } from "./gateway.js";
+import { GATEWAY_MISMATCH, PaymentGateway } from "./gateway.js";
 import { paymentHandlers, type PaymentsDeps } from "./handlers.js";
 import { registerPaymentRoutes } from "./routes.js";
 import { PaymentStore } from "./store.js";
@@ -54,6 +54,13 @@ export const definition: ServiceDefinition<typeof PaymentsConfig> = {
     });
     breakerGauge(http, ctx.metrics.registry, "payment_gateway_breaker_state");
     pauseWhileOpen(http, () => [ctx.runners.get(INVENTORY_CONSUMER), ctx.runners.get(ORDERS_CONSUMER)]);
+    // Worth an alert: the gateway (or something between) answered about another charge than the one asked.
+    const mismatches = new Counter({
+      name: "shopstream_payments_gateway_mismatch_total",
+      help: "Charge answers of the payment gateway whose order id, amount, currency or shape did not match the charge (by the first field that differed); each is dead-lettered, never confirmed.",
+      labelNames: ["field"],
+      registers: [ctx.metrics.registry],
+    });
     const processDuration = new Histogram({
       name: "payment_process_duration_seconds",
       help: "Time to process a payment at the gateway (retries included), by outcome.",
@@ -63,7 +70,13 @@ export const definition: ServiceDefinition<typeof PaymentsConfig> = {
     });
     depsOf.set(ctx, {
       store,
-      gateway: new PaymentGateway(http),
+      gateway: new PaymentGateway(http, (orderId, fields) => {
+        mismatches.inc({ field: fields[0] ?? "unknown" });
+        ctx.logger.error(
+          { order_id: orderId, fields, code: GATEWAY_MISMATCH },
+          "payment gateway answer does not match the charge: not trusted, the charge is dead-lettered",
+        );
+      }),
       publisher: ctx.publisher,
       source: SERVICE,
       processDuration,

@@ -15,6 +15,7 @@ import {
   newId,
   registerAdminRoutes,
   sendOutcome,
+  type IdempotentOutcome,
 } from "../shared.js";
 
 /** Card number that is always declined with `card_declined`. */
@@ -48,6 +49,34 @@ export type RefundRequest = Static<typeof RefundRequest>;
 
 const OrderFilter = Type.Object({ orderId: Type.Optional(Type.String({ minLength: 1 })) });
 type OrderFilter = Static<typeof OrderFilter>;
+
+/**
+ * How charge answers lie (`PUT /admin/tamper`; `{}` or `POST /admin/reset` for honest answers): the amount off by
+ * `amountDelta`, another `currency`, another `orderId`. What is recorded (and in the ledger) is what was asked.
+ */
+export const TamperSchema = Type.Object(
+  {
+    amountDelta: Type.Optional(Type.Integer({ description: "added to the amount in charge answers" })),
+    currency: Type.Optional(
+      Type.String({ pattern: "^[A-Z]{3}$", description: "currency of charge answers" }),
+    ),
+    orderId: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 128, description: "orderId of charge answers" }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type Tamper = Static<typeof TamperSchema>;
+
+/** A charge outcome as the tamper switch makes the gateway answer it (unchanged when the switch is off). */
+function tampered(outcome: IdempotentOutcome, t: Tamper): IdempotentOutcome {
+  if (outcome.status !== 201 || (t.amountDelta === undefined && !t.currency && !t.orderId)) return outcome;
+  const body = { ...(outcome.body as ChargeResponse) };
+  if (t.amountDelta !== undefined) body.amount += t.amountDelta;
+  if (t.currency) body.currency = t.currency;
+  if (t.orderId) body.orderId = t.orderId;
+  return { ...outcome, body };
+}
 
 export interface ChargeResponse {
   id: string;
@@ -158,6 +187,16 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
   const { idempotency } = log;
   app.addHook("onClose", () => log.close());
 
+  // A lying gateway (fault injection): charge answers misreport what was charged, the ledger keeps the truth.
+  let tamper: Tamper = {};
+  const operator = { config: { auth: "operator" as const } };
+  app.get("/admin/tamper", operator, async () => tamper);
+  app.put<{ Body: Tamper }>("/admin/tamper", { ...operator, schema: { body: TamperSchema } }, async (req) => {
+    tamper = { ...req.body };
+    req.log.info({ tamper }, "charge answers tampered");
+    return tamper;
+  });
+
   app.post<{ Body: ChargeRequest; Headers: IdempotencyKeyHeaders }>(
     "/v1/charges",
     { ...faults.hooks, schema: { body: ChargeRequest, headers: IdempotencyKeyHeaders } },
@@ -192,7 +231,7 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
         req.log.debug({ chargeId: id, orderId, amount, status: body.status }, "charge recorded");
         return { status: 201, body };
       });
-      return sendOutcome(reply, outcome);
+      return sendOutcome(reply, tampered(outcome, tamper));
     },
   );
 
@@ -284,7 +323,10 @@ export function buildPaymentGateway(opts: PaymentGatewayOptions = {}): FastifyIn
     },
   );
 
-  registerAdminRoutes(app, faults, () => log.reset());
+  registerAdminRoutes(app, faults, async () => {
+    tamper = {};
+    await log.reset();
+  });
 
   return app;
 }
