@@ -286,13 +286,17 @@ async function waitQuiet(
   streams = CONSUMER_STREAMS,
   timers = TIMER_CONSUMERS,
   auditUrl?: string,
+  auditAuthorization?: string,
 ): Promise<boolean> {
   const jsm = await jetstreamManager(nc);
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     // ShopStream's audit has no durable: its lag is stream last sequence − the position in its database.
     let busy = auditUrl
-      ? (await auditBacklogs(auditUrl).catch(() => [{ pending: 1 }])).reduce((n, b) => n + b.pending, 0)
+      ? (await auditBacklogs(auditUrl, auditAuthorization).catch(() => [{ pending: 1 }])).reduce(
+          (n, b) => n + b.pending,
+          0,
+        )
       : 0;
     for (const stream of streams) {
       for await (const c of jsm.consumers.list(stream)) {
@@ -527,6 +531,7 @@ async function runScenario(
       CONSUMER_STREAMS,
       TIMER_CONSUMERS,
       stack.urls.audit,
+      (await tokens.operator()).authorization,
     );
     const drainUsage = drainSampler.stop();
     // CPU seconds of the stack (nats-server, services, simulators; not the bench) from the start of the load until

@@ -100,6 +100,7 @@ export async function waitQuiet(
   timeoutMs: number,
   log?: (msg: string) => void,
   auditUrl?: string,
+  auditAuthorization?: string,
 ): Promise<QuietResult> {
   const t0 = Date.now();
   const deadline = t0 + timeoutMs;
@@ -122,7 +123,7 @@ export async function waitQuiet(
       backlogs = open.length === 0 ? await consumerBacklogs(m, TIMER_CONSUMERS) : backlogs;
       // The audit keeps its position in its database, not in a durable: its lag is read from the audit.
       if (open.length === 0 && backlogs.length === 0 && auditUrl !== undefined)
-        backlogs = await auditBacklogs(auditUrl).catch((err: unknown) => [
+        backlogs = await auditBacklogs(auditUrl, auditAuthorization).catch((err: unknown) => [
           { consumer: `(audit not answering: ${(err as Error).message})`, pending: 1, ackPending: 0 },
         ]);
     } catch (err) {

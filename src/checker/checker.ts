@@ -203,8 +203,8 @@ export interface AuditPositions {
  * the audit acknowledges nothing, so `ackPending` is 0). The audit is a projector with its position in its
  * database, not a durable consumer: its backlog is not on the server.
  */
-export async function auditBacklogs(auditUrl: string): Promise<Backlog[]> {
-  const p = await getJson<AuditPositions>(`${auditUrl}/audit/positions`);
+export async function auditBacklogs(auditUrl: string, authorization?: string): Promise<Backlog[]> {
+  const p = await getJson<AuditPositions>(`${auditUrl}/audit/positions`, { authorization });
   return Object.entries(p.streams)
     .filter(([, s]) => s.lag > 0)
     .map(([stream, s]) => ({ consumer: `audit/${stream}`, pending: s.lag, ackPending: 0 }));
@@ -228,7 +228,7 @@ export interface DrainResult {
 /**
  * Waits until the system has no work left in flight: every durable consumer of the five streams (`timers`
  * aside, default {@link DEFAULT_TIMER_CONSUMERS}) has nothing pending and nothing unacknowledged, the audit
- * (with `auditUrl`) has recorded every stream to its last sequence ({@link auditBacklogs}), and nothing
+ * (with `auditUrl`, read with `authorization`) has recorded every stream to its last sequence ({@link auditBacklogs}), and nothing
  * was published while the consumers were being read (the streams' last sequences are the same before and after
  * the scan; otherwise a handler may have acknowledged its message after publishing the next one onto a stream
  * already scanned). Handlers acknowledge only after their effect is done (a stock move, an audit row, a charge,
@@ -238,7 +238,14 @@ export interface DrainResult {
  */
 export async function waitForDrain(
   jsm: JetStreamManager,
-  opts: { timers?: Iterable<string>; timeoutMs?: number; intervalMs?: number; auditUrl?: string } = {},
+  opts: {
+    timers?: Iterable<string>;
+    timeoutMs?: number;
+    intervalMs?: number;
+    auditUrl?: string;
+    /** `Authorization` header for `/audit/positions` (`Bearer <operator token>`). */
+    authorization?: string;
+  } = {},
 ): Promise<DrainResult> {
   const timers = new Set(opts.timers ?? DEFAULT_TIMER_CONSUMERS);
   const t0 = Date.now();
@@ -248,7 +255,7 @@ export async function waitForDrain(
     const backlogs = await consumerBacklogs(jsm, timers);
     if (opts.auditUrl !== undefined) {
       try {
-        backlogs.push(...(await auditBacklogs(opts.auditUrl)));
+        backlogs.push(...(await auditBacklogs(opts.auditUrl, opts.authorization)));
       } catch (err) {
         backlogs.push({ consumer: `audit (${(err as Error).message})`, pending: 1, ackPending: 0 });
       }
@@ -471,7 +478,7 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
     if (page.events.length === 0) break;
     after = page.events[page.events.length - 1]!.position;
   }
-  for (const b of await auditBacklogs(t.auditUrl))
+  for (const b of await auditBacklogs(t.auditUrl, t.authorization))
     i5.push({
       kind: "audit-behind",
       consumer: b.consumer,

@@ -122,7 +122,7 @@ export class Rig {
     const r = await waitForDrain(this.jsm, {
       timers: ["orders-timeouts", ...this.#stopped, ...except],
       timeoutMs: 10_000,
-      ...(this.#auditStopped ? {} : { auditUrl: this.urls.audit }),
+      ...(this.#auditStopped ? {} : { auditUrl: this.urls.audit, authorization: this.authorization }),
     });
     if (!r.drained)
       throw new Error(`consumers not drained: ${r.backlogs.map((b) => JSON.stringify(b)).join(", ")}`);

@@ -292,6 +292,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       const drain = await waitForDrain(await jetstreamManager(nc), {
         timeoutMs: 30_000,
         auditUrl: urls.audit,
+        authorization: (await operatorAuth()).authorization,
       });
       const report = await system.check();
       if (!report.ok)

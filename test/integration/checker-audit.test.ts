@@ -95,7 +95,11 @@ void describe("checker: I5 audit", () => {
       await twoOrders(rig);
       await rig.stopAuditProjector();
       await rig.confirmedOrder("a-3", [{ sku: "SKU-A", quantity: 1 }]);
-      stuck = await waitForDrain(rig.jsm, { auditUrl: rig.urls.audit, timeoutMs: 300 });
+      stuck = await waitForDrain(rig.jsm, {
+        auditUrl: rig.urls.audit,
+        authorization: rig.authorization,
+        timeoutMs: 300,
+      });
       report = await rig.check();
     });
     after(async () => {
