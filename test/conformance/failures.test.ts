@@ -475,8 +475,17 @@ void describe("messaging conformance: failures", () => {
 
     f.single.signal("SIGSTOP");
     const publishing = publisher.publish(event!);
+    // If the publish settles while the server is frozen, the failure says how (an ack, or the error that ended it).
+    let settled: string | undefined;
+    publishing.then(
+      (ack) => (settled = `acknowledged while the server was stopped: ${JSON.stringify(ack)}`),
+      (err: unknown) => (settled = `failed: ${String(err)}`),
+    );
     // The server is frozen: every attempt times out and is retried with the same Nats-Msg-Id.
-    await eventually(async () => assert.ok((await retries()) >= 3, "at least three retries"), 15_000);
+    await eventually(async () => {
+      assert.equal(settled, undefined, `the publish settled before three retries: ${settled}`);
+      assert.ok((await retries()) >= 3, "at least three retries");
+    }, 15_000);
     f.single.signal("SIGCONT");
     const ack = await publishing;
 
