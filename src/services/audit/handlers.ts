@@ -11,6 +11,7 @@ import {
   type HandlerMap,
   type RawHandler,
 } from "../../lib/messaging/consumer.js";
+import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ConsumerDefinition } from "../../lib/service.js";
 import { entryFromDeadLetter, entryFromEvent } from "./audit.js";
 import type { AuditWriter } from "./writer.js";
@@ -69,27 +70,32 @@ export interface AuditConsumerOptions {
  * unavailable database, and dead-lettering a dead letter would just add noise to the DLQ.
  */
 export function auditConsumers(writer: AuditWriter, opts: AuditConsumerOptions): ConsumerDefinition[] {
-  const events = AUDITED_STREAMS.map((stream): ConsumerDefinition => ({
-    spec: {
-      stream,
-      durable: auditDurable(stream),
-      description: `audit: every ${stream} event`,
-      maxAckPending: opts.maxAckPending,
-    },
-    handlers: eventHandlers(writer, stream),
-    concurrency: opts.concurrency,
+  return auditConsumerSpecs(opts).map((spec): ConsumerDefinition =>
+    spec.stream === Streams.DLQ
+      ? {
+          spec,
+          handlers: {},
+          raw: deadLetterHandler(writer),
+          concurrency: opts.concurrency,
+          maxAttempts: 10_000,
+        }
+      : { spec, handlers: eventHandlers(writer, spec.stream), concurrency: opts.concurrency },
+  );
+}
+
+/** The five audit durables as declared (provisioning creates them from here too). */
+export function auditConsumerSpecs(opts: Pick<AuditConsumerOptions, "maxAckPending">): ConsumerSpec[] {
+  const events = AUDITED_STREAMS.map((stream): ConsumerSpec => ({
+    stream,
+    durable: auditDurable(stream),
+    description: `audit: every ${stream} event`,
+    maxAckPending: opts.maxAckPending,
   }));
-  const dlq: ConsumerDefinition = {
-    spec: {
-      stream: Streams.DLQ,
-      durable: auditDurable(Streams.DLQ),
-      description: "audit: every dead letter",
-      maxAckPending: opts.maxAckPending,
-    },
-    handlers: {},
-    raw: deadLetterHandler(writer),
-    concurrency: opts.concurrency,
-    maxAttempts: 10_000,
+  const dlq: ConsumerSpec = {
+    stream: Streams.DLQ,
+    durable: auditDurable(Streams.DLQ),
+    description: "audit: every dead letter",
+    maxAckPending: opts.maxAckPending,
   };
   return [...events, dlq];
 }
