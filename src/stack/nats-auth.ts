@@ -69,6 +69,7 @@ export async function ensureNatsSecrets(dataDir: string): Promise<NatsSecrets> {
     configFile,
     passwordFiles,
     auth: (user) => ({ user, pass: passwords[user], inboxPrefix: inboxPrefixOf(user) }),
-    env: (user) => ({ NATS_USER: user, NATS_PASSWORD_FILE: passwordFiles[user] }),
+    // NATS_PASSWORD emptied: one inherited from a parent environment must not override the file.
+    env: (user) => ({ NATS_USER: user, NATS_PASSWORD: "", NATS_PASSWORD_FILE: passwordFiles[user] }),
   };
 }

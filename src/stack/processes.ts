@@ -190,12 +190,15 @@ export interface ChildEnvInput {
   dataDir: string;
   paymentGatewayUrl: string;
   mailProviderUrl: string;
+  /** The process's NATS credential variables (`NATS_USER`, `NATS_PASSWORD_FILE`) when NATS authentication is on. */
+  nats?: Record<string, string>;
 }
 
 /**
  * The environment of one child: everything in the stack's environment, overridden by what the stack decides
  * (`PORT`, `NATS_URL`, `LOG_LEVEL`, the simulator URLs and files, and `DATA_DIR` = `<stack data dir>/<name>`, so no
- * two processes share a folder). `DATABASE_URL` passes through when set.
+ * two processes share a folder), and with NATS authentication the service's own `NATS_USER` and
+ * `NATS_PASSWORD_FILE`. `DATABASE_URL` passes through when set.
  */
 export function childEnv(input: ChildEnvInput): NodeJS.ProcessEnv {
   return {
@@ -208,6 +211,7 @@ export function childEnv(input: ChildEnvInput): NodeJS.ProcessEnv {
     MAIL_PROVIDER_URL: input.mailProviderUrl,
     LEDGER_FILE: join(input.dataDir, "payment-gateway", "ledger.json"),
     MAIL_LOG_FILE: join(input.dataDir, "mail-provider", "messages.json"),
+    ...input.nats,
   };
 }
 
