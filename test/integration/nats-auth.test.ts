@@ -107,6 +107,14 @@ describe("NATS authentication and per-service permissions (hostile)", () => {
     assert.equal(await ordersOnSubject(subject), before);
     assert.equal(await ordersOnSubject(`orders.${orderId}`), 1, "only the real OrderPlaced is there");
     assert.equal((await jsmAdmin.streams.info(Streams.ORDERS)).state.messages, 1);
+    // The server logs each violation ("Publish Violation", "Subscription Violation"): what test/e2e/saga-auth.test.ts
+    // looks for to find a permission a service lacks.
+    assert.ok(
+      auth.server.output.some((l) =>
+        /Publish Violation - User "payments", Subject "orders\.o-hostile-1"/.test(l),
+      ),
+      auth.server.output.slice(-5).join("\n"),
+    );
   });
 
   test("payments cannot read, pull from, create or delete another service's consumer", async () => {
