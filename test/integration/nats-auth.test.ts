@@ -14,7 +14,8 @@ import { encodeEvent } from "../../src/lib/events/codec.js";
 import { Streams } from "../../src/lib/events/catalog.js";
 import { Durables } from "../../src/lib/events/consumers.js";
 import { consumerBacklogs, readStream } from "../../src/checker/checker.js";
-import { listDeadLetters } from "../../src/lib/messaging/dlq.js";
+import { deadLetter, listDeadLetters } from "../../src/lib/messaging/dlq.js";
+import { Publisher } from "../../src/lib/messaging/publisher.js";
 import { provisionAll } from "../../src/tools/provisioning.js";
 import { startService } from "../../src/lib/service.js";
 import { definition as notifications } from "../../src/services/notifications/service.js";
@@ -233,12 +234,29 @@ describe("NATS authentication and per-service permissions (hostile)", () => {
     } finally {
       await operator.close();
     }
-    const env = { ...process.env, NATS_URL: auth.server.url, ...auth.secrets.env("operator") };
-    const { stdout, stderr } = await run(process.execPath, ["--import", "tsx", "src/tools/dlq.ts", "list"], {
-      env,
+    // A dead letter, written as the payments runner writes one (payments may publish dlq.<its durable>)…
+    const m = await (await jetstream(admin).consumers.get(Streams.ORDERS)).next({ expires: 5_000 });
+    assert.ok(m);
+    const publisher = new Publisher(jetstream(payments));
+    await deadLetter(publisher, m, {
+      consumer: Durables.PAYMENTS_ORDERS,
+      code: "TEST",
+      error: "e",
+      attempts: 1,
     });
-    assert.match(stdout, /no dead letters/);
-    assert.ok(!`${stdout}${stderr}`.includes(auth.secrets.auth("operator").pass));
+    const [entry] = await listDeadLetters(jsmAdmin);
+    assert.ok(entry);
+    // …listed and redriven by the DLQ tool with the operator credential.
+    const env = { ...process.env, NATS_URL: auth.server.url, ...auth.secrets.env("operator") };
+    const tool = (...args: string[]) =>
+      run(process.execPath, ["--import", "tsx", "src/tools/dlq.ts", ...args], { env });
+    const listed = await tool("list");
+    assert.match(listed.stdout, /payments-orders\s+TEST/);
+    const redriven = await tool("redrive", String(entry.dlqSequence));
+    assert.match(redriven.stdout, new RegExp(`redriven DLQ ${entry.dlqSequence} -> orders\\.${orderId}`));
+    assert.deepEqual(await listDeadLetters(jsmAdmin), []);
+    for (const out of [listed, redriven])
+      assert.ok(!`${out.stdout}${out.stderr}`.includes(auth.secrets.auth("operator").pass));
   });
 
   test("a service on its own user verifies instead of creating: a missing consumer fails start-up naming it and the command", async () => {
