@@ -36,7 +36,7 @@ import * as hdr from "hdr-histogram-js";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { runLoad, TerminalTracker, type OrderRecord, type LoadMode } from "../src/load/generator.js";
-import { checkInvariants, formatReport, type CheckReport } from "../src/checker/checker.js";
+import { auditBacklogs, checkInvariants, formatReport, type CheckReport } from "../src/checker/checker.js";
 import { measureCeiling, type Ceiling } from "./ceiling.js";
 import { chartSvg, type ChartPanel } from "./chart.js";
 import { formatSummaries, summariseDir, type ProfileSummary } from "./profile.js";
@@ -284,11 +284,15 @@ async function waitQuiet(
   timeoutMs: number,
   streams = CONSUMER_STREAMS,
   timers = TIMER_CONSUMERS,
+  auditUrl?: string,
 ): Promise<boolean> {
   const jsm = await jetstreamManager(nc);
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    let busy = 0;
+    // ShopStream's audit has no durable: its lag is stream last sequence − the position in its database.
+    let busy = auditUrl
+      ? (await auditBacklogs(auditUrl).catch(() => [{ pending: 1 }])).reduce((n, b) => n + b.pending, 0)
+      : 0;
     for (const stream of streams) {
       for await (const c of jsm.consumers.list(stream)) {
         if (timers.includes(`${stream}/${c.name}`)) {
@@ -506,7 +510,13 @@ async function runScenario(
     const drainEnd = Date.now();
     // Terminal events can come before the last effects (StockCommitted, e-mails, audit rows): wait for every
     // consumer to be empty too, within what is left of the drain budget (at least a minute).
-    const quiet = await waitQuiet(nc, Math.max(60_000, drainTimeoutMs - (Date.now() - loadEnd)));
+    const quiet = await waitQuiet(
+      nc,
+      Math.max(60_000, drainTimeoutMs - (Date.now() - loadEnd)),
+      CONSUMER_STREAMS,
+      TIMER_CONSUMERS,
+      stack.urls.audit,
+    );
     const drainUsage = drainSampler.stop();
     // CPU seconds of the stack (nats-server, services, simulators; not the bench) from the start of the load until
     // quiet, per order completed: robust to other load on the machine, unlike orders/s.

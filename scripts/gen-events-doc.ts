@@ -463,6 +463,20 @@ export function buildAsyncApi(topology: Topology): Record<string, unknown> {
       };
     }
   }
+  // The audit is a projector, not a durable consumer: it reads every stream whole (src/services/audit/projector.ts).
+  for (const spec of streamSpecs) {
+    const id = channelId(spec.name);
+    const types =
+      spec.name === Streams.DLQ ? ["DeadLetter"] : eventTypes.filter((t) => catalog[t].stream === spec.name);
+    operations[`audit-read-${id}`] = {
+      action: "receive",
+      channel: { $ref: `#/channels/${id}` },
+      title: `audit reads ${spec.name} (ordered consumer, no durable)`,
+      summary:
+        "Ordered consumer (ephemeral, no acknowledgements) from the audit's position in its database + 1; every message is recorded.",
+      messages: types.map((t) => ({ $ref: `#/channels/${id}/messages/${t}` })),
+    };
+  }
 
   return {
     asyncapi: "3.0.0",
@@ -600,7 +614,9 @@ export function buildMarkdown(topology: Topology): string {
     "One stream per owning context, written only by its owner. ORDERS has one subject per order (the Order " +
       "aggregate's event stream and its unit of optimistic concurrency), so its consumers see every order " +
       "event and skip the types they have no handler for, unread, on the `Shopstream-Type` header. The other " +
-      "streams put the type last in the subject, and consumers filter on it.",
+      "streams put the type last in the subject, and consumers filter on it. Besides the durable consumers " +
+      "below, the audit reads every stream and the DLQ whole, as a projector: ordered consumers (no durable, " +
+      "no acknowledgements) from the position it keeps in its database (see docs/architecture.md).",
     "",
     table(
       ["stream", "subjects", "events", "written by", "consumers (durable → filter)"],

@@ -13,7 +13,7 @@ import { Streams } from "../lib/events/catalog.js";
 import { decodeEvent } from "../lib/events/codec.js";
 import { Hdr } from "../lib/messaging/headers.js";
 import { TerminalTracker } from "../load/generator.js";
-import { consumerBacklogs, type Backlog } from "../checker/checker.js";
+import { auditBacklogs, consumerBacklogs, type Backlog } from "../checker/checker.js";
 
 /** Consumers whose backlog is a timer, not work (an open ack per open order until its deadline). */
 export const TIMER_CONSUMERS = new Set(["orders-timeouts"]);
@@ -90,7 +90,8 @@ export interface QuietResult {
 
 /**
  * Waits until every order in `accepted` and every order seen placed is terminal and no durable consumer (timers
- * aside) has pending or unacknowledged messages — seen twice in a row, half a second apart — or `timeoutMs`.
+ * aside) has pending or unacknowledged messages and the audit (with `auditUrl`) is not behind on any stream — seen
+ * twice in a row, half a second apart — or `timeoutMs`.
  */
 export async function waitQuiet(
   watch: OrderWatch,
@@ -98,6 +99,7 @@ export async function waitQuiet(
   accepted: Iterable<string>,
   timeoutMs: number,
   log?: (msg: string) => void,
+  auditUrl?: string,
 ): Promise<QuietResult> {
   const t0 = Date.now();
   const deadline = t0 + timeoutMs;
@@ -118,6 +120,11 @@ export async function waitQuiet(
         open = open.filter((id) => !watch.isTerminal(id));
       }
       backlogs = open.length === 0 ? await consumerBacklogs(m, TIMER_CONSUMERS) : backlogs;
+      // The audit keeps its position in its database, not in a durable: its lag is read from the audit.
+      if (open.length === 0 && backlogs.length === 0 && auditUrl !== undefined)
+        backlogs = await auditBacklogs(auditUrl).catch((err: unknown) => [
+          { consumer: `(audit not answering: ${(err as Error).message})`, pending: 1, ackPending: 0 },
+        ]);
     } catch (err) {
       backlogs = [{ consumer: `(NATS not answering: ${(err as Error).message})`, pending: 1, ackPending: 0 }];
     }

@@ -209,7 +209,7 @@ async function runPhase(
     log(`waiting for quiet (${accepted.length} accepted orders)`);
     const quietTimeout = (o.orderTimeoutMs ?? 60_000) + ACK_WAIT_MS + (o.scale === "ci" ? 30_000 : 60_000);
     const crashesBeforeQuiet = sys.crashes.length;
-    const quiet = await waitQuiet(watch, () => sys.jsm(), accepted, quietTimeout, log);
+    const quiet = await waitQuiet(watch, () => sys.jsm(), accepted, quietTimeout, log, sys.url("audit"));
     // A process that dies while the backlog drains counts against the last scenario.
     runs[runs.length - 1]?.crashes.push(...sys.crashes.slice(crashesBeforeQuiet));
     log(

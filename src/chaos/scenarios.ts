@@ -174,6 +174,10 @@ interface Poison {
   seq: number;
   /** The DLQ entry must be stored without its body (too large to copy with the DLQ headers). */
   huge?: boolean;
+  /** No durable consumer reads its stream (NOTIFICATIONS: only the audit does): nothing dead-letters it. */
+  unconsumed?: boolean;
+  /** A valid event (of an order that does not exist): audited as an event, not as a raw row. */
+  valid?: boolean;
 }
 
 const poison: Scenario = {
@@ -263,7 +267,11 @@ const poison: Scenario = {
       "PaymentCaptured",
     );
     await put(
-      { kind: "unknown type on NOTIFICATIONS", subject: `notifications.poison-${tag}.Gossip` },
+      {
+        kind: "unknown type on NOTIFICATIONS",
+        subject: `notifications.poison-${tag}.Gossip`,
+        unconsumed: true,
+      },
       envelope("Gossip", { orderId: `poison-${tag}` }, `poison-${tag}`),
       "Gossip",
     );
@@ -277,6 +285,7 @@ const poison: Scenario = {
       {
         kind: "valid PaymentCaptured of an order that does not exist",
         subject: `payments.${orphan}.PaymentCaptured`,
+        valid: true,
       },
       JSON.stringify(orphanEvent),
       "PaymentCaptured",
@@ -303,6 +312,18 @@ const poison: Scenario = {
       for (const p of poisons) {
         const entries = dead.filter((d) => d.stream === p.stream && d.sequence === p.seq);
         const consumers = entries.map((e) => `${e.consumer} (${e.code})`).join(", ");
+        if (!p.valid) {
+          const rows = facts.audited.get(`raw:${p.stream}:${p.seq}`) ?? 0;
+          checks.push({ name: `audited raw: ${p.kind}`, ok: rows === 1, detail: `${rows} raw audit row(s)` });
+        }
+        if (p.unconsumed) {
+          checks.push({
+            name: `not dead-lettered (no durable consumer): ${p.kind}`,
+            ok: entries.length === 0,
+            detail: entries.length === 0 ? "not in the DLQ" : `by ${consumers}`,
+          });
+          continue;
+        }
         checks.push({
           name: `dead-lettered: ${p.kind}`,
           ok: entries.length > 0 && (!p.huge || entries.every((e) => e.bodyOmitted)),

@@ -62,6 +62,8 @@ export const VIOLATION_KINDS = {
   "audit-missing-event": "I5",
   /** An event of the streams that is in the audit log more than once. */
   "audit-duplicate-event": "I5",
+  /** A stream the audit has not read to its end: its position (`/audit/positions`) is below the stream's last sequence. */
+  "audit-behind": "I5",
   /** A durable consumer with messages neither processed (acknowledged) nor dead-lettered. */
   "unprocessed-message": "I6",
 } as const satisfies Record<string, InvariantId>;
@@ -74,7 +76,7 @@ export interface Violation {
   kind: ViolationKind;
   orderId?: string;
   sku?: string;
-  /** `stream/durable` of the consumer concerned (I6). */
+  /** `stream/durable` of the consumer concerned (I6), or `audit/<STREAM>` for a stream the audit is behind on (I5). */
   consumer?: string;
   detail: string;
 }
@@ -187,6 +189,24 @@ export async function consumerBacklogs(
   return out;
 }
 
+/** Per stream, the audit projector's position, the stream's last sequence and the lag (`GET /audit/positions`). */
+export interface AuditPositions {
+  role: string;
+  streams: Record<string, { position: number; lastSeq: number; lag: number }>;
+}
+
+/**
+ * The streams the audit has not read to their end yet, as backlogs named `audit/<STREAM>` (`pending`: the lag;
+ * the audit acknowledges nothing, so `ackPending` is 0). The audit is a projector with its position in its
+ * database, not a durable consumer: its backlog is not on the server.
+ */
+export async function auditBacklogs(auditUrl: string): Promise<Backlog[]> {
+  const p = await getJson<AuditPositions>(`${auditUrl}/audit/positions`);
+  return Object.entries(p.streams)
+    .filter(([, s]) => s.lag > 0)
+    .map(([stream, s]) => ({ consumer: `audit/${stream}`, pending: s.lag, ackPending: 0 }));
+}
+
 /** Last sequence of each of the five streams, in one string: it changes whenever anything is published. */
 async function streamHeads(jsm: JetStreamManager): Promise<string> {
   const heads: number[] = [];
@@ -204,7 +224,8 @@ export interface DrainResult {
 
 /**
  * Waits until the system has no work left in flight: every durable consumer of the five streams (`timers`
- * aside, default {@link DEFAULT_TIMER_CONSUMERS}) has nothing pending and nothing unacknowledged, and nothing
+ * aside, default {@link DEFAULT_TIMER_CONSUMERS}) has nothing pending and nothing unacknowledged, the audit
+ * (with `auditUrl`) has recorded every stream to its last sequence ({@link auditBacklogs}), and nothing
  * was published while the consumers were being read (the streams' last sequences are the same before and after
  * the scan; otherwise a handler may have acknowledged its message after publishing the next one onto a stream
  * already scanned). Handlers acknowledge only after their effect is done (a stock move, an audit row, a charge,
@@ -214,7 +235,7 @@ export interface DrainResult {
  */
 export async function waitForDrain(
   jsm: JetStreamManager,
-  opts: { timers?: Iterable<string>; timeoutMs?: number; intervalMs?: number } = {},
+  opts: { timers?: Iterable<string>; timeoutMs?: number; intervalMs?: number; auditUrl?: string } = {},
 ): Promise<DrainResult> {
   const timers = new Set(opts.timers ?? DEFAULT_TIMER_CONSUMERS);
   const t0 = Date.now();
@@ -222,6 +243,13 @@ export async function waitForDrain(
   for (;;) {
     const before = await streamHeads(jsm);
     const backlogs = await consumerBacklogs(jsm, timers);
+    if (opts.auditUrl !== undefined) {
+      try {
+        backlogs.push(...(await auditBacklogs(opts.auditUrl)));
+      } catch (err) {
+        backlogs.push({ consumer: `audit (${(err as Error).message})`, pending: 1, ackPending: 0 });
+      }
+    }
     if (backlogs.length === 0 && (await streamHeads(jsm)) === before)
       return { drained: true, waitedMs: Date.now() - t0, backlogs };
     if (Date.now() >= deadline) return { drained: false, waitedMs: Date.now() - t0, backlogs };
@@ -435,6 +463,12 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
     if (page.events.length === 0) break;
     after = page.events[page.events.length - 1]!.position;
   }
+  for (const b of await auditBacklogs(t.auditUrl))
+    i5.push({
+      kind: "audit-behind",
+      consumer: b.consumer,
+      detail: `the audit is ${b.pending} message(s) behind the end of ${b.consumer.slice("audit/".length)}`,
+    });
   for (const id of eventIds) {
     const n = audited.get(id) ?? 0;
     if (n === 0)

@@ -5,7 +5,7 @@
  *
  * Env: NATS_URL; NATS_USER (default `admin`) and NATS_PASSWORD or NATS_PASSWORD_FILE (none: a server without
  * authentication); the declarations' settings (STREAM_REPLICAS, ORDER_TIMEOUT_MS, TIMEOUT_MAX_ACK_PENDING,
- * TIMEOUT_ACK_WAIT_MARGIN_MS, AUDIT_MAX_ACK_PENDING) as the services get them. Exit codes: 0 done, 1 failed.
+ * TIMEOUT_ACK_WAIT_MARGIN_MS) as the services get them. Exit codes: 0 done, 1 failed.
  */
 import { Type } from "@sinclair/typebox";
 import { connect } from "@nats-io/transport-node";

@@ -12,8 +12,6 @@ import { openBucket } from "../lib/kv.js";
 import { ensureConsumer, ensureStream, type ConsumerSpec } from "../lib/messaging/topology.js";
 import { CommonConfig, streamSpecs } from "../lib/service.js";
 import type { Logger } from "../lib/telemetry/logger.js";
-import { auditConsumerSpecs } from "../services/audit/handlers.js";
-import { AuditConfig } from "../services/audit/config.js";
 import { inventoryConsumerSpecs } from "../services/inventory/service.js";
 import { notificationsConsumerSpecs } from "../services/notifications/service.js";
 import { OrdersConfig } from "../services/orders/config.js";
@@ -34,7 +32,6 @@ export const bucketSpecs: { name: string; description: string }[] = [
 export const ProvisionConfig = Type.Composite([
   Type.Pick(CommonConfig, ["STREAM_REPLICAS"]),
   Type.Pick(OrdersConfig, ["ORDER_TIMEOUT_MS", "TIMEOUT_MAX_ACK_PENDING", "TIMEOUT_ACK_WAIT_MARGIN_MS"]),
-  Type.Pick(AuditConfig, ["AUDIT_MAX_ACK_PENDING"]),
 ]);
 
 /** Every durable consumer of every service, as declared with the settings in `env`. */
@@ -45,7 +42,7 @@ export function allConsumerSpecs(env: NodeJS.ProcessEnv): ConsumerSpec[] {
     ...inventoryConsumerSpecs(),
     ...paymentsConsumerSpecs(),
     ...notificationsConsumerSpecs(),
-    ...auditConsumerSpecs({ maxAckPending: c.AUDIT_MAX_ACK_PENDING }),
+    // The audit has no durable: it reads every stream with ordered consumers (src/services/audit/projector.ts).
   ];
 }
 

@@ -32,7 +32,7 @@ import { makeEvent, type AnyEnvelope, type Envelope } from "../../src/lib/events
 import { Hdr } from "../../src/lib/messaging/headers.js";
 import { Publisher } from "../../src/lib/messaging/publisher.js";
 import { startService, type RunningService } from "../../src/lib/service.js";
-import { auditStoreOf, definition as audit } from "../../src/services/audit/service.js";
+import { auditProjectorOf, auditStoreOf, definition as audit } from "../../src/services/audit/service.js";
 import { openDb, type AuditStore } from "../../src/services/audit/store.js";
 import type { StockRecord } from "../../src/services/inventory/inventory.js";
 import { definition as inventory } from "../../src/services/inventory/service.js";
@@ -80,6 +80,8 @@ export class Rig {
   readonly #published = new Map<string, AnyEnvelope>();
   /** Consumers whose service the test stopped: their backlog is the state under test, not work in flight. */
   readonly #stopped: string[] = [];
+  /** The audit's projector was stopped by {@link stopAuditProjector}: its lag is the state under test. */
+  #auditStopped = false;
 
   constructor(
     readonly dir: string,
@@ -108,13 +110,15 @@ export class Rig {
 
   /**
    * Waits until every durable consumer has processed (or dead-lettered) everything, `except` and the consumers of
-   * services stopped by {@link stopNotifications} aside (their backlog is the state under test); throws with the
-   * backlogs if that takes more than 10 s.
+   * services stopped by {@link stopNotifications} aside (their backlog is the state under test), and the audit has
+   * recorded every stream to its end (unless {@link stopAuditProjector} stopped it); throws with the backlogs if
+   * that takes more than 10 s.
    */
   async drain(except: string[] = []): Promise<DrainResult> {
     const r = await waitForDrain(this.jsm, {
       timers: ["orders-timeouts", ...this.#stopped, ...except],
       timeoutMs: 10_000,
+      ...(this.#auditStopped ? {} : { auditUrl: this.urls.audit }),
     });
     if (!r.drained)
       throw new Error(`consumers not drained: ${r.backlogs.map((b) => JSON.stringify(b)).join(", ")}`);
@@ -302,6 +306,16 @@ export class Rig {
     await s.stop();
     delete this.services.notifications;
     this.#stopped.push(NOTIFICATIONS_CONSUMER);
+  }
+
+  /**
+   * Stops the audit's projector (after a drain): its HTTP API stays up, but whatever is published from now on is not
+   * recorded, and its positions stay behind the streams.
+   */
+  async stopAuditProjector(): Promise<void> {
+    await this.drain();
+    await auditProjectorOf(this.services.audit.ctx)!.stop();
+    this.#auditStopped = true;
   }
 
   // -------------------------------------------------------------------------------------------------------------

@@ -266,10 +266,14 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       });
     },
     async assertInvariants() {
-      // The trailing effects of terminal orders (commits, e-mails, audit rows) land before their messages are
-      // acknowledged: once every consumer is drained they are all there, and the checker runs once. A consumer
+      // The trailing effects of terminal orders (commits, e-mails) land before their messages are acknowledged, and
+      // the audit's position moves with its rows: once every consumer is drained and the audit has caught up with
+      // every stream, they are all there, and the checker runs once. A consumer
       // that does not drain within 30 s is reported by the checker itself (I6), with whatever else is wrong.
-      const drain = await waitForDrain(await jetstreamManager(nc), { timeoutMs: 30_000 });
+      const drain = await waitForDrain(await jetstreamManager(nc), {
+        timeoutMs: 30_000,
+        auditUrl: urls.audit,
+      });
       const report = await system.check();
       if (!report.ok)
         throw new Error(

@@ -122,6 +122,28 @@ void describe(`audit store (${DATABASE_URL ? "PostgreSQL" : "PGlite"})`, () => {
     assert.deepEqual(await store.verify(), { ok: true, rows: 4, lastHash: rows[3]!.hash });
   });
 
+  void it("keeps a position per stream, moved in the append's transaction, never back, and not by a failed append", async () => {
+    const store = await newStore();
+    assert.deepEqual(await store.positions(), new Map());
+    assert.equal(await store.position("ORDERS"), 0);
+    await store.append([entry(1), entry(2)], undefined, new Map([["ORDERS", 12]]));
+    await store.append([entry(3)], undefined, new Map([["DLQ", 4]]));
+    // Lower than stored (a session that read again after a restart): the position stays.
+    await store.append([entry(1)], undefined, new Map([["ORDERS", 9]]));
+    assert.deepEqual(
+      await store.positions(),
+      new Map([
+        ["ORDERS", 12],
+        ["DLQ", 4],
+      ]),
+    );
+    // A batch that fails (a row the database refuses) rolls its position back with its rows.
+    const bad = entry(5, { occurredAt: "not a timestamp" });
+    await assert.rejects(store.append([entry(4), bad], undefined, new Map([["ORDERS", 20]])));
+    assert.equal(await store.position("ORDERS"), 12);
+    assert.equal(await store.count(), 3);
+  });
+
   void it("verifies page by page and reports the first tampered position", async () => {
     const store = await newStore();
     for (let i = 0; i < 5; i++) await store.append(Array.from({ length: 5 }, (_, j) => entry(i * 5 + j + 1)));

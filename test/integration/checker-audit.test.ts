@@ -3,11 +3,11 @@
  * hash-chained log (PostgreSQL when DATABASE_URL is set, else PGlite), the real inventory service and the real
  * simulators (test/helpers/checker-rig.ts). The log is then altered with SQL, its append-only trigger switched off
  * as a privileged intruder could: a row changed (the chain breaks), and the last row deleted (the chain still
- * verifies, but an event is missing).
+ * verifies, but an event is missing). And an audit that stopped reading: its positions stay behind the streams.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { formatReport, type CheckReport } from "../../src/checker/checker.js";
+import { formatReport, waitForDrain, type CheckReport, type DrainResult } from "../../src/checker/checker.js";
 import { startRig, verdict, type Rig } from "../helpers/checker-rig.js";
 
 async function twoOrders(rig: Rig): Promise<void> {
@@ -81,6 +81,46 @@ void describe("checker: I5 audit", () => {
       assert.match(
         report.invariants.find((i) => i.id === "I5")!.violations[0]!.detail,
         new RegExp(`event ${deleted.event_id} is not in the audit log`),
+      );
+    });
+  });
+
+  void describe("an audit that never caught up", () => {
+    let rig: Rig;
+    let stuck: DrainResult;
+    let report: CheckReport;
+    before(async () => {
+      rig = await startRig();
+      await twoOrders(rig);
+      await rig.stopAuditProjector();
+      await rig.confirmedOrder("a-3", [{ sku: "SKU-A", quantity: 1 }]);
+      stuck = await waitForDrain(rig.jsm, { auditUrl: rig.urls.audit, timeoutMs: 300 });
+      report = await rig.check();
+    });
+    after(async () => {
+      await rig?.stop();
+    });
+
+    void it("waitForDrain does not call it drained, naming each stream the audit is behind on", () => {
+      assert.equal(stuck.drained, false);
+      assert.deepEqual(
+        stuck.backlogs.map((b) => b.consumer).sort(),
+        ["audit/INVENTORY", "audit/NOTIFICATIONS", "audit/ORDERS", "audit/PAYMENTS"],
+        JSON.stringify(stuck.backlogs),
+      );
+    });
+
+    void it("reports each stream it is behind on as audit-behind, and the events it lacks as audit-missing-event", () => {
+      assert.deepEqual(
+        [...new Set(verdict(report))],
+        [
+          "I5 audit-behind audit/INVENTORY",
+          "I5 audit-behind audit/NOTIFICATIONS",
+          "I5 audit-behind audit/ORDERS",
+          "I5 audit-behind audit/PAYMENTS",
+          "I5 audit-missing-event a-3",
+        ],
+        formatReport(report),
       );
     });
   });

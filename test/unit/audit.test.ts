@@ -11,8 +11,10 @@ import {
   DEAD_LETTER_TYPE,
   GENESIS_HASH,
   chainEntries,
+  UNDECODABLE_TYPE,
   entryFromDeadLetter,
   entryFromEvent,
+  entryFromUndecodable,
   hashedFields,
   hashedText,
   normalizeTimestamp,
@@ -25,7 +27,7 @@ import {
 } from "../../src/services/audit/audit.js";
 import { Batcher, BatcherClosedError } from "../../src/services/audit/batcher.js";
 import type { AppendResult } from "../../src/services/audit/store.js";
-import { AuditWriter, isRowError } from "../../src/services/audit/writer.js";
+import { AuditWriter, ReaderSession, SessionDeadError, isRowError } from "../../src/services/audit/writer.js";
 
 function entry(i: number, over: Partial<AuditEntry> = {}): AuditEntry {
   return {
@@ -191,11 +193,11 @@ void describe("audit: entries", () => {
   void it("records a DLQ entry with a malformed body: base64 body, order id from the original subject", () => {
     const e = entryFromDeadLetter({
       stream: "DLQ",
-      subject: "dlq.audit-orders",
+      subject: "dlq.inventory-orders",
       sequence: 12,
       data: new Uint8Array([0xff, 0xfe, 0x00]),
       headers: {
-        [Hdr.DlqConsumer]: "audit-orders",
+        [Hdr.DlqConsumer]: "inventory-orders",
         [Hdr.DlqCode]: "EVENT_MALFORMED",
         [Hdr.DlqError]: "EVENT_MALFORMED: not a JSON event",
         [Hdr.DlqAttempts]: "1",
@@ -209,13 +211,13 @@ void describe("audit: entries", () => {
     assert.equal(e.eventId, "dlq:12");
     assert.equal(e.eventType, DEAD_LETTER_TYPE);
     assert.equal(e.orderId, "bad-1");
-    assert.equal(e.source, "audit-orders");
+    assert.equal(e.source, "inventory-orders");
     assert.equal(e.streamSeq, 12);
     assert.equal(e.causationId, null);
     assert.equal(e.occurredAt, "2024-05-01T12:00:00.000Z");
     const p = JSON.parse(e.payload) as Record<string, unknown>;
     assert.deepEqual(p["dlq"], {
-      consumer: "audit-orders",
+      consumer: "inventory-orders",
       code: "EVENT_MALFORMED",
       error: "EVENT_MALFORMED: not a JSON event",
       attempts: 1,
@@ -226,6 +228,38 @@ void describe("audit: entries", () => {
     });
     assert.equal(p["body_base64"], "//4A");
     assert.equal(p["size"], 3);
+  });
+
+  void it("records a stream message that is not a catalog event as a raw row: body as JSON, text or base64", () => {
+    const at = {
+      stream: "ORDERS",
+      subject: "orders.bad-7",
+      headers: { [Hdr.TraceParent]: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" },
+      storedAt: new Date("2024-05-01T12:00:01.000Z"),
+      error: { code: "EVENT_MALFORMED", message: "not a JSON event" },
+    };
+    const bytes = entryFromUndecodable({ ...at, sequence: 9, data: new Uint8Array([0xff, 0x00, 0x7b]) });
+    assert.deepEqual(
+      [bytes.eventId, bytes.eventType, bytes.stream, bytes.streamSeq, bytes.subject, bytes.orderId],
+      ["raw:ORDERS:9", UNDECODABLE_TYPE, "ORDERS", 9, "orders.bad-7", "bad-7"],
+    );
+    assert.equal(bytes.traceId, "0af7651916cd43dd8448eb211c80319c");
+    assert.equal(bytes.occurredAt, "2024-05-01T12:00:01.000Z");
+    assert.deepEqual(JSON.parse(bytes.payload), {
+      error: at.error,
+      headers: at.headers,
+      size: 3,
+      body_base64: "/wB7",
+    });
+    const json = entryFromUndecodable({
+      ...at,
+      sequence: 10,
+      data: new TextEncoder().encode('{"type":"Nope"}'),
+    });
+    assert.deepEqual((JSON.parse(json.payload) as { body: unknown }).body, { type: "Nope" });
+    const text = entryFromUndecodable({ ...at, sequence: 11, data: new TextEncoder().encode("{not json") });
+    assert.equal((JSON.parse(text.payload) as { body_text: unknown }).body_text, "{not json");
+    assert.equal(new Set([bytes.eventId, json.eventId, text.eventId]).size, 3, "one row per stream sequence");
   });
 
   void it("records a DLQ entry whose body parses: order id, cause and trace from the body", () => {
@@ -473,6 +507,102 @@ void describe("audit: writer", () => {
       assert.ok(err instanceof DeferError && err instanceof RetryableError);
       assert.equal(err.retryAfterMs, 250);
     }
+    await writer.close();
+  });
+
+  /** A store that records each append's entries and positions, failing entries whose id is in `bad`. */
+  function recordingStore(bad: { rows?: string[]; down?: () => boolean } = {}) {
+    const calls: { ids: string[]; advance: Record<string, number> }[] = [];
+    let position = 0;
+    return {
+      calls,
+      append: async (
+        entries: readonly AuditEntry[],
+        _now?: () => Date,
+        advance?: ReadonlyMap<string, number>,
+      ) => {
+        if (bad.down?.()) throw Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" });
+        calls.push({ ids: entries.map((e) => e.eventId), advance: Object.fromEntries(advance ?? []) });
+        if (entries.some((e) => bad.rows?.includes(e.eventId))) throw sqlError("22021");
+        return entries.map((): AppendResult => ({
+          status: "inserted",
+          position: ++position,
+          conflict: false,
+        }));
+      },
+    };
+  }
+
+  void it("moves each stream's position in the batch's append, to the highest sequence of the batch", async () => {
+    const store = recordingStore();
+    const writer = new AuditWriter(store, { maxBatch: 4, maxDelayMs: 1 });
+    const orders = new ReaderSession("ORDERS");
+    const dlq = new ReaderSession("DLQ");
+    await Promise.all([
+      writer.append(entry(1), { seq: 7, session: orders }),
+      writer.append(entry(2), { seq: 3, session: dlq }),
+      writer.append(entry(3), { seq: 8, session: orders }),
+      writer.append(entry(4)), // not read from a stream: moves no position
+    ]);
+    assert.deepEqual(store.calls, [
+      {
+        ids: ["o1:OrderPlaced", "o2:OrderPlaced", "o3:OrderPlaced", "o4:OrderPlaced"],
+        advance: { ORDERS: 8, DLQ: 3 },
+      },
+    ]);
+    await writer.close();
+  });
+
+  void it("a rejected row kills its reader session: its later entries are not written, so its position stops before it", async () => {
+    const store = recordingStore({ rows: ["o2:OrderPlaced"] });
+    const writer = new AuditWriter(store, { maxBatch: 4, maxDelayMs: 1 });
+    const orders = new ReaderSession("ORDERS");
+    const payments = new ReaderSession("PAYMENTS");
+    const settled = await Promise.allSettled([
+      writer.append(entry(1), { seq: 1, session: orders }),
+      writer.append(entry(2), { seq: 2, session: orders }),
+      writer.append(entry(3), { seq: 3, session: orders }),
+      writer.append(entry(4), { seq: 1, session: payments }),
+    ]);
+    assert.deepEqual(
+      settled.map((s) => s.status),
+      ["fulfilled", "rejected", "rejected", "fulfilled"],
+    );
+    assert.ok(settled[1].status === "rejected" && settled[1].reason instanceof RetryableError);
+    assert.ok(settled[2].status === "rejected" && settled[2].reason instanceof SessionDeadError);
+    assert.equal(orders.dead, true);
+    assert.equal(payments.dead, false);
+    assert.deepEqual(store.calls.slice(1), [
+      { ids: ["o1:OrderPlaced"], advance: { ORDERS: 1 } },
+      { ids: ["o2:OrderPlaced"], advance: { ORDERS: 2 } },
+      { ids: ["o4:OrderPlaced"], advance: { PAYMENTS: 1 } },
+    ]);
+    // Queued later, it is refused without a write.
+    await assert.rejects(writer.append(entry(5), { seq: 4, session: orders }), SessionDeadError);
+    assert.equal(store.calls.length, 4);
+    await writer.close();
+  });
+
+  void it("an unavailable database kills the sessions of the batch; their next entries are refused unwritten", async () => {
+    let down = true;
+    const store = recordingStore({ down: () => down });
+    const writer = new AuditWriter(store, { maxBatch: 2, maxDelayMs: 1 });
+    const orders = new ReaderSession("ORDERS");
+    const settled = await Promise.allSettled([
+      writer.append(entry(1), { seq: 1, session: orders }),
+      writer.append(entry(2), { seq: 2, session: orders }),
+    ]);
+    assert.deepEqual(
+      settled.map((s) => s.status === "rejected" && s.reason instanceof DeferError),
+      [true, true],
+    );
+    assert.equal(orders.dead, true);
+    down = false;
+    await assert.rejects(writer.append(entry(3), { seq: 3, session: orders }), SessionDeadError);
+    // A new session (the reader restarted from the committed position) is written.
+    const next = new ReaderSession("ORDERS");
+    await writer.append(entry(1), { seq: 1, session: next });
+    assert.deepEqual(store.calls, [{ ids: ["o1:OrderPlaced"], advance: { ORDERS: 1 } }]);
     await writer.close();
   });
 });

@@ -22,7 +22,6 @@ import {
   servicePermissions,
   type NatsUser,
 } from "../../src/lib/messaging/permissions.js";
-import { auditConsumerSpecs } from "../../src/services/audit/handlers.js";
 import { inventoryConsumerSpecs } from "../../src/services/inventory/service.js";
 import { notificationsConsumerSpecs } from "../../src/services/notifications/service.js";
 import { ordersConsumerSpecs } from "../../src/services/orders/service.js";
@@ -43,7 +42,7 @@ void describe("NATS permissions module", () => {
       inventory: inventoryConsumerSpecs(),
       payments: paymentsConsumerSpecs(),
       notifications: notificationsConsumerSpecs(),
-      audit: auditConsumerSpecs({ maxAckPending: 10 }),
+      audit: [], // a projector: ordered consumers, no durable
     };
     for (const s of SERVICE_USERS)
       assert.deepEqual(
@@ -80,9 +79,19 @@ void describe("NATS permissions module", () => {
         servicePermissions(s).publish.deny.includes(`$JS.API.CONSUMER.CREATE.${Streams.ORDERS}.>`),
         s,
       );
-    // The audit block: ephemeral consumers on every stream, the other services' durables denied by name.
+    // The audit block: ordered consumers on every stream, the other services' durables denied by name.
     const audit = servicePermissions("audit");
-    assert.ok(audit.publish.allow.includes("$JS.API.CONSUMER.CREATE.ORDERS.>"));
+    for (const s of ["ORDERS", "INVENTORY", "PAYMENTS", "NOTIFICATIONS", "DLQ"]) {
+      assert.ok(audit.publish.allow.includes(`$JS.API.CONSUMER.CREATE.${s}.>`), s);
+      assert.ok(audit.publish.allow.includes(`$JS.API.CONSUMER.MSG.NEXT.${s}.*`), s);
+      assert.ok(audit.publish.allow.includes(`$JS.API.STREAM.INFO.${s}`), s);
+      // Its former durables it may delete (the projector does at start).
+      assert.ok(audit.publish.allow.includes(`$JS.API.CONSUMER.DELETE.${s}.*`), s);
+    }
+    assert.ok(
+      !audit.publish.allow.some((x) => x.startsWith("$JS.ACK.")),
+      "ordered consumers acknowledge nothing",
+    );
     assert.ok(audit.publish.deny.includes("$JS.API.CONSUMER.MSG.NEXT.ORDERS.payments-orders"));
     assert.ok(audit.publish.deny.includes("$JS.ACK.ORDERS.inventory-orders.>"));
     assert.ok(audit.publish.deny.includes("$JS.API.CONSUMER.DELETE.ORDERS.notifications-orders"));

@@ -3,8 +3,9 @@
  * replica of its service, so a name is also persistent state (renaming one starts a new consumer from the
  * stream's beginning and leaves the old one behind). `<service>-<what it consumes>`.
  *
- * The audit's five (`audit-orders`, …, `audit-dlq`) are derived from the stream names by `auditDurable` in
- * `src/services/audit/handlers.ts`.
+ * The audit has no durable consumer: it is a projector that reads every stream with ordered consumers (no
+ * acknowledgements) from a position kept in its database (`src/services/audit/projector.ts`). Its former
+ * durables (`audit-orders`, …, `audit-dlq`) are deleted at its start (`LEGACY_AUDIT_DURABLES`).
  */
 export const Durables = {
   /** orders: StockRejected on INVENTORY. */

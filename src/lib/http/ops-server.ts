@@ -5,8 +5,12 @@ import { installProblemHandlers, problemServerOptions } from "./problem.js";
 import { installStrictJson, installStrictValidation } from "./validation.js";
 import type { Metrics } from "../telemetry/metrics.js";
 
-/** A readiness check: returns true when ready, or a reason string when not. */
-export type ReadinessCheck = () => boolean | string | Promise<boolean | string>;
+/**
+ * A readiness check: returns true when ready, or a reason string when not; or `{ready, detail}` to say which
+ * way it is ready (or not), shown under `detail` in `/ready` (e.g. the audit projector's `active` or `standby`).
+ */
+export type ReadinessCheck = () => ReadinessResult | Promise<ReadinessResult>;
+export type ReadinessResult = boolean | string | { ready: boolean; detail: string };
 
 /** Options for {@link createOpsServer}. */
 export interface OpsServerOptions {
@@ -70,19 +74,24 @@ export function createOpsServer(opts: OpsServerOptions): OpsServer {
   app.get("/health", async () => ({ status: "ok", service: opts.service }));
   app.get("/ready", async (_req, reply) => {
     const failing: Record<string, string> = {};
+    const detail: Record<string, string> = {};
     if (draining) failing["lifecycle"] = "draining";
     for (const [name, check] of Object.entries(opts.readiness ?? {})) {
       try {
         const r = await check();
-        if (r !== true) failing[name] = typeof r === "string" ? r : "not ready";
+        if (typeof r === "object") {
+          detail[name] = r.detail;
+          if (!r.ready) failing[name] = r.detail;
+        } else if (r !== true) failing[name] = typeof r === "string" ? r : "not ready";
       } catch (err) {
         failing[name] = (err as Error).message;
       }
     }
+    const details = Object.keys(detail).length > 0 ? { detail } : {};
     if (Object.keys(failing).length > 0) {
-      return reply.code(503).send({ status: "not_ready", service: opts.service, failing });
+      return reply.code(503).send({ status: "not_ready", service: opts.service, failing, ...details });
     }
-    return { status: "ready", service: opts.service };
+    return { status: "ready", service: opts.service, ...details };
   });
   app.get("/metrics", async (_req, reply) => {
     const body = await opts.metrics.registry.metrics();

@@ -44,6 +44,8 @@ export interface ServiceAccess {
   owns?: StreamName;
   /** Durables it pulls from and acknowledges (dead letters go to `dlq.<durable>`). */
   durables: DurableRef[];
+  /** Streams it reads whole with ordered consumers (ephemeral, any name, deleted after use): the audit's block. */
+  orderedReads: StreamName[];
   /** Streams it reads single messages from by direct get (`$JS.API.DIRECT.GET.<stream>`). */
   directGets: StreamName[];
   /** Streams it reads single messages from through the stream leader (`$JS.API.STREAM.MSG.GET.<stream>`). */
@@ -51,11 +53,6 @@ export interface ServiceAccess {
   buckets: BucketUse[];
   /** Core subjects it subscribes to besides its inbox. */
   subscribes: string[];
-}
-
-/** The audit's durable of `stream` (`audit-orders`, …, `audit-dlq`): as `src/services/audit/handlers.ts` names them. */
-export function auditDurableOf(stream: string): string {
-  return `audit-${stream.toLowerCase()}`;
 }
 
 /** Every stream, the DLQ included. */
@@ -79,6 +76,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
       { stream: Streams.PAYMENTS, durable: Durables.ORDERS_PAYMENTS },
       { stream: Streams.ORDERS, durable: Durables.ORDERS_TIMEOUTS },
     ],
+    orderedReads: [],
     directGets: [Streams.ORDERS],
     msgGets: [],
     buckets: [
@@ -92,6 +90,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
   inventory: {
     owns: Streams.INVENTORY,
     durables: [{ stream: Streams.ORDERS, durable: Durables.INVENTORY_ORDERS }],
+    orderedReads: [],
     directGets: [Streams.ORDERS],
     msgGets: [Streams.INVENTORY],
     buckets: [
@@ -107,6 +106,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
       { stream: Streams.INVENTORY, durable: Durables.PAYMENTS_INVENTORY },
       { stream: Streams.ORDERS, durable: Durables.PAYMENTS_ORDERS },
     ],
+    orderedReads: [],
     directGets: [Streams.ORDERS],
     msgGets: [],
     buckets: [{ bucket: "payments", write: true }],
@@ -115,13 +115,16 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
   notifications: {
     owns: Streams.NOTIFICATIONS,
     durables: [{ stream: Streams.ORDERS, durable: Durables.NOTIFICATIONS_ORDERS }],
+    orderedReads: [],
     directGets: [Streams.NOTIFICATIONS, Streams.ORDERS],
     msgGets: [],
     buckets: [],
     subscribes: [],
   },
   audit: {
-    durables: ALL_STREAMS.map((stream) => ({ stream, durable: auditDurableOf(stream) })),
+    // A projector (src/services/audit/projector.ts): no durable, every stream read with ordered consumers.
+    durables: [],
+    orderedReads: ALL_STREAMS,
     directGets: [],
     msgGets: [],
     buckets: [],
@@ -223,6 +226,7 @@ export function streamsUsedBy(service: ServiceUser): StreamName[] {
   const used = new Set<StreamName>([
     ...(a.owns ? [a.owns] : []),
     ...a.durables.map((d) => d.stream),
+    ...a.orderedReads,
     ...a.directGets,
     ...a.msgGets,
   ]);
@@ -250,30 +254,21 @@ export function servicePermissions(service: ServiceUser): Permissions {
   for (const b of a.buckets) add(...bucketPermissions(b));
   const deny = new Set<string>(ADMIN_API);
   if (service === "audit") {
-    // ---- audit: BEGIN (adjust here when branch audit-projector lands) ----------------------------------------
-    // The projector reads every stream with ordered consumers (ephemeral, `name_prefix: "audit_<stream>_…"`,
-    // deleted after use) and deletes its legacy `audit-<stream>` durables at start. NATS permissions have no
-    // name-prefix wildcard, so consumer create/delete/info/next/ack on those streams is allowed for any name…
-    for (const s of ALL_STREAMS) {
+    // ---- audit: BEGIN (the projector: src/services/audit/projector.ts) -------------------------------------
+    // It reads every stream with ordered consumers (ephemeral, `name_prefix: "audit_<stream>_…"`, acknowledging
+    // nothing, deleted after use) and deletes its former `audit-<stream>` durables at start. NATS permissions have no
+    // name-prefix wildcard, so consumer create/delete/info/next on those streams is allowed under any name…
+    for (const s of a.orderedReads) {
       add(
         `${API}.CONSUMER.CREATE.${s}`,
         `${API}.CONSUMER.CREATE.${s}.>`,
         `${API}.CONSUMER.DELETE.${s}.*`,
         `${API}.CONSUMER.INFO.${s}.*`,
         `${API}.CONSUMER.MSG.NEXT.${s}.*`,
-        `$JS.ACK.${s}.>`,
       );
     }
-    // …except the other services' durables, denied explicitly (a deny wins over an allow).
-    for (const d of allDurables()) {
-      if (a.durables.some((x) => x.stream === d.stream && x.durable === d.durable)) continue;
-      namedConsumer(d.stream, d.durable).forEach((x) => deny.add(x));
-    }
-    // The legacy durables are created by provisioning only (until audit-projector): the audit may delete them.
-    for (const d of a.durables) {
-      deny.add(`${API}.CONSUMER.CREATE.${d.stream}.${d.durable}`);
-      deny.add(`${API}.CONSUMER.CREATE.${d.stream}.${d.durable}.>`);
-    }
+    // …except the other services' durables, denied by name (a deny wins over an allow).
+    for (const d of allDurables()) namedConsumer(d.stream, d.durable).forEach((x) => deny.add(x));
     // ---- audit: END ----------------------------------------------------------------------------------------
   } else {
     for (const s of ALL_STREAMS) consumerAdminOf(s).forEach((x) => deny.add(x));

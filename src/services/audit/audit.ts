@@ -255,6 +255,87 @@ export interface DeadLetterMessage {
   storedAt: Date;
 }
 
+/** A message body as far as it reads: parsed JSON, else UTF-8 text, else neither (bytes). */
+interface ReadBody {
+  parsed: boolean;
+  body: unknown;
+  text: string | undefined;
+}
+
+function readBody(data: Uint8Array): ReadBody {
+  let text: string | undefined;
+  let body: unknown;
+  let parsed = false;
+  try {
+    text = utf8.decode(data);
+    body = JSON.parse(text);
+    // A body that parses to what canonical JSON cannot write (e.g. `1e400`, which parses to Infinity) would make
+    // its entry fail on every attempt: such a body is recorded as the text it is.
+    canonicalJson(body);
+    parsed = true;
+  } catch {
+    /* not UTF-8, not JSON, or not representable as canonical JSON: recorded as it is */
+  }
+  return { parsed, body, text };
+}
+
+/** `body` (parsed), else `body_text`, else `body_base64`. */
+function putBody(payload: Record<string, unknown>, data: Uint8Array, b: ReadBody): void {
+  if (b.parsed) payload["body"] = b.body;
+  else if (b.text !== undefined) payload["body_text"] = b.text;
+  else payload["body_base64"] = Buffer.from(data).toString("base64");
+}
+
+/** `event_type` of a row recording a stream message that is not a catalog event. */
+export const UNDECODABLE_TYPE = "Undecodable";
+
+/** A message of an event stream that does not decode as a catalog event, as the audit sees it. */
+export interface UndecodableMessage {
+  stream: string;
+  subject: string;
+  sequence: number;
+  data: Uint8Array;
+  headers: Record<string, string>;
+  storedAt: Date;
+  /** Why it does not decode: the decode error's code and message. */
+  error: { code: string; message: string };
+}
+
+/**
+ * The entry recording a message of an event stream that is not a catalog event (malformed, unknown type,
+ * failing its schema): nothing read is skipped. `event_id` is `raw:<stream>:<sequence>`, the type
+ * `Undecodable`, the order id from the subject; the payload holds the decode error, the headers and the
+ * body the way a DLQ entry's is recorded (parsed, text or base64).
+ */
+export function entryFromUndecodable(m: UndecodableMessage): AuditEntry {
+  const b = readBody(m.data);
+  const payload: Record<string, unknown> = {
+    error: m.error,
+    headers: m.headers,
+    size: m.data.length,
+  };
+  putBody(payload, m.data, b);
+  const orderId = ORDER_SUBJECT.exec(m.subject)?.[1];
+  const bodyTrace = b.parsed ? str(b.body, "trace_id") : undefined;
+  const traceId =
+    (bodyTrace && TRACE_ID.test(bodyTrace) ? bodyTrace : undefined) ??
+    TRACE_PARENT.exec(m.headers[Hdr.TraceParent] ?? "")?.[1] ??
+    null;
+  return {
+    eventId: `raw:${m.stream}:${m.sequence}`,
+    stream: m.stream,
+    streamSeq: m.sequence,
+    subject: storableText(m.subject),
+    eventType: UNDECODABLE_TYPE,
+    orderId: orderId !== undefined ? storableText(orderId) : null,
+    source: null,
+    traceId,
+    causationId: null,
+    occurredAt: normalizeTimestamp(m.storedAt),
+    payload: canonicalJson(payload),
+  };
+}
+
 /** A saga subject, its order id captured. */
 const ORDER_SUBJECT = new RegExp(
   `^(?:orders|inventory|payments|notifications)\\.(${ORDER_ID_UNANCHORED})(?:\\.|$)`,
@@ -286,19 +367,7 @@ export function entryFromDeadLetter(m: DeadLetterMessage): AuditEntry {
     const v = m.headers[k];
     return v === undefined || v === "" ? undefined : v;
   };
-  let text: string | undefined;
-  let body: unknown;
-  let parsed = false;
-  try {
-    text = utf8.decode(m.data);
-    body = JSON.parse(text);
-    // A body that parses to what canonical JSON cannot write (e.g. `1e400`, which parses to Infinity) would make
-    // this entry fail on every attempt: such a body is recorded as the text it is.
-    canonicalJson(body);
-    parsed = true;
-  } catch {
-    /* not UTF-8, not JSON, or not representable as canonical JSON: recorded as it is */
-  }
+  const { parsed, body, text } = readBody(m.data);
   const data =
     parsed && typeof body === "object" && body !== null ? (body as { data?: unknown }).data : undefined;
   const originalSubject = h(Hdr.DlqSubject);
@@ -326,9 +395,7 @@ export function entryFromDeadLetter(m: DeadLetterMessage): AuditEntry {
     headers: m.headers,
     size: m.data.length,
   };
-  if (parsed) payload["body"] = body;
-  else if (text !== undefined) payload["body_text"] = text;
-  else payload["body_base64"] = Buffer.from(m.data).toString("base64");
+  putBody(payload, m.data, { parsed, body, text });
   return {
     eventId: `dlq:${m.sequence}`,
     stream: m.stream,

@@ -37,16 +37,24 @@ export const AuditConfig = Type.Object({
   AUDIT_BATCH_DELAY_MS: Env.ms(5, "longest an event waits for others before its batch is written"),
   AUDIT_CONCURRENCY: Type.Integer({
     minimum: 1,
-    maximum: 1024,
-    default: 128,
-    description: "events handled at once per audit consumer (fills batches)",
+    maximum: 4096,
+    default: 256,
+    description: "entries of one stream reader waiting for their batch at once (fills batches)",
   }),
-  AUDIT_MAX_ACK_PENDING: Type.Integer({
-    minimum: 2,
-    maximum: 100_000,
-    default: 1024,
-    description: "max_ack_pending of each audit consumer; above AUDIT_CONCURRENCY × replicas",
+  AUDIT_READ_BATCH: Type.Integer({
+    minimum: 1,
+    maximum: 10_000,
+    default: 512,
+    description: "messages each stream reader's ordered consumer asks the server for at once",
   }),
+  AUDIT_STALL_MS: Env.ms(
+    15_000,
+    "an audit stream reader that received nothing for this long while its stream has more restarts from its position",
+  ),
+  AUDIT_STANDBY_RETRY_MS: Env.ms(
+    3_000,
+    "how often a standby audit replica tries to take the projector lock, and the active one checks its lock connection",
+  ),
   DATABASE_POOL_MAX: Type.Integer({
     minimum: 1,
     maximum: 100,

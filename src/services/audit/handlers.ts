@@ -1,101 +1,46 @@
 /**
- * The audit consumers: one per stream, with no filter and a handler for every event type of the stream,
- * and one on the DLQ that records every entry undecoded (its body may be anything).
+ * What the audit records of a stream message: a catalog event of an audited stream as an event row, a body
+ * that does not decode as one as a raw `Undecodable` row, and every DLQ entry, whatever its body, as a
+ * `DeadLetter` row. Nothing read is skipped.
  */
-import { Streams, type EventType } from "../../lib/events/catalog.js";
-import type { AnyEnvelope } from "../../lib/events/envelope.js";
-import {
-  typesOfStream,
-  type EventHandler,
-  type HandlerContext,
-  type HandlerMap,
-  type RawHandler,
-} from "../../lib/messaging/consumer.js";
-import type { ConsumerSpec } from "../../lib/messaging/topology.js";
-import type { ConsumerDefinition } from "../../lib/service.js";
-import { entryFromDeadLetter, entryFromEvent } from "./audit.js";
-import type { AuditWriter } from "./writer.js";
+import type { JsMsg } from "@nats-io/jetstream";
+import { Streams } from "../../lib/events/catalog.js";
+import { decodeEvent, isEventDecodeError } from "../../lib/events/codec.js";
+import { describeError } from "../../lib/errors.js";
+import { entryFromDeadLetter, entryFromEvent, entryFromUndecodable, type AuditEntry } from "./audit.js";
 
-/** The event streams the audit consumes (the DLQ aside). */
+/** The event streams the audit records (the DLQ aside). */
 export const AUDITED_STREAMS = [Streams.ORDERS, Streams.INVENTORY, Streams.PAYMENTS, Streams.NOTIFICATIONS];
 
-/** Durable name of the audit consumer of `stream`: `audit-orders`, …, `audit-dlq`. */
-export function auditDurable(stream: string): string {
-  return `audit-${stream.toLowerCase()}`;
-}
-
-/** Every audit durable name. */
-export const AUDIT_DURABLES = [...AUDITED_STREAMS, Streams.DLQ].map(auditDurable);
-
-/** Handlers recording every catalog event type of `stream`. */
-export function eventHandlers(writer: AuditWriter, stream: string): HandlerMap {
-  const handle = async (event: AnyEnvelope, ctx: HandlerContext): Promise<void> => {
-    const r = await writer.append(
-      entryFromEvent(event, { stream, subject: ctx.subject, streamSeq: ctx.streamSequence }),
-    );
-    ctx.logger.debug({ position: r.position, duplicate: r.status === "duplicate" }, "event audited");
-  };
-  const handlers: Partial<Record<EventType, EventHandler<EventType>>> = {};
-  for (const type of typesOfStream(stream)) handlers[type] = handle as EventHandler<EventType>;
-  return handlers;
-}
-
-/** The raw handler of `audit-dlq`: a DeadLetter row per DLQ entry, whatever its body. */
-export function deadLetterHandler(writer: AuditWriter): RawHandler {
-  return async (msg, ctx) => {
-    const headers: Record<string, string> = {};
-    for (const k of msg.headers?.keys() ?? []) headers[k] = msg.headers!.get(k);
-    const r = await writer.append(
-      entryFromDeadLetter({
-        stream: msg.stream,
-        subject: msg.subject,
-        sequence: msg.streamSequence,
-        data: msg.data,
-        headers,
-        storedAt: msg.timestamp,
-      }),
-    );
-    ctx.logger.debug({ position: r.position, duplicate: r.status === "duplicate" }, "dead letter audited");
-  };
-}
-
-/** Options for {@link auditConsumers}. */
-export interface AuditConsumerOptions {
-  concurrency: number;
-  maxAckPending: number;
-}
+/** Every stream the audit projector reads: the event streams and the DLQ. */
+export const PROJECTED_STREAMS = [...AUDITED_STREAMS, Streams.DLQ];
 
 /**
- * The five audit consumers. `audit-dlq` gets a very high attempt budget: its only failures are an
- * unavailable database, and dead-lettering a dead letter would just add noise to the DLQ.
+ * The durable consumers the audit used before it became a projector (`audit-orders`, …, `audit-dlq`). They are
+ * deleted at start when present: left alone they would keep every message of their stream as pending.
  */
-export function auditConsumers(writer: AuditWriter, opts: AuditConsumerOptions): ConsumerDefinition[] {
-  return auditConsumerSpecs(opts).map((spec): ConsumerDefinition =>
-    spec.stream === Streams.DLQ
-      ? {
-          spec,
-          handlers: {},
-          raw: deadLetterHandler(writer),
-          concurrency: opts.concurrency,
-          maxAttempts: 10_000,
-        }
-      : { spec, handlers: eventHandlers(writer, spec.stream), concurrency: opts.concurrency },
-  );
+export const LEGACY_AUDIT_DURABLES: readonly { stream: string; durable: string }[] = PROJECTED_STREAMS.map(
+  (stream) => ({ stream, durable: `audit-${stream.toLowerCase()}` }),
+);
+
+function headersOf(msg: JsMsg): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const k of msg.headers?.keys() ?? []) headers[k] = msg.headers!.get(k);
+  return headers;
 }
 
-/** The five audit durables as declared (provisioning creates them from here too). */
-export function auditConsumerSpecs(opts: Pick<AuditConsumerOptions, "maxAckPending">): ConsumerSpec[] {
-  const events = AUDITED_STREAMS.map((stream): ConsumerSpec => ({
-    stream,
-    durable: auditDurable(stream),
-    description: `audit: every ${stream} event`,
-    maxAckPending: opts.maxAckPending,
-  }));
-  const dlq: ConsumerSpec = {
-    stream: Streams.DLQ,
-    durable: auditDurable(Streams.DLQ),
-    description: "audit: every dead letter",
-    maxAckPending: opts.maxAckPending,
-  };
-  return [...events, dlq];
+/** The row recording one message of `stream` (an event stream or the DLQ). */
+export function entryFromMessage(stream: string, msg: JsMsg): AuditEntry {
+  const at = { stream, subject: msg.subject, sequence: msg.seq, data: msg.data };
+  if (stream === Streams.DLQ)
+    return entryFromDeadLetter({ ...at, headers: headersOf(msg), storedAt: msg.time });
+  try {
+    const event = decodeEvent(msg.data);
+    return entryFromEvent(event, { stream, subject: msg.subject, streamSeq: msg.seq });
+  } catch (err) {
+    const error = isEventDecodeError(err)
+      ? { code: err.code, message: err.message }
+      : { code: "EVENT_UNREADABLE", message: describeError(err) };
+    return entryFromUndecodable({ ...at, headers: headersOf(msg), storedAt: msg.time, error });
+  }
 }

@@ -2,13 +2,15 @@
  * The audit HTTP API:
  * - `GET /audit/orders/:id` — an order's timeline, as it happened;
  * - `GET /audit/verify` — recomputes the whole hash chain;
- * - `GET /audit/events?after=&limit=` — every row, paged by position (for the invariant checker).
+ * - `GET /audit/events?after=&limit=` — every row, paged by position (for the invariant checker);
+ * - `GET /audit/positions` — per stream, the projector's position, the stream's last sequence and the lag.
  */
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { RetryableError, describeError } from "../../lib/errors.js";
 import { problem, sendProblem } from "../../lib/http/problem.js";
 import { ORDER_ID_PATTERN, isOrderId } from "../../lib/ids.js";
 import { orderTimeline } from "./audit.js";
+import type { Projector, ProjectorRole, StreamPosition } from "./projector.js";
 import type { AuditStore } from "./store.js";
 
 /** One event of `GET /audit/orders/:id`. */
@@ -52,6 +54,14 @@ export interface EventsResponse {
   more: boolean;
 }
 
+/** Body of `GET /audit/positions`. */
+export interface PositionsResponse {
+  /** This replica's role: `active` (it reads), `standby` (another replica reads) or `electing`. */
+  role: ProjectorRole;
+  /** Per stream: last sequence recorded, the stream's last sequence, and the difference. */
+  streams: Record<string, StreamPosition>;
+}
+
 export const DEFAULT_PAGE = 1000;
 export const MAX_PAGE = 10_000;
 
@@ -73,7 +83,13 @@ async function fromStore<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-export function registerAuditRoutes(app: FastifyInstance, store: AuditStore): void {
+export function registerAuditRoutes(app: FastifyInstance, store: AuditStore, projector?: Projector): void {
+  if (projector)
+    app.get("/audit/positions", async (): Promise<PositionsResponse> => {
+      const streams = await fromStore(() => projector.positions());
+      return { role: projector.role, streams };
+    });
+
   app.get<{ Params: { id: string } }>("/audit/orders/:id", async (req, reply) => {
     const orderId = req.params.id;
     if (!isOrderId(orderId)) return badRequest(reply, `order id must match ${ORDER_ID_PATTERN}`);

@@ -1,14 +1,17 @@
 /**
  * The audit service: records every event of every stream, and every DLQ entry, exactly once in an
  * append-only, hash-chained log (PostgreSQL, or embedded PGlite without `DATABASE_URL`), and serves
- * order timelines, chain verification and a paged listing over HTTP.
+ * order timelines, chain verification, a paged listing and its read positions over HTTP. It reads the
+ * streams as a projector (`projector.ts`): ordered consumers, no acknowledgements, its position per stream
+ * in the database; no durable consumers.
  */
 import type { Static } from "@sinclair/typebox";
-import { ConfigError, describeError } from "../../lib/errors.js";
+import { describeError } from "../../lib/errors.js";
 import type { CommonConfig, ServiceContext, ServiceDefinition } from "../../lib/service.js";
 import { AuditConfig } from "./config.js";
-import { auditConsumers } from "./handlers.js";
+import { Projector } from "./projector.js";
 import { registerAuditRoutes } from "./routes.js";
+import { defaultBackoff } from "../../lib/messaging/backoff.js";
 import type { SqlDb } from "./store-sql.js";
 import { AuditStore, openDb } from "./store.js";
 import { AuditWriter } from "./writer.js";
@@ -19,6 +22,7 @@ type Ctx = ServiceContext<Config>;
 interface AuditState {
   store: AuditStore;
   writer: AuditWriter;
+  projector: Projector;
 }
 
 const states = new WeakMap<object, AuditState>();
@@ -31,6 +35,11 @@ export function auditStoreOf(ctx: object): AuditStore | undefined {
 /** The writer of a running audit service (its `stats` count batches, inserts and duplicates). */
 export function auditWriterOf(ctx: object): AuditWriter | undefined {
   return states.get(ctx)?.writer;
+}
+
+/** The projector of a running audit service (its role, its readers). */
+export function auditProjectorOf(ctx: object): Projector | undefined {
+  return states.get(ctx)?.projector;
 }
 
 /** Options for {@link createAuditDefinition}. */
@@ -108,11 +117,6 @@ export function createAuditDefinition(
     config: AuditConfig,
     async setup(ctx) {
       const c = ctx.config;
-      if (c.AUDIT_MAX_ACK_PENDING <= c.AUDIT_CONCURRENCY) {
-        throw new ConfigError(
-          `invalid configuration:\n  AUDIT_MAX_ACK_PENDING (${c.AUDIT_MAX_ACK_PENDING}) must exceed AUDIT_CONCURRENCY (${c.AUDIT_CONCURRENCY})`,
-        );
-      }
       const { store, owned } = await openStore(ctx, opts.db);
       const writer = new AuditWriter(store, {
         maxBatch: c.AUDIT_BATCH_MAX,
@@ -120,12 +124,27 @@ export function createAuditDefinition(
         logger: ctx.logger,
         registry: ctx.metrics.registry,
       });
-      states.set(ctx, { store, writer });
-      registerAuditRoutes(ctx.app, store);
+      const projector = new Projector({
+        js: ctx.js,
+        jsm: ctx.jsm,
+        store,
+        writer,
+        logger: ctx.logger,
+        registry: ctx.metrics.registry,
+        inFlight: c.AUDIT_CONCURRENCY,
+        readBatch: c.AUDIT_READ_BATCH,
+        standbyRetryMs: c.AUDIT_STANDBY_RETRY_MS,
+        stallMs: c.AUDIT_STALL_MS,
+        backoff: { ...defaultBackoff, initialMs: c.RETRY_INITIAL_MS, maxMs: c.RETRY_MAX_MS },
+      });
+      states.set(ctx, { store, writer, projector });
+      registerAuditRoutes(ctx.app, store, projector);
       ctx.logger.info({ storage: store.db.kind, table: store.qualified }, "audit log ready");
       return {
+        started: () => projector.start(),
         close: async () => {
-          // Consumers have stopped: write what they queued, then let go of the database.
+          // Stop reading (the readers wait for their entries), write what is queued, let go of the database.
+          await projector.stop();
           await writer.close();
           if (owned) await store.db.close();
         },
@@ -138,15 +157,8 @@ export function createAuditDefinition(
         await withTimeout(store.ping(), PING_TIMEOUT_MS, "audit database");
         return true;
       },
+      projector: () => states.get(ctx)?.projector.readiness() ?? "not set up",
     }),
-    consumers: (ctx) => {
-      const state = states.get(ctx);
-      if (!state) throw new Error("audit: consumers requested before setup");
-      return auditConsumers(state.writer, {
-        concurrency: ctx.config.AUDIT_CONCURRENCY,
-        maxAckPending: ctx.config.AUDIT_MAX_ACK_PENDING,
-      });
-    },
   };
 }
 

@@ -1,7 +1,7 @@
 /** The PostgreSQL adapter of {@link SqlDb}: a `pg` pool. */
 import pg from "pg";
 import type { Logger } from "../../lib/telemetry/logger.js";
-import type { SqlDb, SqlExecutor } from "./store-sql.js";
+import type { LockSession, SqlDb, SqlExecutor } from "./store-sql.js";
 
 /** Options for {@link openPostgres}. */
 export interface PostgresOptions {
@@ -68,6 +68,42 @@ export async function openPostgres(opts: PostgresOptions): Promise<SqlDb> {
         client.release(broken ?? false);
       }
     },
+    lockSession: () => openLockSession(opts),
     close: () => pool.end(),
+  };
+}
+
+/** A dedicated `pg` client (not from the pool) for session advisory locks. */
+async function openLockSession(opts: PostgresOptions): Promise<LockSession> {
+  const client = new pg.Client({
+    connectionString: opts.url,
+    application_name: "shopstream-audit-election",
+    connectionTimeoutMillis: 5_000,
+    statement_timeout: 5_000,
+    query_timeout: 10_000,
+    keepAlive: true,
+  });
+  let onLost!: (err: Error) => void;
+  const lost = new Promise<Error>((resolve) => (onLost = resolve));
+  client.on("error", (err) => onLost(err));
+  client.on("end", () => onLost(new Error("PostgreSQL election connection closed")));
+  try {
+    await client.connect();
+  } catch (err) {
+    await client.end().catch(() => undefined);
+    throw err;
+  }
+  return {
+    async tryLock(key) {
+      const r = await client.query<{ locked: boolean }>("SELECT pg_try_advisory_lock($1::bigint) AS locked", [
+        key,
+      ]);
+      return r.rows[0]?.locked === true;
+    },
+    async ping() {
+      await client.query("SELECT 1");
+    },
+    lost,
+    close: () => client.end().catch(() => undefined),
   };
 }

@@ -156,7 +156,14 @@ export class AuditStore {
   readonly table: string;
   /** `"schema"."table"`. */
   readonly qualified: string;
+  /**
+   * `"schema"."<table>_positions"`: the projector's position per stream (the last stream sequence recorded),
+   * updated in the transaction that records the rows.
+   */
+  readonly positionsTable: string;
   readonly #lockKey: string;
+  /** Key of the session advisory lock the projector replicas elect their active one with. */
+  readonly projectorLockKey: string;
 
   constructor(db: SqlDb, opts: AuditStoreOptions = {}) {
     const schema = opts.schema ?? "public";
@@ -172,11 +179,11 @@ export class AuditStore {
     this.schema = schema;
     this.table = table;
     this.qualified = `"${schema}"."${table}"`;
-    this.#lockKey = createHash("sha256")
-      .update(`shopstream-audit:${schema}.${table}`)
-      .digest()
-      .readBigInt64BE(0)
-      .toString();
+    this.positionsTable = `"${schema}"."${table}_positions"`;
+    const key = (what: string) =>
+      createHash("sha256").update(`${what}:${schema}.${table}`).digest().readBigInt64BE(0).toString();
+    this.#lockKey = key("shopstream-audit");
+    this.projectorLockKey = key("shopstream-audit-projector");
   }
 
   /**
@@ -207,6 +214,10 @@ export class AuditStore {
         hash         text        NOT NULL
       )`);
       await tx.query(`CREATE INDEX IF NOT EXISTS "${this.table}_order_idx" ON ${t} (order_id, position)`);
+      await tx.query(`CREATE TABLE IF NOT EXISTS ${this.positionsTable} (
+        stream text   PRIMARY KEY,
+        seq    bigint NOT NULL
+      )`);
       const fn = `"${this.schema}"."${this.table}_append_only"`;
       const triggers = await tx.query<{ tgname: string }>(
         "SELECT tgname FROM pg_trigger WHERE tgrelid = $1::regclass",
@@ -230,13 +241,20 @@ export class AuditStore {
     });
     // An existing table of another shape fails here, at start-up, not at the first append.
     await this.db.query(`SELECT ${COLUMNS.join(", ")} FROM ${this.qualified} LIMIT 0`);
+    await this.db.query(`SELECT stream, seq FROM ${this.positionsTable} LIMIT 0`);
   }
 
   /**
    * Appends entries in one transaction, in order, skipping event ids already stored (or repeated in the
-   * batch). Resolves once committed, with one result per entry.
+   * batch). `advance` maps a stream to the highest stream sequence the batch records of it: in the same
+   * transaction, that stream's position becomes `GREATEST(position, seq)` (it never goes back). Resolves
+   * once committed, with one result per entry.
    */
-  async append(entries: readonly AuditEntry[], now: () => Date = () => new Date()): Promise<AppendResult[]> {
+  async append(
+    entries: readonly AuditEntry[],
+    now: () => Date = () => new Date(),
+    advance?: ReadonlyMap<string, number>,
+  ): Promise<AppendResult[]> {
     if (entries.length === 0) return [];
     return this.db.transaction(async (tx) => {
       await tx.query("SELECT pg_advisory_xact_lock($1::bigint)", [this.#lockKey]);
@@ -269,6 +287,7 @@ export class AuditStore {
         await this.#insert(tx, rows);
         for (const r of rows) positions.set(r.eventId, r.position);
       }
+      if (advance && advance.size > 0) await this.#advance(tx, advance);
       return entries.map((e, i): AppendResult => {
         const inserted = firstIndex.get(e.eventId) === i;
         return {
@@ -278,6 +297,38 @@ export class AuditStore {
         };
       });
     });
+  }
+
+  async #advance(tx: SqlExecutor, advance: ReadonlyMap<string, number>): Promise<void> {
+    const params: unknown[] = [];
+    const tuples = [...advance].map(([stream, seq]) => {
+      params.push(stream, seq);
+      return `($${params.length - 1}, $${params.length}::bigint)`;
+    });
+    await tx.query(
+      `INSERT INTO ${this.positionsTable} AS p (stream, seq) VALUES ${tuples.join(",")}
+         ON CONFLICT (stream) DO UPDATE SET seq = GREATEST(p.seq, EXCLUDED.seq)`,
+      params,
+    );
+  }
+
+  /** The projector's position of every stream it has recorded something of: the last stream sequence recorded. */
+  async positions(): Promise<Map<string, number>> {
+    const rows = await this.db.query<Raw>(`SELECT stream, seq FROM ${this.positionsTable}`);
+    return new Map(rows.map((r) => [String(r["stream"]), num(r["seq"])]));
+  }
+
+  /** Forgets the position of `stream`: it is read again from its first sequence (event ids dedupe what is stored). */
+  async resetPosition(stream: string): Promise<void> {
+    await this.db.query(`DELETE FROM ${this.positionsTable} WHERE stream = $1`, [stream]);
+  }
+
+  /** The position of one stream (0: nothing recorded yet, read it from its first sequence). */
+  async position(stream: string): Promise<number> {
+    const rows = await this.db.query<Raw>(`SELECT seq FROM ${this.positionsTable} WHERE stream = $1`, [
+      stream,
+    ]);
+    return rows.length === 0 ? 0 : num(rows[0]!["seq"]);
   }
 
   async #insert(tx: SqlExecutor, rows: readonly AuditRow[]): Promise<void> {

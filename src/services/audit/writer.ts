@@ -1,7 +1,8 @@
 /**
- * The write path of the audit log: handlers hand entries to {@link AuditWriter.append}, which batches them
- * into one transaction per batch and resolves each caller after the commit, so a message is acked only
- * once its row is durable.
+ * The write path of the audit log: the projector's stream readers hand entries to {@link AuditWriter.append},
+ * which batches them into one transaction per batch and resolves each caller after the commit. An entry read
+ * from a stream carries its (stream, sequence): the same transaction moves that stream's position, so the
+ * position never runs ahead of the rows.
  */
 import { Counter, Histogram, type Registry } from "prom-client";
 import { RetryableError, describeError } from "../../lib/errors.js";
@@ -13,6 +14,45 @@ import type { AppendResult, AuditStore } from "./store.js";
 
 /** What the writer needs of a store. */
 export type AppendTarget = Pick<AuditStore, "append">;
+
+/**
+ * One run of a stream reader, from a committed position until it stops. Once one of its entries fails, the
+ * session is dead: none of its later entries is written (they would move the position past the failed one);
+ * the reader starts a new session from the committed position.
+ */
+export class ReaderSession {
+  #failure: unknown;
+  #dead = false;
+  constructor(readonly stream: string) {}
+  get dead(): boolean {
+    return this.#dead;
+  }
+  /** Why it died (the first failure). */
+  get failure(): unknown {
+    return this.#failure;
+  }
+  kill(reason: unknown): void {
+    if (this.#dead) return;
+    this.#dead = true;
+    this.#failure = reason;
+  }
+}
+
+/** Where an entry was read: its stream sequence, for the stream's position. */
+export interface ReadAt {
+  seq: number;
+  session: ReaderSession;
+}
+
+interface Item {
+  entry: AuditEntry;
+  at?: ReadAt | undefined;
+}
+
+/** An entry of a dead session, not written. */
+export class SessionDeadError extends Error {
+  override readonly name = "SessionDeadError";
+}
 
 /** Options for {@link AuditWriter}. */
 export interface AuditWriterOptions {
@@ -42,15 +82,15 @@ export function isRowError(err: unknown): boolean {
  * Appends audit entries in batches.
  *
  * Failures: when the database is unavailable every waiter of the batch is rejected with a
- * {@link DeferError} (a RetryableError that parks the message without using up a delivery attempt: the
- * audit must not dead-letter events because its database restarted). When a batch fails because of its
- * data, each entry is retried alone, so one bad row fails only its own message, with a
- * {@link RetryableError} (dead-lettered after the consumer's max attempts, and then recorded as a
- * DeadLetter row).
+ * {@link DeferError} (retry later). When a batch fails because of its data, each entry is retried alone, so
+ * one bad row fails only itself, with a {@link RetryableError}. Either way the reader session of every failed
+ * entry dies ({@link ReaderSession}): its later entries are rejected unwritten ({@link SessionDeadError}) and
+ * the reader starts again from the committed position, so a stream's position never passes an entry that
+ * was not recorded.
  */
 export class AuditWriter {
   readonly #store: AppendTarget;
-  readonly #batcher: Batcher<AuditEntry, AppendResult>;
+  readonly #batcher: Batcher<Item, AppendResult>;
   readonly #retryMs: number;
   readonly #logger: Logger | undefined;
   readonly #batchSize: Histogram | undefined;
@@ -85,16 +125,20 @@ export class AuditWriter {
         registers,
       });
     }
-    this.#batcher = new Batcher<AuditEntry, AppendResult>({
+    this.#batcher = new Batcher<Item, AppendResult>({
       maxBatch: opts.maxBatch ?? 200,
       maxDelayMs: opts.maxDelayMs ?? 5,
       write: (items) => this.#write(items),
     });
   }
 
-  /** Records one entry; resolves once its batch is committed (or it was already stored). */
-  append(entry: AuditEntry): Promise<AppendResult> {
-    return this.#batcher.add(entry);
+  /**
+   * Records one entry; resolves once its batch is committed (or it was already stored). With `at`, the same
+   * transaction moves the position of `at.session.stream` to `at.seq` (never back). A session's entries must
+   * be added in sequence order; once one fails, the session's later entries are rejected unwritten.
+   */
+  append(entry: AuditEntry, at?: ReadAt): Promise<AppendResult> {
+    return this.#batcher.add({ entry, at });
   }
 
   /** Writes what is queued and stops accepting entries. */
@@ -102,52 +146,78 @@ export class AuditWriter {
     return this.#batcher.close();
   }
 
-  async #write(items: AuditEntry[]): Promise<PromiseSettledResult<AppendResult>[]> {
+  async #write(all: Item[]): Promise<PromiseSettledResult<AppendResult>[]> {
+    // Entries of a session that already failed are not written: they would move its position past the failure.
+    const out: (PromiseSettledResult<AppendResult> | undefined)[] = all.map((i) =>
+      i.at?.session.dead ? { status: "rejected", reason: deadSession(i.at.session) } : undefined,
+    );
+    const live = all.map((item, index) => ({ item, index })).filter((x) => out[x.index] === undefined);
+    const items = live.map((x) => x.item);
+    if (items.length === 0) return out as PromiseSettledResult<AppendResult>[];
+    const settle = (results: PromiseSettledResult<AppendResult>[]) => {
+      results.forEach((r, i) => (out[live[i]!.index] = r));
+      return out as PromiseSettledResult<AppendResult>[];
+    };
     try {
       const results = await this.#appendTimed(items);
-      return results.map((value) => ({ status: "fulfilled", value }));
+      return settle(results.map((value) => ({ status: "fulfilled", value })));
     } catch (err) {
       this.stats.failedBatches++;
       if (!isRowError(err)) {
         this.#entries?.inc({ result: "failed" }, items.length);
         this.#logger?.warn(
           { err: describeError(err), entries: items.length },
-          "audit database unavailable; handlers parked",
+          "audit database unavailable; the batch is not written",
         );
-        throw new DeferError(`audit database unavailable: ${describeError(err)}`, this.#retryMs, err);
+        const reason = new DeferError(
+          `audit database unavailable: ${describeError(err)}`,
+          this.#retryMs,
+          err,
+        );
+        for (const i of items) i.at?.session.kill(reason);
+        throw reason;
       }
       if (items.length === 1) {
         this.#entries?.inc({ result: "failed" });
-        throw rowFailure(items[0]!, err);
+        const reason = rowFailure(items[0]!.entry, err);
+        items[0]!.at?.session.kill(reason);
+        throw reason;
       }
       this.#logger?.warn(
         { err: describeError(err), entries: items.length },
         "audit batch rejected by its data; retrying entries one by one",
       );
-      const out: PromiseSettledResult<AppendResult>[] = [];
+      const results: PromiseSettledResult<AppendResult>[] = [];
       for (const item of items) {
+        if (item.at?.session.dead) {
+          results.push({ status: "rejected", reason: deadSession(item.at.session) });
+          continue;
+        }
         try {
           const [value] = await this.#appendTimed([item]);
-          out.push({ status: "fulfilled", value: value! });
+          results.push({ status: "fulfilled", value: value! });
         } catch (e) {
           this.#entries?.inc({ result: "failed" });
-          out.push({
-            status: "rejected",
-            reason: isRowError(e)
-              ? rowFailure(item, e)
-              : new DeferError(`audit database unavailable: ${describeError(e)}`, this.#retryMs, e),
-          });
+          const reason = isRowError(e)
+            ? rowFailure(item.entry, e)
+            : new DeferError(`audit database unavailable: ${describeError(e)}`, this.#retryMs, e);
+          item.at?.session.kill(reason);
+          results.push({ status: "rejected", reason });
         }
       }
-      return out;
+      return settle(results);
     }
   }
 
-  async #appendTimed(items: AuditEntry[]): Promise<AppendResult[]> {
+  async #appendTimed(batch: Item[]): Promise<AppendResult[]> {
     const started = performance.now();
     let outcome = "error";
+    const items = batch.map((i) => i.entry);
+    const advance = new Map<string, number>();
+    for (const { at } of batch)
+      if (at) advance.set(at.session.stream, Math.max(advance.get(at.session.stream) ?? 0, at.seq));
     try {
-      const results = await this.#store.append(items);
+      const results = await this.#store.append(items, undefined, advance);
       outcome = "ok";
       const inserted = results.filter((r) => r.status === "inserted").length;
       results.forEach((r, i) => {
@@ -169,6 +239,12 @@ export class AuditWriter {
       this.#batchSeconds?.observe({ outcome }, (performance.now() - started) / 1000);
     }
   }
+}
+
+function deadSession(s: ReaderSession): SessionDeadError {
+  return new SessionDeadError(`reader of ${s.stream} stopped after an earlier failure: not written`, {
+    cause: s.failure,
+  });
 }
 
 function rowFailure(entry: AuditEntry, err: unknown): RetryableError {
