@@ -136,6 +136,9 @@ export async function startStack(o: StackOptions): Promise<Stack> {
     ? `bench_${Date.now().toString(36)}_${o.label.replace(/\W/g, "_")}`
     : undefined;
   const baseEnv: NodeJS.ProcessEnv = {
+    // The bench reads NATS anonymously (load generator, ceiling, checker): the stack without NATS authentication
+    // unless the caller asks for it (docs/security-nats.md).
+    STACK_NATS_AUTH: "false",
     ...process.env,
     ...o.env,
     STACK_MODE: "production",

@@ -1,20 +1,32 @@
-import { JetStreamApiCodes, JetStreamApiError, StorageType } from "@nats-io/jetstream";
+import { JetStreamApiCodes, JetStreamApiError, StorageType, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { RetryableError } from "./errors.js";
 import { KeyedQueue } from "./keyed-queue.js";
+import { NotProvisionedError, provisioningMode } from "./messaging/provisioning.js";
 
 export type { KV } from "@nats-io/kv";
 
 /**
  * Opens (creating when absent) a JetStream KV bucket with file storage and one revision of history
- * per key. Idempotent: every replica of a service may call it at start-up.
+ * per key. Idempotent: every replica of a service may call it at start-up. On a connection in `verify` provisioning
+ * mode (a restricted NATS user) a missing bucket is a {@link NotProvisionedError} instead.
  */
 export async function openBucket(
   nc: NatsConnection,
   name: string,
   opts: { replicas?: number; history?: number; description?: string } = {},
 ): Promise<KV> {
+  if (provisioningMode(nc) === "verify") {
+    const jsm = await jetstreamManager(nc);
+    try {
+      await jsm.streams.info(`KV_${name}`);
+    } catch (err) {
+      if (err instanceof JetStreamApiError && (err.code === 10059 || err.status === 404))
+        throw new NotProvisionedError(`KV bucket ${name}`);
+      throw err;
+    }
+  }
   return new Kvm(nc).create(name, {
     history: opts.history ?? 1,
     replicas: opts.replicas ?? 1,

@@ -7,7 +7,9 @@ import { Streams } from "./events/catalog.js";
 import { AuthConfig, TokenVerifier } from "./http/auth.js";
 import { createOpsServer, type OpsServer, type ReadinessCheck } from "./http/ops-server.js";
 import { runShutdown, onTerminationSignal } from "./lifecycle.js";
-import { connectNats, natsUnavailable } from "./messaging/connection.js";
+import { connectNats, natsAuthFromEnv, natsUnavailable } from "./messaging/connection.js";
+import { streamsUsedBy, isServiceUser } from "./messaging/permissions.js";
+import { PROVISION_COMMAND, setProvisioningMode, type ProvisioningMode } from "./messaging/provisioning.js";
 import { ConsumerRunner, type HandlerMap, type RawHandler } from "./messaging/consumer.js";
 import { dlqStreamSpec } from "./messaging/dlq.js";
 import { Publisher } from "./messaging/publisher.js";
@@ -25,6 +27,20 @@ export const CommonConfig = Type.Composite([
       default: "nats://127.0.0.1:4222",
       description: "NATS server URL(s), comma-separated",
     }),
+    NATS_USER: Type.Optional(
+      Type.String({
+        minLength: 1,
+        description:
+          "NATS user of this service (with authentication: streams, consumers and buckets are then verified, not created — see docs/security-nats.md)",
+      }),
+    ),
+    NATS_PASSWORD: Type.Optional(Type.String({ description: "password of NATS_USER" })),
+    NATS_PASSWORD_FILE: Type.Optional(
+      Type.String({
+        minLength: 1,
+        description: "file holding the password of NATS_USER (instead of NATS_PASSWORD)",
+      }),
+    ),
     HOST: Type.String({ default: "127.0.0.1", description: "interface the HTTP server listens on" }),
     LOG_LEVEL: Env.logLevel(),
     OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(
@@ -148,7 +164,11 @@ export async function startService<S extends TObject>(
   const tracing = initTracing({ service: def.name, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const metrics = new Metrics(def.name);
   logger.info({ source: verifier.source }, "bearer tokens verified");
-  const nc = await connectNats({ servers: config.NATS_URL, name: def.name, logger });
+  const auth = natsAuthFromEnv(config);
+  // A restricted user may not administer JetStream: it verifies what provisioning created (docs/security-nats.md).
+  const mode: ProvisioningMode = auth ? "verify" : "create";
+  const nc = await connectNats({ servers: config.NATS_URL, name: def.name, logger, auth });
+  setProvisioningMode(nc, mode);
   warnIfConditionalWritesUnsafe(nc.info?.version, config.STREAM_REPLICAS, logger);
   // Everything after the connection is undone if start-up fails, so a failed start leaks nothing.
   let ops: OpsServer | undefined;
@@ -160,7 +180,12 @@ export async function startService<S extends TObject>(
   try {
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
-    for (const s of streamSpecs) await ensureStream(jsm, s, { replicas: config.STREAM_REPLICAS }, logger);
+    // Verifying, a service looks only at the streams it uses (it may read nothing else).
+    const used =
+      mode === "verify" && isServiceUser(def.name) ? new Set<string>(streamsUsedBy(def.name)) : undefined;
+    for (const s of streamSpecs)
+      if (!used || used.has(s.name))
+        await ensureStream(jsm, s, { replicas: config.STREAM_REPLICAS, mode }, logger);
     const publisher = new Publisher(js, { metrics });
     const readiness: Record<string, ReadinessCheck> = { nats: () => natsUnavailable(nc) ?? true };
     ops = createOpsServer({
@@ -188,8 +213,8 @@ export async function startService<S extends TObject>(
     Object.assign(readiness, def.readiness?.(ctx) ?? {});
     const consumers = def.consumers?.(ctx) ?? [];
     for (const c of consumers) {
-      await ensureConsumer(jsm, c.spec, logger);
-      const reprovision = reprovisioner(jsm, c.spec, () => runners.get(c.spec.durable), config, logger);
+      await ensureConsumer(jsm, c.spec, logger, mode);
+      const reprovision = reprovisioner(jsm, c.spec, () => runners.get(c.spec.durable), config, logger, mode);
       reprovisions.push(reprovision);
       runners.set(
         c.spec.durable,
@@ -307,9 +332,29 @@ function reprovisioner(
   runner: () => ConsumerRunner | undefined,
   config: CommonConfig,
   logger: Logger,
+  mode: ProvisioningMode = "create",
 ): Reprovisioner {
   let timer: NodeJS.Timeout | undefined;
   let cancelled = false;
+  if (mode === "verify") {
+    // A restricted user may not create it: say what to run (again every CONSUMER_RECREATE_MS while it is missing);
+    // the runner is ready again once it is back.
+    return {
+      schedule: () => {
+        if (cancelled || timer) return;
+        timer = setTimeout(() => (timer = undefined), config.CONSUMER_RECREATE_MS);
+        timer.unref();
+        logger.error(
+          { stream: spec.stream, consumer: spec.durable },
+          `durable consumer not found on the server and this service's NATS user may not create it: run ${PROVISION_COMMAND}; not ready until it is back`,
+        );
+      },
+      cancel: () => {
+        cancelled = true;
+        clearTimeout(timer);
+      },
+    };
+  }
   const recreate = async () => {
     timer = undefined;
     if (cancelled || runner()?.ready !== false) return;

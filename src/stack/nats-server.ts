@@ -216,6 +216,11 @@ export interface NatsServerOptions {
   serverName?: string;
   /** Join a cluster. Readiness then includes contact with a JetStream meta leader, so start peers concurrently. */
   cluster?: NatsServerClusterOptions;
+  /**
+   * A nats-server configuration file (`-c`), e.g. the `authorization` block written by src/stack/nats-auth.ts; the
+   * command-line settings (ports, JetStream, store dir, cluster) override what it says about them.
+   */
+  configFile?: string;
   /** Further command-line arguments, appended last. */
   extraArgs?: readonly string[];
   /** Also append everything the server prints to this file. */
@@ -329,7 +334,8 @@ export class NatsServer {
   /** The command-line arguments the server is started with. */
   get args(): string[] {
     const s = this.#settings;
-    const args = ["-a", this.host, "-p", String(this.port), "-m", String(this.monitorPort)];
+    const args = s.configFile ? ["-c", s.configFile] : [];
+    args.push("-a", this.host, "-p", String(this.port), "-m", String(this.monitorPort));
     args.push("--server_name", this.serverName);
     if (this.jetstream) args.push("-js", "-sd", this.storeDir);
     if (s.cluster) {

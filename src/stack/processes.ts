@@ -191,12 +191,15 @@ export interface ChildEnvInput {
   dataDir: string;
   paymentGatewayUrl: string;
   mailProviderUrl: string;
+  /** The process's NATS credential variables (`NATS_USER`, `NATS_PASSWORD_FILE`) when NATS authentication is on. */
+  nats?: Record<string, string>;
 }
 
 /**
  * The environment of one child: everything in the stack's environment, overridden by what the stack decides
  * (`PORT`, `NATS_URL`, `LOG_LEVEL`, the simulator URLs and files, and `DATA_DIR` = `<stack data dir>/<name>`, so no
- * two processes share a folder). `DATABASE_URL` passes through when set.
+ * two processes share a folder), and with NATS authentication the service's own `NATS_USER` and
+ * `NATS_PASSWORD_FILE`. `DATABASE_URL` passes through when set.
  */
 export function childEnv(input: ChildEnvInput): NodeJS.ProcessEnv {
   return {
@@ -212,6 +215,7 @@ export function childEnv(input: ChildEnvInput): NodeJS.ProcessEnv {
     // The development token secret, shared by every process (created by the stack first: ensureDevSecret). A
     // configured AUTH_JWKS_URL or AUTH_PUBLIC_KEY takes precedence over it (src/lib/http/auth.ts).
     AUTH_HS256_SECRET_FILE: input.parent["AUTH_HS256_SECRET_FILE"] ?? devSecretPath(input.dataDir),
+    ...input.nats,
   };
 }
 

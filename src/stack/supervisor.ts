@@ -16,6 +16,11 @@ import { Env, parseConfig } from "../lib/config.js";
 import { ConfigError } from "../lib/errors.js";
 import { StackChild, describeExit } from "./child.js";
 import { type NatsServer, NatsServerError, findNatsServerBinary, startNatsServer } from "./nats-server.js";
+import { connect } from "@nats-io/transport-node";
+import { authOptions } from "../lib/messaging/connection.js";
+import { isServiceUser } from "../lib/messaging/permissions.js";
+import { provisionAll, type ProvisionReport } from "../tools/provisioning.js";
+import { ensureNatsSecrets, type NatsSecrets } from "./nats-auth.js";
 import { Printer, paint } from "./output.js";
 import {
   type StackProcess,
@@ -50,6 +55,11 @@ const StackVars = {
     }),
   ),
   DATA_DIR: Type.String({ minLength: 1, default: "./.data", description: "where all local state is kept" }),
+  STACK_NATS_AUTH: Type.Boolean({
+    default: true,
+    description:
+      "run nats-server with authentication (one user per service, credentials under DATA_DIR/secrets) and provision as admin; false = no authentication, services provision themselves",
+  }),
   LOG_LEVEL: Env.logLevel(),
   HOST: Type.String({ minLength: 1, default: "127.0.0.1", description: "interface the processes listen on" }),
   STACK_MODE: Type.Union([Type.Literal("dev"), Type.Literal("production")], {
@@ -86,6 +96,25 @@ interface Planned {
   port: number;
   url: string;
   entry: string;
+}
+
+/** `npm run provision` in-process: every stream, consumer and bucket, as the `admin` user. */
+async function provisionAsAdmin(
+  url: string,
+  secrets: NatsSecrets,
+  env: NodeJS.ProcessEnv,
+): Promise<ProvisionReport> {
+  const nc = await connect({
+    servers: url,
+    name: "shopstream-stack-provision",
+    timeout: 5_000,
+    ...authOptions(secrets.auth("admin")),
+  });
+  try {
+    return await provisionAll(nc, env);
+  } finally {
+    await nc.close();
+  }
 }
 
 /** The repository root: this file is `src/stack/supervisor.ts` or `dist/stack/supervisor.js`. */
@@ -206,6 +235,7 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
   // From here on something runs: stop requests and crashes go through one path.
   const children: StackChild[] = [];
   let nats: NatsServer | undefined;
+  let secrets: NatsSecrets | undefined;
   let phase: "starting" | "running" | "stopping" = "starting";
   const isStopping = () => phase === "stopping";
   let forced = false;
@@ -249,8 +279,13 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
         else say(`port ${DEFAULT_NATS_PORT} is taken (another NATS?): nats-server gets a free port`);
       }
       const showAll = config.LOG_LEVEL === "debug" || config.LOG_LEVEL === "trace";
+      if (config.STACK_NATS_AUTH) {
+        // Passwords created on the first start and kept; the server configuration rewritten from the permissions.
+        secrets = await ensureNatsSecrets(dataDir);
+      }
       try {
         nats = await startNatsServer({
+          ...(secrets ? { configFile: secrets.configFile } : {}),
           binary: natsBinary,
           host,
           port,
@@ -267,6 +302,21 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
       }
       natsUrl = nats.url;
       say(`nats-server ready at ${nats.url} (JetStream data in ${nats.storeDir})`);
+      if (secrets) {
+        say(
+          `NATS authentication on: one user per service, credentials in ${secrets.dir} (docs/security-nats.md)`,
+        );
+        // Services run with restricted users that may not create streams, consumers or buckets: provision first.
+        const failure = await provisionAsAdmin(nats.url, secrets, env).then(
+          (report) => {
+            const created = report.filter((r) => r.outcome !== "unchanged").length;
+            say(`provisioned streams, consumers and KV buckets as admin (${created} created or updated)`);
+            return undefined;
+          },
+          (err: unknown) => (err instanceof Error ? err.message : String(err)),
+        );
+        if (failure !== undefined) return fail(`provisioning failed: ${failure}`);
+      }
     } else {
       say(`using NATS at ${natsUrl} (NATS_URL)`);
     }
@@ -297,7 +347,12 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
         const child = StackChild.spawn(p.proc, {
           url: p.url,
           args: nodeArgs(p.entry, tsxLoader),
-          env: childEnv({ ...envInput, name: p.proc.name, port: p.port }),
+          env: childEnv({
+            ...envInput,
+            name: p.proc.name,
+            port: p.port,
+            ...(secrets && isServiceUser(p.proc.name) ? { nats: secrets.env(p.proc.name) } : {}),
+          }),
           cwd: ROOT,
           printer,
         });

@@ -5,13 +5,15 @@
  *   npm run dlq -- show <dlq-seq>
  *   npm run dlq -- redrive <dlq-seq> [<dlq-seq>...]
  *
- * In the container image: `node dist/tools/dlq.js <command>`. Env: NATS_URL. Exit codes: 0 done, 1 failed,
+ * In the container image: `node dist/tools/dlq.js <command>`. Env: NATS_URL; with authentication NATS_USER=operator
+ * and NATS_PASSWORD (or NATS_PASSWORD_FILE). Exit codes: 0 done, 1 failed,
  * 2 usage error. Unlike a service, it does not wait for NATS: an unreachable server fails at once.
  */
 import { Type } from "@sinclair/typebox";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { parseConfig } from "../lib/config.js";
+import { authOptions, natsAuthFromEnv } from "../lib/messaging/connection.js";
 import { Publisher } from "../lib/messaging/publisher.js";
 import { CommonConfig } from "../lib/service.js";
 import { DLQ_USAGE, DlqUsageError, parseDlqArgs, runDlqCommand } from "./dlq-cli.js";
@@ -32,17 +34,27 @@ try {
 }
 const config = (() => {
   try {
-    return parseConfig(Type.Pick(CommonConfig, ["NATS_URL"]));
+    return parseConfig(
+      Type.Pick(CommonConfig, ["NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_PASSWORD_FILE"]),
+    );
   } catch (err) {
     return fail((err as Error).message, 2);
   }
 })();
 
 // 2. NATS, once; 3. the command; 4. a drained connection and the exit code.
+const auth = (() => {
+  try {
+    return natsAuthFromEnv(config);
+  } catch (err) {
+    return fail((err as Error).message, 2);
+  }
+})();
 const nc = await connect({
   servers: config.NATS_URL.split(",").map((s) => s.trim()),
   name: "shopstream-dlq-tool",
   timeout: 5_000,
+  ...authOptions(auth),
 }).catch((err: unknown) => fail(`cannot reach NATS at ${config.NATS_URL}: ${(err as Error).message}`, 1));
 let code = 1;
 try {

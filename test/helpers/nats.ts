@@ -3,8 +3,19 @@
  * {@link connectTo}, a client connection tuned for tests that restart or kill servers mid-test.
  */
 import { type NatsConnection, type NodeConnectionOptions, connect } from "@nats-io/transport-node";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { authOptions } from "../../src/lib/messaging/connection.js";
+import type { NatsUser } from "../../src/lib/messaging/permissions.js";
 import { installNatsTuning } from "../../src/lib/messaging/nats-tuning.js";
-import { NatsCluster, NatsServer } from "../../src/stack/nats-server.js";
+import { ensureNatsSecrets, type NatsSecrets } from "../../src/stack/nats-auth.js";
+import {
+  NatsCluster,
+  NatsServer,
+  startNatsServer,
+  type NatsServerOptions,
+} from "../../src/stack/nats-server.js";
 
 export {
   DEFAULT_NATS_SERVER_LOCATIONS,
@@ -58,4 +69,33 @@ export function connectTo(
     timeout: 5_000,
     ...opts,
   });
+}
+
+/** A nats-server with authentication: the users and permissions of src/lib/messaging/permissions.ts. */
+export interface AuthNatsServer {
+  server: NatsServer;
+  secrets: NatsSecrets;
+  /** A connection as `user` (its inbox prefix included), like {@link connectTo}. */
+  connectAs(user: NatsUser, opts?: Partial<NodeConnectionOptions>): Promise<NatsConnection>;
+  /** Stops the server and removes its store and secrets. */
+  cleanup(): Promise<void>;
+}
+
+/**
+ * Starts nats-server with the configuration `npm start` generates (one user per service, admin, operator; fresh
+ * passwords under a temp dir's `secrets/`). Servers started with {@link startNatsServer} stay without authentication.
+ */
+export async function startAuthNatsServer(opts: NatsServerOptions = {}): Promise<AuthNatsServer> {
+  const dir = await mkdtemp(join(tmpdir(), "nats-auth-"));
+  const secrets = await ensureNatsSecrets(dir);
+  const server = await startNatsServer({ ...opts, configFile: secrets.configFile });
+  return {
+    server,
+    secrets,
+    connectAs: (user, o = {}) => connectTo(server, { ...authOptions(secrets.auth(user)), ...o }),
+    async cleanup() {
+      await server.cleanup();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -24,7 +24,9 @@ import { definition as audit } from "../../src/services/audit/service.js";
 import { checkInvariants, formatReport, waitForDrain, type CheckReport } from "../../src/checker/checker.js";
 import { decodeEvent } from "../../src/lib/events/codec.js";
 import { until as pollUntil } from "./eventually.js";
-import { connectTo } from "./nats.js";
+import { connectTo, startAuthNatsServer } from "./nats.js";
+import type { ServiceUser } from "../../src/lib/messaging/permissions.js";
+import { provisionAll } from "../../src/tools/provisioning.js";
 import { isValidSubject } from "../../src/lib/http/auth.js";
 import { authEnv, customerAuth, operatorAuth, operatorFetch, testVerifier } from "./auth.js";
 
@@ -51,6 +53,11 @@ export interface SystemOptions {
   /** Extra env for every service. */
   env?: Record<string, string>;
   orderTimeoutMs?: number;
+  /**
+   * Run nats-server with authentication (src/lib/messaging/permissions.ts): provisioning as `admin`, each service
+   * with its own restricted user; the test's own connection (observer, checker) is `admin`.
+   */
+  auth?: boolean;
 }
 
 export interface OrderBody {
@@ -120,8 +127,9 @@ export async function getJson(url: string): Promise<any> {
 
 export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   const dir = await mkdtemp(join(tmpdir(), "shopstream-e2e-"));
-  const nats = await startNatsServer();
-  const nc = await connectTo(nats);
+  const authServer = opts.auth ? await startAuthNatsServer() : undefined;
+  const nats = authServer?.server ?? (await startNatsServer());
+  const nc = authServer ? await authServer.connectAs("admin") : await connectTo(nats);
   const auth = await testVerifier();
   const gateway = buildPaymentGateway({ logger: false, auth });
   const mail = buildMailProvider({ logger: false, auth });
@@ -149,9 +157,12 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     ...(catalogFile ? { CATALOG_FILE: catalogFile } : {}),
     ...opts.env,
   };
+  if (authServer) await provisionAll(nc, env);
   const started: RunningService<never>[] = [];
   const start = async (def: unknown) => {
-    const s = (await startService(def as never, env)) as RunningService<never>;
+    const name = (def as { name: string }).name as ServiceUser;
+    const own = authServer ? { ...env, ...authServer.secrets.env(name) } : env;
+    const s = (await startService(def as never, own)) as RunningService<never>;
     started.push(s);
     return s;
   };
@@ -307,7 +318,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       await gateway.close();
       await mail.close();
       await nc.close();
-      await nats.cleanup();
+      await (authServer ?? nats).cleanup();
       await rm(dir, { recursive: true, force: true });
     },
   };

@@ -122,6 +122,21 @@ void describe("childEnv", () => {
     assert.equal(env.MAIL_LOG_FILE, "/data/mail-provider/messages.json");
   });
 
+  void it("gives a service its own NATS credential variables, over the parent's", () => {
+    const env = childEnv({
+      ...base,
+      parent: { NATS_USER: "admin", NATS_PASSWORD: "parent-secret" },
+      nats: {
+        NATS_USER: "payments",
+        NATS_PASSWORD: "",
+        NATS_PASSWORD_FILE: "/data/secrets/nats-payments.password",
+      },
+    });
+    assert.equal(env.NATS_USER, "payments");
+    assert.equal(env.NATS_PASSWORD, "", "an inherited password must not override the file");
+    assert.equal(env.NATS_PASSWORD_FILE, "/data/secrets/nats-payments.password");
+  });
+
   void it("leaves DATABASE_URL out when the parent has none", () => {
     assert.equal("DATABASE_URL" in childEnv({ ...base, parent: {} }), false);
   });

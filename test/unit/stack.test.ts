@@ -13,6 +13,8 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { connect } from "@nats-io/transport-node";
+import { NATS_USERS } from "../../src/lib/messaging/permissions.js";
 import { stackProcesses } from "../../src/stack/processes.js";
 import { devSecretPath } from "../../src/lib/http/dev-token.js";
 import { until } from "../helpers/eventually.js";
@@ -271,6 +273,24 @@ void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
     const secretText = (await readFile(secretFile, "utf8")).trim();
     for (const t of [secretText, alice.authorization.slice(7), admin.authorization.slice(7)])
       assert.ok(!(stack.out() + stack.err()).includes(t), "a secret or token in the stack's output");
+    // NATS authentication: credentials generated under DATA_DIR/secrets (0700, files 0600), never printed; the
+    // services became ready on their own restricted users after provisioning; an anonymous client is refused.
+    assert.match(stack.out(), /NATS authentication on/);
+    assert.match(stack.out(), /provisioned streams, consumers and KV buckets as admin/);
+    const secrets = join(dataDir, "full", "secrets");
+    assert.equal((await stat(secrets)).mode & 0o777, 0o700);
+    for (const user of NATS_USERS) {
+      const file = join(secrets, `nats-${user}.password`);
+      assert.equal((await stat(file)).mode & 0o777, 0o600, file);
+      const pass = (await readFile(file, "utf8")).trim();
+      assert.ok(pass.length >= 24);
+      assert.ok(!stack.out().includes(pass) && !stack.err().includes(pass), `${user}'s password printed`);
+    }
+    assert.equal((await stat(join(secrets, "nats-server.conf"))).mode & 0o777, 0o600);
+    await assert.rejects(
+      connect({ servers: `nats://127.0.0.1:${env["NATS_PORT"]}`, maxReconnectAttempts: 0 }),
+      /authorization/i,
+    );
 
     stack.signal("SIGTERM");
     const exit = await exitOf(stack, 40_000);

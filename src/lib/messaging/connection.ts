@@ -1,4 +1,6 @@
+import { readFileSync } from "node:fs";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { ConfigError } from "../errors.js";
 import type { Logger } from "../telemetry/logger.js";
 import { installNatsTuning } from "./nats-tuning.js";
 import { backoffDelay } from "./backoff.js";
@@ -13,6 +15,57 @@ export interface ConnectOptions {
   /** First reconnect delay; doubles per failed attempt up to `maxReconnectDelayMs`. */
   reconnectDelayMs?: number;
   maxReconnectDelayMs?: number;
+  /** User and password (nats-server `authorization.users`); none for a server without authentication. */
+  auth?: NatsAuth;
+}
+
+/** A NATS user, its password, and the inbox prefix its permissions allow it to subscribe to. */
+export interface NatsAuth {
+  user: string;
+  pass: string;
+  /** `_INBOX_<user>`: replies and pull deliveries arrive under it (the user may subscribe nowhere else). */
+  inboxPrefix: string;
+}
+
+/** The NATS credential variables of a process (see docs/security-nats.md). */
+export interface NatsAuthEnv {
+  NATS_USER?: string | undefined;
+  NATS_PASSWORD?: string | undefined;
+  NATS_PASSWORD_FILE?: string | undefined;
+}
+
+/**
+ * The credential of a process from `NATS_USER` and `NATS_PASSWORD` (or `NATS_PASSWORD_FILE`, a file holding it, as
+ * Kubernetes mounts a Secret), or undefined without `NATS_USER` (a server without authentication). The password is
+ * never part of an error message.
+ */
+export function natsAuthFromEnv(env: NatsAuthEnv): NatsAuth | undefined {
+  const user = env.NATS_USER;
+  if (!user) return undefined;
+  let pass = env.NATS_PASSWORD;
+  if (!pass && env.NATS_PASSWORD_FILE) {
+    try {
+      pass = readFileSync(env.NATS_PASSWORD_FILE, "utf8").trim();
+    } catch (err) {
+      throw new ConfigError(
+        `invalid configuration:\n  NATS_PASSWORD_FILE: cannot read ${env.NATS_PASSWORD_FILE} (${(err as NodeJS.ErrnoException).code ?? "error"})`,
+      );
+    }
+  }
+  if (!pass)
+    throw new ConfigError(
+      "invalid configuration:\n  NATS_PASSWORD: expected the password of NATS_USER (or NATS_PASSWORD_FILE); it is missing",
+    );
+  return { user, pass, inboxPrefix: `_INBOX_${user}` };
+}
+
+/** nats.js connection options of a credential (none without one). */
+export function authOptions(auth: NatsAuth | undefined): {
+  user?: string;
+  pass?: string;
+  inboxPrefix?: string;
+} {
+  return auth ? { user: auth.user, pass: auth.pass, inboxPrefix: auth.inboxPrefix } : {};
 }
 
 /** Why a connection made by {@link connectNats} cannot reach NATS right now; absent while it is connected. */
@@ -60,8 +113,9 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
     // request and publish, just in case one fails: ~15 % of a busy service's CPU (docs/benchmarks.md). Errors
     // keep their type and message; only the "where was it started" context is lost.
     noAsyncTraces: true,
+    ...authOptions(opts.auth),
   });
-  opts.logger.info({ server: nc.getServer() }, "nats connected");
+  opts.logger.info({ server: nc.getServer(), user: opts.auth?.user }, "nats connected");
   void (async () => {
     for await (const s of nc.status()) {
       switch (s.type) {

@@ -13,6 +13,7 @@ import {
 import { nanos } from "@nats-io/transport-node";
 import { NonRetryableError } from "../errors.js";
 import type { Logger } from "../telemetry/logger.js";
+import { NotProvisionedError, PROVISION_COMMAND, type ProvisioningMode } from "./provisioning.js";
 
 /** A stream declared in code. */
 export interface StreamSpec {
@@ -59,6 +60,8 @@ export interface TopologyOptions {
   /** 1 on a single node, 3 on a 3-node cluster. */
   replicas?: number;
   storage?: "file" | "memory";
+  /** `verify`: never create or change (a restricted NATS user); a missing stream is a {@link NotProvisionedError}. */
+  mode?: ProvisioningMode;
 }
 
 /** The existing stream or consumer differs from the one declared in code. Never changed silently. */
@@ -136,6 +139,11 @@ export async function ensureStream(
   try {
     const info = await jsm.streams.info(spec.name);
     const diff = differences(want, info.config);
+    if (diff.length > 0 && opts.mode === "verify") {
+      throw new TopologyError(
+        `stream ${spec.name} exists with another configuration than declared (not changed; run ${PROVISION_COMMAND} or migrate it by hand):\n  ${diff.join("\n  ")}`,
+      );
+    }
     if (diff.length > 0) {
       throw new TopologyError(
         `stream ${spec.name} exists with an incompatible configuration (not changed; migrate it by hand):\n  ${diff.join("\n  ")}`,
@@ -145,6 +153,7 @@ export async function ensureStream(
   } catch (err) {
     if (!isNotFound(err)) throw err;
   }
+  if (opts.mode === "verify") throw new NotProvisionedError(`stream ${spec.name}`);
   try {
     await jsm.streams.add({ ...want, name: spec.name });
   } catch (err) {
@@ -171,6 +180,7 @@ export async function ensureConsumer(
   jsm: JetStreamManager,
   spec: ConsumerSpec,
   logger?: Logger,
+  mode: ProvisioningMode = "create",
 ): Promise<"created" | "updated" | "unchanged"> {
   const want = consumerConfig(spec) as Record<string, unknown>;
   try {
@@ -180,6 +190,11 @@ export async function ensureConsumer(
     if (!spec.filterSubject && have["filter_subject"])
       diff.push(`filter_subject: declared none, found ${JSON.stringify(have["filter_subject"])}`);
     const editable = EDITABLE.filter((k) => JSON.stringify(want[k] ?? "") !== JSON.stringify(have[k] ?? ""));
+    if (diff.length > 0 && mode === "verify") {
+      throw new TopologyError(
+        `consumer ${spec.stream}/${spec.durable} exists with another configuration than declared (not changed: run ${PROVISION_COMMAND} with this service's configuration):\n  ${diff.join("\n  ")}`,
+      );
+    }
     if (diff.length > 0 && diff.length === editable.length) {
       // Only settings the server changes in place (no redelivery, no lost position): updated, not refused.
       await jsm.consumers.update(
@@ -199,6 +214,7 @@ export async function ensureConsumer(
   } catch (err) {
     if (!isNotFound(err)) throw err;
   }
+  if (mode === "verify") throw new NotProvisionedError(`consumer ${spec.stream}/${spec.durable}`);
   await jsm.consumers.add(spec.stream, want);
   logger?.info(
     { stream: spec.stream, consumer: spec.durable, filter: spec.filterSubject },

@@ -4,6 +4,7 @@
  */
 import { Streams } from "../../lib/events/catalog.js";
 import { Durables } from "../../lib/events/consumers.js";
+import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ServiceContext, ServiceDefinition } from "../../lib/service.js";
 import type { CommonConfig } from "../../lib/service.js";
 import { DEFAULT_CATALOG, loadCatalogFile } from "./catalog.js";
@@ -28,6 +29,18 @@ export function storeOf(ctx: Ctx): InventoryStore {
   return store;
 }
 
+/** The inventory service's durable consumers as declared (provisioning creates them from here too). */
+export function inventoryConsumerSpecs(): ConsumerSpec[] {
+  return [
+    {
+      stream: Streams.ORDERS,
+      durable: ORDERS_CONSUMER,
+      filterSubject: "orders.*",
+      description: "inventory: reserve on OrderPlaced, commit on OrderConfirmed, release on OrderCancelled",
+    },
+  ];
+}
+
 export const definition: ServiceDefinition<typeof InventoryConfig> = {
   name: SERVICE_NAME,
   config: InventoryConfig,
@@ -44,12 +57,7 @@ export const definition: ServiceDefinition<typeof InventoryConfig> = {
   readiness: (ctx) => ({ buckets: () => (stores.has(ctx) ? true : "KV buckets not open") }),
   consumers: (ctx) => [
     {
-      spec: {
-        stream: Streams.ORDERS,
-        durable: ORDERS_CONSUMER,
-        filterSubject: "orders.*",
-        description: "inventory: reserve on OrderPlaced, commit on OrderConfirmed, release on OrderCancelled",
-      },
+      spec: inventoryConsumerSpecs()[0]!,
       handlers: createHandlers({
         store: storeOf(ctx),
         publisher: ctx.publisher,

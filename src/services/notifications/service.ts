@@ -1,6 +1,7 @@
 import { Streams } from "../../lib/events/catalog.js";
 import { Durables } from "../../lib/events/consumers.js";
 import { HttpDependency, breakerGauge, pauseWhileOpen } from "../../lib/http-client.js";
+import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ServiceDefinition } from "../../lib/service.js";
 import { NotificationsConfig } from "./config.js";
 import { notificationHandlers, type NotificationsDeps } from "./handlers.js";
@@ -11,6 +12,18 @@ import { NotificationStore } from "./store.js";
 export const SERVICE = "notifications";
 /** Durable consumer of OrderConfirmed and OrderCancelled. */
 export const ORDERS_CONSUMER = Durables.NOTIFICATIONS_ORDERS;
+
+/** The notifications service's durable consumers as declared (provisioning creates them from here too). */
+export function notificationsConsumerSpecs(): ConsumerSpec[] {
+  return [
+    {
+      stream: Streams.ORDERS,
+      durable: ORDERS_CONSUMER,
+      filterSubject: "orders.*",
+      description: "notifications: e-mail on OrderConfirmed and OrderCancelled",
+    },
+  ];
+}
 
 /** What `setup` builds for `consumers`, per running instance (tests run several in one process). */
 const depsOf = new WeakMap<object, NotificationsDeps>();
@@ -56,16 +69,6 @@ export const definition: ServiceDefinition<typeof NotificationsConfig> = {
   consumers(ctx) {
     const deps = depsOf.get(ctx);
     if (!deps) throw new Error("notifications: consumers() before setup()");
-    return [
-      {
-        spec: {
-          stream: Streams.ORDERS,
-          durable: ORDERS_CONSUMER,
-          filterSubject: "orders.*",
-          description: "notifications: e-mail on OrderConfirmed and OrderCancelled",
-        },
-        handlers: notificationHandlers(deps),
-      },
-    ];
+    return [{ spec: notificationsConsumerSpecs()[0]!, handlers: notificationHandlers(deps) }];
   },
 };

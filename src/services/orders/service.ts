@@ -1,9 +1,11 @@
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
 import { bearerSecurityScheme } from "../../lib/http/auth.js";
+import type { Static } from "@sinclair/typebox";
 import { Durables } from "../../lib/events/consumers.js";
 import { Streams } from "../../lib/events/mod.js";
 import { openBucket } from "../../lib/kv.js";
+import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ServiceDefinition } from "../../lib/service.js";
 import { OrdersInFlight } from "./admission.js";
 import { CatalogView } from "./catalog.js";
@@ -12,6 +14,37 @@ import { SkuQuota } from "./limits.js";
 import { sagaHandlers, timeoutHandlers } from "./handlers.js";
 import { registerOrderRoutes } from "./routes.js";
 import { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
+
+/** The orders service's durable consumers as declared (provisioning creates them from here too). */
+export function ordersConsumerSpecs(
+  c: Pick<
+    Static<typeof OrdersConfig>,
+    "TIMEOUT_MAX_ACK_PENDING" | "ORDER_TIMEOUT_MS" | "TIMEOUT_ACK_WAIT_MARGIN_MS"
+  >,
+): ConsumerSpec[] {
+  return [
+    {
+      stream: Streams.INVENTORY,
+      durable: Durables.ORDERS_INVENTORY,
+      filterSubject: "inventory.*.StockRejected",
+    },
+    { stream: Streams.PAYMENTS, durable: Durables.ORDERS_PAYMENTS, filterSubject: "payments.*.*" },
+    {
+      stream: Streams.ORDERS,
+      durable: Durables.ORDERS_TIMEOUTS,
+      filterSubject: "orders.*",
+      maxAckPending: c.TIMEOUT_MAX_ACK_PENDING,
+      // Each OrderPlaced is held by the runner until its deadline (a timer hold: see timeoutHandlers) with no
+      // working(): the ack wait covers the whole hold. The runner holds up to maxAckPending of them outside
+      // its concurrency slots. After a crash they come back once the ack wait has passed.
+      ackWaitMs: c.ORDER_TIMEOUT_MS + c.TIMEOUT_ACK_WAIT_MARGIN_MS,
+      // Holds use no delivery; redeliveries come from crashes and hand-backs only. Kept well above the
+      // default so rolling restarts (each a hand-back) do not dead-letter timers, and finite so an OrderPlaced
+      // that crashes the process at its deadline still ends in the DLQ.
+      maxDeliveries: 1_000,
+    },
+  ];
+}
 
 /**
  * The orders service: the public order API, the event-sourced Order aggregate, the saga's decisions
@@ -89,41 +122,11 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
     }),
     consumers: (ctx) => {
       if (!store) throw new Error("orders: setup must run before consumers");
+      const [inventory, payments, timeouts] = ordersConsumerSpecs(ctx.config);
       return [
-        {
-          spec: {
-            stream: Streams.INVENTORY,
-            durable: Durables.ORDERS_INVENTORY,
-            filterSubject: "inventory.*.StockRejected",
-          },
-          handlers: sagaHandlers(store),
-        },
-        {
-          spec: {
-            stream: Streams.PAYMENTS,
-            durable: Durables.ORDERS_PAYMENTS,
-            filterSubject: "payments.*.*",
-          },
-          handlers: sagaHandlers(store),
-        },
-        {
-          spec: {
-            stream: Streams.ORDERS,
-            durable: Durables.ORDERS_TIMEOUTS,
-            filterSubject: "orders.*",
-            maxAckPending: ctx.config.TIMEOUT_MAX_ACK_PENDING,
-            // Each OrderPlaced is held by the runner until its deadline (a timer hold: see timeoutHandlers) with no
-            // working(): the ack wait covers the whole hold. The runner holds up to maxAckPending of them outside
-            // its concurrency slots. After a crash they come back once the ack wait has passed.
-            ackWaitMs: ctx.config.ORDER_TIMEOUT_MS + ctx.config.TIMEOUT_ACK_WAIT_MARGIN_MS,
-            // Holds use no delivery; redeliveries come from crashes and hand-backs only. Kept well above the
-            // default so rolling restarts (each a hand-back) do not dead-letter timers, and finite so an OrderPlaced
-            // that crashes the process at its deadline still ends in the DLQ.
-            maxDeliveries: 1_000,
-          },
-          handlers: timeoutHandlers(store),
-          maxAttempts: 50,
-        },
+        { spec: inventory!, handlers: sagaHandlers(store) },
+        { spec: payments!, handlers: sagaHandlers(store) },
+        { spec: timeouts!, handlers: timeoutHandlers(store), maxAttempts: 50 },
       ];
     },
   };

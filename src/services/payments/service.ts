@@ -4,6 +4,7 @@ import { Streams } from "../../lib/events/catalog.js";
 import { Durables } from "../../lib/events/consumers.js";
 import { HttpDependency, breakerGauge, pauseWhileOpen } from "../../lib/http-client.js";
 import { directGet } from "../../lib/messaging/direct.js";
+import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ConsumerDefinition, ServiceDefinition } from "../../lib/service.js";
 import { PaymentsConfig } from "./config.js";
 import { GATEWAY_MISMATCH, PaymentGateway } from "./gateway.js";
@@ -20,6 +21,24 @@ export const ORDERS_CONSUMER = Durables.PAYMENTS_ORDERS;
 /** Is there an event on the order's ORDERS subject (its first is OrderPlaced)? */
 async function orderExists(jsm: JetStreamManager, orderId: string): Promise<boolean> {
   return (await directGet(jsm, Streams.ORDERS, { seq: 1, next_by_subj: `orders.${orderId}` })) !== null;
+}
+
+/** The payments service's durable consumers as declared (provisioning creates them from here too). */
+export function paymentsConsumerSpecs(): ConsumerSpec[] {
+  return [
+    {
+      stream: Streams.INVENTORY,
+      durable: INVENTORY_CONSUMER,
+      filterSubject: "inventory.*.StockReserved",
+      description: "payments: charge on StockReserved",
+    },
+    {
+      stream: Streams.ORDERS,
+      durable: ORDERS_CONSUMER,
+      filterSubject: "orders.*",
+      description: "payments: refund on OrderCancelled",
+    },
+  ];
 }
 
 /** What `setup` builds for `consumers`, per running instance (tests run several in one process). */
@@ -90,25 +109,10 @@ export const definition: ServiceDefinition<typeof PaymentsConfig> = {
     const deps = depsOf.get(ctx);
     if (!deps) throw new Error("payments: consumers() before setup()");
     const handlers = paymentHandlers(deps);
+    const [inventory, orders] = paymentsConsumerSpecs();
     const defs: ConsumerDefinition[] = [
-      {
-        spec: {
-          stream: Streams.INVENTORY,
-          durable: INVENTORY_CONSUMER,
-          filterSubject: "inventory.*.StockReserved",
-          description: "payments: charge on StockReserved",
-        },
-        handlers: handlers.inventory,
-      },
-      {
-        spec: {
-          stream: Streams.ORDERS,
-          durable: ORDERS_CONSUMER,
-          filterSubject: "orders.*",
-          description: "payments: refund on OrderCancelled",
-        },
-        handlers: handlers.orders,
-      },
+      { spec: inventory!, handlers: handlers.inventory },
+      { spec: orders!, handlers: handlers.orders },
     ];
     return defs;
   },
