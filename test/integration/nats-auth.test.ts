@@ -21,6 +21,7 @@ import { startService } from "../../src/lib/service.js";
 import { definition as notifications } from "../../src/services/notifications/service.js";
 import { connectTo, startAuthNatsServer, type AuthNatsServer } from "../helpers/nats.js";
 import { until } from "../helpers/eventually.js";
+import { authEnv } from "../helpers/auth.js";
 
 const run = promisify(execFile);
 
@@ -267,6 +268,7 @@ describe("NATS authentication and per-service permissions (hostile)", () => {
         PORT: "0",
         LOG_LEVEL: "silent",
         MAIL_PROVIDER_URL: "http://127.0.0.1:9",
+        ...(await authEnv()),
         ...auth.secrets.env("notifications"),
       };
       const err = await rejection(startService(notifications, env), "starting without its consumer");
@@ -287,6 +289,7 @@ describe("NATS authentication and per-service permissions (hostile)", () => {
         PORT: "0",
         LOG_LEVEL: "trace",
         MAIL_PROVIDER_URL: "http://127.0.0.1:9",
+        ...(await authEnv()),
         NATS_USER: "notifications",
         NATS_PASSWORD: pass,
       },
