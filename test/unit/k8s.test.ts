@@ -16,13 +16,14 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_pr
 import { once } from "node:events";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, relative } from "node:path";
+import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, describe, it } from "node:test";
 import { type TObject, Type } from "@sinclair/typebox";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { ScaledObject } from "@kubernetes-models/keda/keda.sh/v1alpha1";
 import { Deployment, StatefulSet } from "kubernetes-models/apps/v1";
+import { Job } from "kubernetes-models/batch/v1";
 import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2";
 import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
@@ -34,7 +35,13 @@ import type { INetworkPolicyPort } from "kubernetes-models/networking.k8s.io/v1/
 import { parseAllDocuments, parse as parseYaml } from "yaml";
 import { parseConfig } from "../../src/lib/config.js";
 import { defaultPorts } from "../../src/lib/ports.js";
+import {
+  NATS_USERS,
+  passwordEnvOf,
+  renderKubernetesAuthorization,
+} from "../../src/lib/messaging/permissions.js";
 import { CommonConfig, streamSpecs } from "../../src/lib/service.js";
+import { ProvisionConfig } from "../../src/tools/provisioning.js";
 import { until } from "../helpers/eventually.js";
 import { PORT_ATTEMPTS, connectTo, findNatsServerBinary, freePort, portsInUse } from "../helpers/nats.js";
 
@@ -165,6 +172,7 @@ const MODELS: Record<string, Model> = {
   "v1/ServiceAccount": ServiceAccount,
   "apps/v1/Deployment": Deployment,
   "apps/v1/StatefulSet": StatefulSet,
+  "batch/v1/Job": Job,
   "policy/v1/PodDisruptionBudget": PodDisruptionBudget,
   "networking.k8s.io/v1/NetworkPolicy": NetworkPolicy,
   "autoscaling/v2/HorizontalPodAutoscaler": HorizontalPodAutoscaler,
@@ -232,7 +240,9 @@ interface Workload {
 }
 
 function podSpecOf(o: K8sObject): IPodSpec | undefined {
-  return o.kind === "Deployment" || o.kind === "StatefulSet" ? spec<Workload>(o)?.template?.spec : undefined;
+  return o.kind === "Deployment" || o.kind === "StatefulSet" || o.kind === "Job"
+    ? spec<Workload>(o)?.template?.spec
+    : undefined;
 }
 
 function podLabels(o: K8sObject): Record<string, string> {
@@ -755,6 +765,68 @@ function assertContract(objects: readonly K8sObject[], facts: Map<string, Servic
     );
   });
 
+  it("connects every service to NATS as its own user, with only its own password mounted", () => {
+    for (const s of SERVICES) {
+      const d = get(objects, "Deployment", s);
+      assert.deepEqual(natsCredential(d, container(d)), { user: s, key: s }, s);
+    }
+  });
+
+  it("configures NATS with the users and permissions of src/lib/messaging/permissions.ts, passwords from the users Secret", () => {
+    const conf = natsConfig(objects);
+    assert.match(conf.text, /^\s*include\s+"?auth\.conf"?\s*$/m, "nats.conf includes auth.conf");
+    assert.doesNotMatch(conf.text, /authorization|password/, "the users are in auth.conf only");
+    assert.equal(
+      conf.files["auth.conf"],
+      renderKubernetesAuthorization(),
+      "auth.conf is the module's (regenerate: npm run k8s:nats-auth)",
+    );
+    const passwords = [...conf.files["auth.conf"].matchAll(/^\s*password:\s*(.*)$/gm)].map((m) => m[1]);
+    assert.deepEqual(
+      passwords,
+      NATS_USERS.map((u) => `$${passwordEnvOf(u)}`),
+      "no password in the file: one environment reference per user",
+    );
+    const c = container(get(objects, "StatefulSet", "nats"));
+    for (const u of NATS_USERS) {
+      const ref = c.env?.find((e) => e.name === passwordEnvOf(u))?.valueFrom?.secretKeyRef;
+      assert.ok(
+        ref && isUsersSecret(ref.name) && ref.key === u,
+        `nats: ${passwordEnvOf(u)} from ${USERS_SECRET}/${u}`,
+      );
+      assert.notEqual(ref.optional, true, `nats: ${passwordEnvOf(u)} is required`);
+    }
+    // A generated Secret (the dev overlay's) has a key for every user.
+    for (const secret of all(objects, "Secret").filter((x) => isUsersSecret(x.metadata.name)))
+      assert.deepEqual(
+        Object.keys({ ...(secret["data"] as object), ...(secret["stringData"] as object) }).sort(),
+        [...NATS_USERS].sort(),
+      );
+  });
+
+  it("provisions the streams, consumers and buckets with the Job shopstream-provision, as admin", () => {
+    const job = get(objects, "Job", "shopstream-provision");
+    const c = podSpecOf(job)!.containers[0]!;
+    assert.deepEqual(c.command, ["node", "dist/tools/provision.js"]);
+    assert.ok(existsSync(join(ROOT, "src/tools/provision.ts")));
+    assert.deepEqual(natsCredential(job, c), { user: "admin", key: "admin" });
+    assert.ok(["OnFailure", "Never"].includes(podSpecOf(job)!.restartPolicy ?? ""), "a Job's restartPolicy");
+    // The declarations' settings as the services run them: the same streams, consumers and buckets.
+    const env = environment(objects, c);
+    const orders = environment(objects, container(get(objects, "Deployment", "orders")));
+    const ordersSchema = facts.get("orders")!.schema;
+    for (const key of Object.keys(ProvisionConfig.properties))
+      assert.equal(
+        effective(env, ProvisionConfig, key),
+        effective(orders, ordersSchema, key),
+        `shopstream-provision: ${key} as orders runs with it`,
+      );
+    assert.equal(Number(effective(env, ProvisionConfig, "STREAM_REPLICAS")), want.natsReplicas);
+    const nats = podLabels(get(objects, "StatefulSet", "nats"));
+    assert.ok(egressAllowed(objects, podLabels(job), { pod: nats }, 4222), "shopstream-provision: NATS");
+    assert.equal(new URL(env.get("NATS_URL")!.value!).hostname, "nats");
+  });
+
   it("runs NATS as a JetStream StatefulSet on PersistentVolumeClaims, configured for its size", () => {
     const sts = get(objects, "StatefulSet", "nats");
     const w = spec<Workload>(sts);
@@ -816,16 +888,60 @@ function assertContract(objects: readonly K8sObject[], facts: Map<string, Servic
   });
 }
 
-/** The NATS configuration file of the StatefulSet, and where it is mounted. */
-function natsConfig(objects: readonly K8sObject[]): { text: string; mountPath: string } {
+/**
+ * The NATS configuration file of the StatefulSet, where it is mounted, and every file beside it (the config volume:
+ * one ConfigMap, or several projected into one directory).
+ */
+function natsConfig(objects: readonly K8sObject[]): {
+  text: string;
+  mountPath: string;
+  files: Record<string, string>;
+} {
   const sts = get(objects, "StatefulSet", "nats");
   const mount = container(sts).volumeMounts?.find((m) => m.name === "config");
   const volume = podSpecOf(sts)!.volumes?.find((v) => v.name === "config");
-  assert.ok(mount && volume?.configMap?.name, "the nats config volume");
-  const cm = get(objects, "ConfigMap", volume.configMap.name);
-  const text = (cm["data"] as Record<string, string>)["nats.conf"];
-  assert.ok(text, `ConfigMap ${cm.metadata.name} has nats.conf`);
-  return { text, mountPath: mount.mountPath };
+  const names = volume?.configMap?.name
+    ? [volume.configMap.name]
+    : (volume?.projected?.sources ?? []).map((src) => src.configMap?.name);
+  assert.ok(mount && names.length > 0 && names.every((n) => n), "the nats config volume: ConfigMaps only");
+  const files: Record<string, string> = {};
+  for (const name of names as string[]) {
+    const data = (get(objects, "ConfigMap", name)["data"] as Record<string, string> | undefined) ?? {};
+    for (const [file, text] of Object.entries(data)) {
+      assert.ok(!(file in files), `${file} is in two ConfigMaps of the nats config volume`);
+      files[file] = text;
+    }
+  }
+  const text = files["nats.conf"];
+  assert.ok(text, `the nats config volume (${names.join(", ")}) has nats.conf`);
+  return { text, mountPath: mount.mountPath, files };
+}
+
+/** The Secret every NATS password comes from; generated (name-hash suffixed) in the dev overlay. */
+const USERS_SECRET = "shopstream-nats-users";
+
+function isUsersSecret(name: string | undefined): boolean {
+  return name === USERS_SECRET || (name?.startsWith(`${USERS_SECRET}-`) ?? false);
+}
+
+/**
+ * The NATS user of a pod's container and the Secret key its password file comes from: NATS_USER, and the volume
+ * mounted at NATS_PASSWORD_FILE's directory, which must project exactly one key of the users Secret, to that file.
+ */
+function natsCredential(o: K8sObject, c: IContainer): { user: string | undefined; key: string } {
+  const id = `${o.kind} ${o.metadata.name}`;
+  const env = new Map((c.env ?? []).map((e) => [e.name, e]));
+  assert.equal(env.get("NATS_PASSWORD"), undefined, `${id}: no NATS_PASSWORD, a file`);
+  const file = env.get("NATS_PASSWORD_FILE")?.value;
+  assert.ok(file, `${id}: NATS_PASSWORD_FILE`);
+  const mount = c.volumeMounts?.find((m) => m.mountPath === dirname(file));
+  assert.ok(mount, `${id}: a volume mounted at ${dirname(file)}`);
+  assert.equal(mount.readOnly, true, `${id}: read-only`);
+  const secret = podSpecOf(o)!.volumes?.find((v) => v.name === mount.name)?.secret;
+  assert.ok(isUsersSecret(secret?.secretName), `${id}: the password volume is the Secret ${USERS_SECRET}`);
+  assert.equal(secret!.items?.length, 1, `${id}: one key of it, its own, is all the pod sees`);
+  assert.equal(secret!.items[0]!.path, basename(file), id);
+  return { user: env.get("NATS_USER")?.value, key: secret!.items[0]!.key };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -848,6 +964,21 @@ describe(`production (${kubectlFound ? "kubectl kustomize deploy/k8s/overlays/pr
     assert.deepEqual(schemaErrors(production), []);
   });
   assertContract(production, facts, { serviceReplicas: 2, natsReplicas: 3, autoscaling: "hpa" });
+
+  it("holds no credential: every Secret, the NATS users' included, is created in the cluster", () => {
+    assert.deepEqual(
+      all(production, "Secret").map((x) => x.metadata.name),
+      [],
+    );
+    for (const o of production.filter((x) => podSpecOf(x)))
+      for (const c of podSpecOf(o)!.containers)
+        for (const e of c.env ?? [])
+          if (/PASSWORD|SECRET/.test(e.name) && !/_FILE$/.test(e.name))
+            assert.ok(
+              e.valueFrom?.secretKeyRef,
+              `${o.metadata.name}: ${e.name} from a Secret, not a literal`,
+            );
+  });
 
   it("pins every image by tag", { skip: kubectlFound ? false : NO_KUBECTL }, () => {
     for (const o of production.filter((x) => podSpecOf(x))) {
@@ -988,8 +1119,16 @@ class LocalNats {
    * server could not listen on one of them, every server of this start is killed and they all start again on fresh
    * ports (the routes name each other's), at most PORT_ATTEMPTS times. Any other early exit fails at once.
    */
-  async start(conf: string, nodes: number, mountPaths: { data: string; pid: string }) {
+  async start(
+    config: { text: string; files: Record<string, string> },
+    nodes: number,
+    mountPaths: { data: string; pid: string },
+  ) {
+    const conf = config.text;
     const binary = findNatsServerBinary();
+    // The files beside nats.conf (auth.conf), and the users' passwords in the environment as the Secret puts them.
+    for (const [file, text] of Object.entries(config.files))
+      if (file !== "nats.conf") writeFileSync(join(this.dir, file), text);
     for (let attempt = 1; ; attempt++) {
       const picked = new Set<number>();
       const pick = async () => {
@@ -1021,7 +1160,9 @@ class LocalNats {
         }
         const file = join(this.dir, `nats-${i}.conf`);
         writeFileSync(file, text);
-        const proc = spawn(binary, ["--config", file], { env: { ...process.env, SERVER_NAME: `nats-${i}` } });
+        const proc = spawn(binary, ["--config", file], {
+          env: { ...process.env, ...LOCAL_PASSWORDS, SERVER_NAME: `nats-${i}` },
+        });
         const listening = this.#listening(proc, nodes > 1);
         this.procs.push(proc);
         const pidName = new RegExp(`pid_file: ${mountPaths.pid}/(\\S+)`).exec(conf)![1]!;
@@ -1100,6 +1241,9 @@ async function jsz(
   return (await res.json()) as never;
 }
 
+/** The users' passwords the local nats-servers get, as the Secret shopstream-nats-users puts them in the pods. */
+const LOCAL_PASSWORDS = Object.fromEntries(NATS_USERS.map((u) => [passwordEnvOf(u), `local${u}Password`]));
+
 /** How long {@link until} may wait for the local nats-servers (a cluster forms in a few seconds). */
 const NATS_WAIT = { timeoutMs: 20_000, intervalMs: 100 };
 
@@ -1112,7 +1256,7 @@ describe("the NATS configuration on nats-server", () => {
     const c = container(sts);
     const data = c.volumeMounts!.find((m) => m.name === "data")!.mountPath;
     const pid = c.volumeMounts!.find((m) => m.name === "pid")!.mountPath;
-    const servers = await local.start(natsConfig(production).text, 3, { data, pid });
+    const servers = await local.start(natsConfig(production), 3, { data, pid });
     for (const s of servers) {
       const leader = await until(
         "a meta leader",
@@ -1121,7 +1265,15 @@ describe("the NATS configuration on nats-server", () => {
       );
       assert.match(leader, /^nats-[0-2]$/, local.log.join(""));
     }
-    const nc = await connectTo(`nats://127.0.0.1:${servers[0]!.client}`);
+    // Authentication is on: no user, no connection; admin (the provisioning Job's user) may create a stream.
+    await assert.rejects(
+      connectTo(`nats://127.0.0.1:${servers[0]!.client}`, { maxReconnectAttempts: 0 }),
+      /Authorization|auth/i,
+    );
+    const nc = await connectTo(`nats://127.0.0.1:${servers[0]!.client}`, {
+      user: "admin",
+      pass: LOCAL_PASSWORDS[passwordEnvOf("admin")]!,
+    });
     try {
       const jsm = await jetstreamManager(nc);
       const info = await until(
@@ -1150,7 +1302,7 @@ describe("the NATS configuration on nats-server", () => {
       const c = container(get(dev, "StatefulSet", "nats"));
       const data = c.volumeMounts!.find((m) => m.name === "data")!.mountPath;
       const pid = c.volumeMounts!.find((m) => m.name === "pid")!.mountPath;
-      const [server] = await local.start(natsConfig(dev).text, 1, { data, pid });
+      const [server] = await local.start(natsConfig(dev), 1, { data, pid });
       const info = await until(
         "JetStream",
         async () => {

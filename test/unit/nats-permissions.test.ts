@@ -10,13 +10,16 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { parse as parseYaml } from "yaml";
 import { Streams } from "../../src/lib/events/catalog.js";
 import { natsAuthFromEnv } from "../../src/lib/messaging/connection.js";
 import {
   NATS_USERS,
   SERVICE_USERS,
+  passwordEnvOf,
   permissionMatrix,
   permissionsOf,
+  renderKubernetesAuthorization,
   renderNatsConfig,
   serviceAccess,
   servicePermissions,
@@ -128,6 +131,51 @@ void describe("NATS permissions module", () => {
         .split("\n")
         .map((row) => row.split("|").map((c) => c.trim().replace(/^-{3,}$/, "---")));
     assert.deepEqual(cells(doc.slice(start + MATRIX_START.length, end)), cells(permissionMatrix()));
+  });
+
+  void it("deploy/k8s/base/nats-auth.yaml carries the module's authorization block (regenerate: npm run k8s:nats-auth)", () => {
+    const file = readFileSync(new URL("../../deploy/k8s/base/nats-auth.yaml", import.meta.url), "utf8");
+    const cm = parseYaml(file) as { kind: string; metadata: { name: string }; data: Record<string, string> };
+    assert.equal(cm.kind, "ConfigMap");
+    assert.equal(cm.metadata.name, "nats-auth");
+    assert.deepEqual(Object.keys(cm.data), ["auth.conf"]);
+    assert.equal(cm.data["auth.conf"], renderKubernetesAuthorization());
+    // No password in the repository: each one is an environment reference, unquoted so nats-server resolves it.
+    assert.deepEqual(
+      [...cm.data["auth.conf"].matchAll(/^\s*password:\s*(.*)$/gm)].map((m) => m[1]),
+      NATS_USERS.map((u) => `$${passwordEnvOf(u)}`),
+    );
+  });
+
+  void it("writes a Kubernetes authorization block nats-server accepts, the passwords from its environment", () => {
+    const dir = mkdtempSync(join(tmpdir(), "nats-conf-"));
+    try {
+      const file = join(dir, "nats.conf");
+      writeFileSync(join(dir, "auth.conf"), renderKubernetesAuthorization());
+      writeFileSync(file, "listen: 127.0.0.1:4222\ninclude auth.conf\n");
+      const env = Object.fromEntries(NATS_USERS.map((u) => [passwordEnvOf(u), `pw${u}`]));
+      const out = execFileSync(findNatsServerBinary(), ["-c", file, "-t"], {
+        encoding: "utf8",
+        stdio: "pipe",
+        env: { ...process.env, ...env },
+      });
+      assert.doesNotMatch(out, /error/i);
+      // A password missing from the environment (a Secret without that key) is a configuration error.
+      const { [passwordEnvOf("orders")]: _missing, ...partial } = env;
+      assert.throws(() =>
+        execFileSync(findNatsServerBinary(), ["-c", file, "-t"], {
+          stdio: "pipe",
+          env: {
+            ...Object.fromEntries(
+              Object.entries(process.env).filter(([k]) => !k.startsWith("NATS_PASSWORD_")),
+            ),
+            ...partial,
+          },
+        }),
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   void it("takes the password from NATS_PASSWORD or NATS_PASSWORD_FILE, and never puts it in an error", () => {

@@ -331,10 +331,29 @@ function q(s: string): string {
  * permissions above. `passwords` holds each user's password (plain text: the file is mode 0600 beside them).
  */
 export function renderAuthorization(passwords: Record<NatsUser, string>): string {
+  return renderUsers((user) => q(passwords[user]));
+}
+
+/** The environment variable holding `user`'s password in the Kubernetes NATS pods (`NATS_PASSWORD_ORDERS`, …). */
+export function passwordEnvOf(user: NatsUser): string {
+  return `NATS_PASSWORD_${user.toUpperCase()}`;
+}
+
+/**
+ * The `authorization` block for Kubernetes (deploy/k8s/base/nats-auth.yaml, written by `npm run k8s:nats-auth`):
+ * no password in it, each one an unquoted `$NATS_PASSWORD_<USER>` reference that nats-server resolves from its
+ * environment, filled from the Secret `shopstream-nats-users` (one key per user).
+ */
+export function renderKubernetesAuthorization(): string {
+  return renderUsers((user) => `$${passwordEnvOf(user)}`);
+}
+
+/** The `authorization` block, each user's password written as `password(user)` gives it (a quoted literal or a `$VAR`). */
+function renderUsers(password: (user: NatsUser) => string): string {
   const lines = ["authorization {", "  users = ["];
   for (const user of NATS_USERS) {
     const p = permissionsOf(user);
-    lines.push(`    {`, `      user: ${q(user)}`, `      password: ${q(passwords[user])}`);
+    lines.push(`    {`, `      user: ${q(user)}`, `      password: ${password(user)}`);
     if (p) {
       const list = (xs: string[]) => `[${xs.map(q).join(", ")}]`;
       lines.push(
