@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Machine, machine, problems, table, writeReliabilityDocs, writeRunReport } from "./report.js";
-import { type RunReport, runChaos } from "./run.js";
+import { type RunReport, natsAuthFromChaosEnv, runChaos } from "./run.js";
 import type { Scale } from "./scenario.js";
 import { scenarioNamed, scenarios } from "./scenarios.js";
 
@@ -68,13 +68,14 @@ async function main(argv: string[]): Promise<number> {
   const stamp = new Date().toISOString().replace(/[:.]/g, "-");
   const reportDir = join(ROOT, "reports", "chaos", stamp);
   const databaseUrl = process.env["DATABASE_URL"] || undefined;
+  const natsAuth = natsAuthFromChaosEnv();
   const dataDir = join(tmpdir(), `shopstream-chaos-${stamp}`);
   const command = `npm run chaos${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`;
   const t0 = Date.now();
   const log = (msg: string) =>
     process.stderr.write(`[chaos +${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}\n`);
   log(
-    `${chosen.length} scenario(s) at ${scale} scale${shared ? " on a shared system" : ""}; audit in ${databaseUrl ? "PostgreSQL" : "PGlite"}; reports in ${reportDir}`,
+    `${chosen.length} scenario(s) at ${scale} scale${shared ? " on a shared system" : ""}; audit in ${databaseUrl ? "PostgreSQL" : "PGlite"}; NATS ${natsAuth ? "with" : "without"} authentication; reports in ${reportDir}`,
   );
   const report = await runChaos({
     scenarios: chosen,
@@ -87,6 +88,7 @@ async function main(argv: string[]): Promise<number> {
     rate,
     orderTimeoutMs,
     logLevel,
+    natsAuth,
     log,
   });
   // Each system removed its own data; the run's (now empty) directory goes too.

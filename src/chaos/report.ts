@@ -104,7 +104,10 @@ function machineLine(m: Machine): string {
 export function markdown(report: RunReport, m: Machine, scenarios: Scenario[], command: string): string {
   const lines: string[] = [];
   lines.push(`Run of ${report.started} (${report.duration_s} s), \`${command}\`, ${report.scale} scale.`, "");
-  lines.push(`Machine: ${machineLine(m)}. Audit log in ${report.audit_store}.`, "");
+  lines.push(
+    `Machine: ${machineLine(m)}. Audit log in ${report.audit_store}.${report.nats_auth === undefined ? "" : ` NATS ${report.nats_auth ? "with authentication (one user per service)" : "without authentication (CHAOS_NATS_AUTH=false)"}.`}`,
+    "",
+  );
   lines.push(markdownTable(report.results), "");
   lines.push(report.passed ? "Every scenario passed." : "**Some scenarios failed** — see below.", "");
   lines.push(
@@ -248,6 +251,11 @@ ${markdown(report, m, scenarios, command)}
    PostgreSQL when \`DATABASE_URL\` is set (a fresh schema per system), else in PGlite. Processes log at \`warn\`
    to \`reports/chaos/<stamp>/logs/\`. The catalog is the default one plus \`SKU-SCARCE\`, whose stock runs out
    during the run.
+   NATS runs with authentication, as \`npm start\` does (docs/security-nats.md): the stack's generated passwords
+   and server configuration under the system's data dir (\`secrets/\`), the same \`authorization\` block on every
+   cluster node; streams, consumers and buckets are provisioned as \`admin\` before any service starts, each service
+   connects as its own user, the harness as \`admin\` (its order watch subscribes to \`orders.*\`, the poison
+   scenarios publish onto streams) and the checker as \`operator\`. \`CHAOS_NATS_AUTH=false\` runs without it.
 2. **Load.** An open-loop generator (\`src/chaos/load.ts\`) sends \`POST /orders\` at a fixed rate whatever the
    system does, so latency is counted from each order's *scheduled* time and queueing cannot hide. Mostly one- or
    two-line orders of high-stock SKUs; 1 in 20 from a customer the gateway declines, 1 in 25 with a line of

@@ -45,7 +45,18 @@ export interface RunOptions {
   orderTimeoutMs?: number;
   /** `LOG_LEVEL` of the processes (default warn). */
   logLevel?: string;
+  /**
+   * NATS authentication, one user per service, provisioning as admin (default true; {@link natsAuthFromChaosEnv}
+   * reads `CHAOS_NATS_AUTH=false`); see ChaosSystemOptions.natsAuth.
+   */
+  natsAuth?: boolean;
   log: (msg: string) => void;
+}
+
+/** `CHAOS_NATS_AUTH`: authentication unless it says false (or 0/no/off), for a comparison run without it. */
+export function natsAuthFromChaosEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  const v = (env["CHAOS_NATS_AUTH"] ?? "").trim().toLowerCase();
+  return !["false", "0", "no", "off"].includes(v);
 }
 
 /** The reconciliation's counts that a scenario's result carries (see {@link Reconciliation}). */
@@ -107,6 +118,8 @@ export interface RunReport {
   scale: Scale;
   shared: boolean;
   audit_store: "PostgreSQL" | "PGlite";
+  /** Whether NATS ran with authentication (absent in reports recorded before it existed: without). */
+  nats_auth?: boolean;
   results: ScenarioResult[];
   passed: boolean;
 }
@@ -161,6 +174,7 @@ export async function runChaos(o: RunOptions): Promise<RunReport> {
     scale: o.scale,
     shared: o.shared,
     audit_store: o.databaseUrl ? "PostgreSQL" : "PGlite",
+    nats_auth: o.natsAuth ?? true,
     results,
     passed: results.every((r) => r.passed),
   };
@@ -182,6 +196,7 @@ async function runPhase(
     scarceStock: o.scale === "ci" ? 40 : 400,
     env: { ORDER_TIMEOUT_MS: String(o.orderTimeoutMs ?? 60_000) },
     logLevel: o.logLevel ?? "warn",
+    natsAuth: o.natsAuth ?? true,
     log,
   });
   const runs: ScenarioRun[] = [];
@@ -233,7 +248,7 @@ async function runPhase(
     try {
       facts = await gatherFacts(
         {
-          nc: await sys.connection(),
+          nc: await sys.operatorConnection(),
           inventoryUrl: sys.url("inventory"),
           auditUrl: sys.url("audit"),
           gatewayUrl: sys.url("payment-gateway"),

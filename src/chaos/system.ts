@@ -18,7 +18,11 @@ import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type { ProcessName } from "../lib/ports.js";
 import { DEFAULT_CATALOG } from "../services/inventory/catalog.js";
+import { authOptions } from "../lib/messaging/connection.js";
+import { isServiceUser, type NatsUser } from "../lib/messaging/permissions.js";
+import { provisionAll } from "../tools/provisioning.js";
 import { StackChild, describeExit } from "../stack/child.js";
+import { ensureNatsSecrets, type NatsSecrets } from "../stack/nats-auth.js";
 import {
   type NatsCluster,
   type NatsServer,
@@ -79,6 +83,15 @@ export interface ChaosSystemOptions {
   readyTimeoutMs?: number;
   /** Progress messages. */
   log?: (msg: string) => void;
+  /**
+   * NATS authentication (default true; `CHAOS_NATS_AUTH=false` in the CLI): nats-server (every node) runs with the
+   * `authorization` block of src/lib/messaging/permissions.ts, the credentials generated as `npm start` does under
+   * `<dataDir>/secrets` ({@link ensureNatsSecrets}); streams, consumers and buckets are provisioned as `admin`
+   * before any service starts; each service runs as its own user; the harness connects as `admin` (its watcher
+   * subscribes to `orders.*`, the poison scenarios publish onto streams) and reads facts for the checker as
+   * `operator`. False: no authentication, services provision themselves.
+   */
+  natsAuth?: boolean;
   /**
    * How free ports are picked for nats-server and for every instance; default {@link freePort}. A test can take a
    * picked port before the process binds it, to check that start-up survives it.
@@ -170,6 +183,9 @@ export class ChaosSystem {
   /** Processes that exited during start-up and were started again. */
   readonly startupRestarts: Crash[] = [];
   #nc: NatsConnection | undefined;
+  #operatorNc: NatsConnection | undefined;
+  /** The NATS credentials when authentication is on. */
+  natsSecrets: NatsSecrets | undefined;
   #jsm: JetStreamManager | undefined;
   #nextReplica = new Map<ProcessName, number>();
   #logs = new Map<string, WriteStream>();
@@ -222,17 +238,36 @@ export class ChaosSystem {
     return (this.instances.get(name) ?? []).filter((i) => i.running);
   }
 
-  /** The harness's own NATS connection (reconnects forever). */
-  async connection(): Promise<NatsConnection> {
-    this.#nc ??= await connect({
+  /** Whether NATS runs with authentication (see {@link ChaosSystemOptions.natsAuth}). */
+  get natsAuth(): boolean {
+    return this.opts.natsAuth ?? true;
+  }
+
+  async #connect(name: string, user: NatsUser): Promise<NatsConnection> {
+    return connect({
       servers: this.natsUrl.split(","),
-      name: "chaos-harness",
+      name,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       waitOnFirstConnect: true,
       pingInterval: 5_000,
+      ...authOptions(this.natsSecrets?.auth(user)),
     });
+  }
+
+  /**
+   * The harness's own NATS connection (reconnects forever): as `admin` with authentication — it subscribes to
+   * `orders.*` (the order watch), publishes poison messages onto streams and asks for stream leaders.
+   */
+  async connection(): Promise<NatsConnection> {
+    this.#nc ??= await this.#connect("chaos-harness", "admin");
     return this.#nc;
+  }
+
+  /** A read-only connection for the checker's facts: as `operator` with authentication (the same as `npm run check`). */
+  async operatorConnection(): Promise<NatsConnection> {
+    this.#operatorNc ??= await this.#connect("chaos-checker", "operator");
+    return this.#operatorNc;
   }
 
   async jsm(): Promise<JetStreamManager> {
@@ -268,8 +303,12 @@ export class ChaosSystem {
       }),
     );
     const natsLog = createWriteStream(join(this.opts.logDir, "nats.log"), { flags: "a" });
+    // The stack's credentials and server configuration (npm start does the same), or none.
+    this.natsSecrets = this.natsAuth ? await ensureNatsSecrets(this.opts.dataDir) : undefined;
+    const configFile = this.natsSecrets ? { configFile: this.natsSecrets.configFile } : {};
     if (this.cluster) {
       this.natsCluster = await startNatsCluster({
+        ...configFile,
         baseDir: join(this.opts.dataDir, "nats"),
         name: "chaos",
         onOutput: (i, line) => natsLog.write(`n${i + 1} | ${line}\n`),
@@ -279,6 +318,7 @@ export class ChaosSystem {
       await this.natsCluster.waitForJetStream(30_000);
     } else {
       this.nats = await startNatsServer({
+        ...configFile,
         storeDir: join(this.opts.dataDir, "nats"),
         removeStoreDir: false,
         onOutput: (line) => natsLog.write(`${line}\n`),
@@ -296,14 +336,36 @@ export class ChaosSystem {
       for (let r = 1; r <= n; r++) list.push(new Instance(processNamed(name), r, await this.#pickPort()));
       this.#nextReplica.set(name, n + 1);
     }
+    if (this.natsSecrets) await this.#provision(this.natsSecrets);
     await this.#startTiers();
     this.#log(`system up in ${((Date.now() - t0) / 1000).toFixed(1)} s (${this.describe()})`);
   }
 
-  /** e.g. `single node, orders×1 inventory×1 …, audit in PostgreSQL`. */
+  /** `npm run provision` in-process as `admin`, with the settings the services get (as the local stack does). */
+  async #provision(secrets: NatsSecrets): Promise<void> {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      STREAM_REPLICAS: this.cluster ? "3" : "1",
+      ...(this.opts.env ?? {}),
+    };
+    const nc = await connect({
+      servers: this.natsUrl.split(","),
+      name: "chaos-provision",
+      timeout: 10_000,
+      ...authOptions(secrets.auth("admin")),
+    });
+    try {
+      const report = await provisionAll(nc, env);
+      this.#log(`provisioned as admin: ${report.length} streams, consumers and buckets`);
+    } finally {
+      await nc.close();
+    }
+  }
+
+  /** e.g. `single node, orders×1 inventory×1 …, audit in PostgreSQL, NATS with authentication`. */
   describe(): string {
     const reps = SERVICES.map((s) => `${s}×${this.instances.get(s)?.length ?? 0}`).join(" ");
-    return `${this.cluster ? "3-node cluster, R3" : "single node"}, ${reps}, audit in ${this.opts.databaseUrl ? "PostgreSQL" : "PGlite"}`;
+    return `${this.cluster ? "3-node cluster, R3" : "single node"}, ${reps}, audit in ${this.opts.databaseUrl ? "PostgreSQL" : "PGlite"}, NATS ${this.natsAuth ? "with" : "without"} authentication`;
   }
 
   async #startTiers(): Promise<void> {
@@ -322,6 +384,10 @@ export class ChaosSystem {
     const parent: NodeJS.ProcessEnv = { ...process.env };
     delete parent["NODE_TEST_CONTEXT"];
     delete parent["DATABASE_URL"];
+    // NATS credentials come from the harness only (a service's own user, or none with CHAOS_NATS_AUTH=false).
+    delete parent["NATS_USER"];
+    delete parent["NATS_PASSWORD"];
+    delete parent["NATS_PASSWORD_FILE"];
     const gw = this.instances.get("payment-gateway")?.[0];
     const mail = this.instances.get("mail-provider")?.[0];
     const env = childEnv({
@@ -337,6 +403,7 @@ export class ChaosSystem {
     env["HOST"] = "127.0.0.1";
     env["STREAM_REPLICAS"] = this.cluster ? "3" : "1";
     if (this.#catalogFile) env["CATALOG_FILE"] = this.#catalogFile;
+    if (this.natsSecrets && isServiceUser(inst.name)) Object.assign(env, this.natsSecrets.env(inst.name));
     if (this.opts.databaseUrl) env["DATABASE_URL"] = this.opts.databaseUrl;
     if (this.opts.auditSchema) env["AUDIT_SCHEMA"] = this.opts.auditSchema;
     Object.assign(env, this.opts.env ?? {});
@@ -459,6 +526,8 @@ export class ChaosSystem {
     this.#stopped = true;
     await this.#nc?.close().catch(() => undefined);
     this.#nc = undefined;
+    await this.#operatorNc?.close().catch(() => undefined);
+    this.#operatorNc = undefined;
     this.#jsm = undefined;
     for (const tier of [
       ["orders"],

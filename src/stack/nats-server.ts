@@ -594,6 +594,11 @@ export interface NatsClusterOptions {
   stopTimeoutMs?: number;
   /** Further arguments for every server. */
   extraArgs?: readonly string[];
+  /**
+   * A nats-server configuration file (`-c`) every member starts with, e.g. the `authorization` block written by
+   * src/stack/nats-auth.ts (client authentication only: routes stay unauthenticated on the members' own ports).
+   */
+  configFile?: string;
   /** Called with each line any server prints, with that server's index. */
   onOutput?: (index: number, line: string) => void;
   /**
@@ -750,6 +755,7 @@ export async function startNatsCluster(opts: NatsClusterOptions = {}): Promise<N
               routes: ports.filter((_, j) => j !== i).map((o) => `nats://${host}:${o.clusterPort}`),
             },
             extraArgs: opts.extraArgs,
+            ...(opts.configFile !== undefined ? { configFile: opts.configFile } : {}),
             readyTimeoutMs: opts.readyTimeoutMs,
             stopTimeoutMs: opts.stopTimeoutMs,
             onOutput: opts.onOutput ? (line) => opts.onOutput?.(i, line) : undefined,

@@ -13,12 +13,12 @@
  * The audit log is in PostgreSQL when DATABASE_URL is set (a fresh schema, dropped afterwards), else PGlite.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { problems, table } from "../../src/chaos/report.js";
-import { runChaos, type RunReport } from "../../src/chaos/run.js";
+import { natsAuthFromChaosEnv, runChaos, type RunReport } from "../../src/chaos/run.js";
 import { scenarioNamed } from "../../src/chaos/scenarios.js";
 
 /** Cheap faults first; the ones that restart everything, then the scaled-up ones, last. */
@@ -57,6 +57,8 @@ void describe("chaos (CI subset: every scenario at small scale)", { timeout: 12 
         dataDir: join(dir, "data"),
         databaseUrl: process.env["DATABASE_URL"] || undefined,
         orderTimeoutMs: 10_000,
+        // NATS authentication on, as in production; CHAOS_NATS_AUTH=false for a comparison run without it.
+        natsAuth: natsAuthFromChaosEnv(),
         log: (msg) => {
           const line = `[chaos +${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`;
           logLines.push(line);
@@ -95,4 +97,20 @@ void describe("chaos (CI subset: every scenario at small scale)", { timeout: 12 
       assert.equal(r.ok, r.orders, why());
     });
   }
+
+  void it("NATS ran with authentication and no permissions violation (unless CHAOS_NATS_AUTH=false)", async (t) => {
+    if (!natsAuthFromChaosEnv()) return t.skip("CHAOS_NATS_AUTH=false");
+    assert.equal(report.nats_auth, true);
+    assert.ok(
+      logLines.some((l) => /provisioned as admin/.test(l)),
+      `no provisioning as admin in the harness log:\n${logLines.slice(0, 10).join("\n")}`,
+    );
+    const phases = await readdir(join(dir, "logs"));
+    assert.ok(phases.length >= 2, `phases: ${phases.join(", ")}`);
+    for (const phase of phases) {
+      const log = await readFile(join(dir, "logs", phase, "nats.log"), "utf8");
+      const violations = log.split("\n").filter((l) => /Violation/.test(l));
+      assert.deepEqual(violations.slice(0, 10), [], `${phase}: logs in ${dir}/logs`);
+    }
+  });
 });
