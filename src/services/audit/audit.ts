@@ -279,6 +279,16 @@ function readBody(data: Uint8Array): ReadBody {
   return { parsed, body, text };
 }
 
+/** The trace id of a recorded body: the body's `trace_id` when it is one, else the `traceparent` header's, else null. */
+function traceIdOf(b: ReadBody, traceparent: string | undefined): string | null {
+  const bodyTrace = b.parsed ? str(b.body, "trace_id") : undefined;
+  return (
+    (bodyTrace && TRACE_ID.test(bodyTrace) ? bodyTrace : undefined) ??
+    TRACE_PARENT.exec(traceparent ?? "")?.[1] ??
+    null
+  );
+}
+
 /** `body` (parsed), else `body_text`, else `body_base64`. */
 function putBody(payload: Record<string, unknown>, data: Uint8Array, b: ReadBody): void {
   if (b.parsed) payload["body"] = b.body;
@@ -290,13 +300,7 @@ function putBody(payload: Record<string, unknown>, data: Uint8Array, b: ReadBody
 export const UNDECODABLE_TYPE = "Undecodable";
 
 /** A message of an event stream that does not decode as a catalog event, as the audit sees it. */
-export interface UndecodableMessage {
-  stream: string;
-  subject: string;
-  sequence: number;
-  data: Uint8Array;
-  headers: Record<string, string>;
-  storedAt: Date;
+export interface UndecodableMessage extends DeadLetterMessage {
   /** Why it does not decode: the decode error's code and message. */
   error: { code: string; message: string };
 }
@@ -316,11 +320,7 @@ export function entryFromUndecodable(m: UndecodableMessage): AuditEntry {
   };
   putBody(payload, m.data, b);
   const orderId = ORDER_SUBJECT.exec(m.subject)?.[1];
-  const bodyTrace = b.parsed ? str(b.body, "trace_id") : undefined;
-  const traceId =
-    (bodyTrace && TRACE_ID.test(bodyTrace) ? bodyTrace : undefined) ??
-    TRACE_PARENT.exec(m.headers[Hdr.TraceParent] ?? "")?.[1] ??
-    null;
+  const traceId = traceIdOf(b, m.headers[Hdr.TraceParent]);
   return {
     eventId: `raw:${m.stream}:${m.sequence}`,
     stream: m.stream,
@@ -375,11 +375,7 @@ export function entryFromDeadLetter(m: DeadLetterMessage): AuditEntry {
     (parsed ? (str(body, "aggregate_id") ?? str(data, "orderId")) : undefined) ??
     (originalSubject ? ORDER_SUBJECT.exec(originalSubject)?.[1] : undefined) ??
     ORDER_SUBJECT.exec(m.subject)?.[1];
-  const bodyTrace = parsed ? str(body, "trace_id") : undefined;
-  const traceId =
-    (bodyTrace && TRACE_ID.test(bodyTrace) ? bodyTrace : undefined) ??
-    TRACE_PARENT.exec(h(Hdr.TraceParent) ?? "")?.[1] ??
-    null;
+  const traceId = traceIdOf({ parsed, body, text }, h(Hdr.TraceParent));
   const dlq = {
     consumer: h(Hdr.DlqConsumer) ?? null,
     code: h(Hdr.DlqCode) ?? null,
