@@ -64,7 +64,11 @@ async function send(
   const init: RequestInit & { duplex?: "half" } = { method, headers: h };
   if (body !== undefined) init.body = body;
   if (body instanceof ReadableStream) init.duplex = "half";
-  const r = await fetch(`${sys.urls.orders}${path}`, init);
+  return readResponse(await fetch(`${sys.urls.orders}${path}`, init));
+}
+
+/** A response's status, content type, text, JSON body (undefined when it is not JSON) and headers. */
+async function readResponse(r: Response) {
   const text = await r.text();
   let json: any;
   try {
@@ -1017,21 +1021,9 @@ describe("hostile input on the HTTP API", () => {
   const call = async (r: { url: string; method: string; body?: string }, authorization?: string) => {
     const headers: Record<string, string> = r.body ? { ...JSON_CT } : {};
     if (authorization !== undefined) headers["authorization"] = authorization;
-    const res = await fetch(r.url, { method: r.method, headers, ...(r.body ? { body: r.body } : {}) });
-    const text = await res.text();
-    let json: any;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
-    return {
-      status: res.status,
-      contentType: res.headers.get("content-type") ?? "",
-      text,
-      json,
-      headers: res.headers,
-    };
+    return readResponse(
+      await fetch(r.url, { method: r.method, headers, ...(r.body ? { body: r.body } : {}) }),
+    );
   };
   /** Tokens signed with the system's own secret that are still wrong, by what is wrong with them. */
   const wrongTokens = async (): Promise<Record<string, string>> => {

@@ -22,6 +22,7 @@ import { definition as notifications } from "../../src/services/notifications/se
 import { connectTo, startAuthNatsServer, type AuthNatsServer } from "../helpers/nats.js";
 import { until } from "../helpers/eventually.js";
 import { authEnv } from "../helpers/auth.js";
+import { orderPlacedData } from "../helpers/messaging.js";
 
 const run = promisify(execFile);
 
@@ -52,20 +53,10 @@ describe("NATS authentication and per-service permissions (hostile)", () => {
     jsmAdmin = await jetstreamManager(admin);
     // A real order's OrderPlaced, published by orders' own user: its stream and consumers have something to hold.
     const orders = await auth.connectAs("orders");
-    const placed = makeEvent(
-      "OrderPlaced",
-      {
-        orderId,
-        customerId: "c1",
-        email: "c1@example.com",
-        items: [{ sku: "SKU-1", quantity: 1, unitPrice: 100 }],
-        total: 100,
-        currency: "EUR",
-        placedAt: new Date().toISOString(),
-        timeoutAt: new Date(Date.now() + 60_000).toISOString(),
-      },
-      { aggregateId: orderId, source: "orders" },
-    );
+    const placed = makeEvent("OrderPlaced", orderPlacedData(orderId), {
+      aggregateId: orderId,
+      source: "orders",
+    });
     await jetstream(orders).publish(subjectOf(placed), encodeEvent(placed), { msgID: placed.id });
     await orders.close();
     payments = await auth.connectAs("payments");
