@@ -49,7 +49,8 @@ export const ENVELOPE_NOTES: Record<string, string> = {
 const FIELD_NOTES: Record<string, string> = {
   orderId: "the order: equals the envelope's `aggregate_id`",
   customerId: "the customer, as given to the API",
-  email: "the customer's address (PII: redacted in logs)",
+  email:
+    "the customer's address sealed under the customer's data key (`pii:v1:…`; unreadable once erased: `DELETE /customers/{id}/personal-data`)",
   total: "minor units (cents)",
   amount: "minor units (cents)",
   unitPrice: "minor units (cents), from the catalog",
@@ -108,7 +109,7 @@ export const EXAMPLES: { [T in EventType]: EventData<T> } = {
   OrderPlaced: {
     orderId: EXAMPLE_ORDER,
     customerId: "cus_42",
-    email: "ada@example.com",
+    email: "pii:v1:CQkJCQkJCQkJCQkJCQkJCQ:AwMDAwMDAwMDAwMD:RJrCQz9QPy8KLCZyiDiSxHFQy0XrIJtAoQ1E8R81nQ",
     items: [
       { sku: "SKU-A", quantity: 2, unitPrice: 1250 },
       { sku: "SKU-B", quantity: 1, unitPrice: 399 },
@@ -155,6 +156,7 @@ export const EXAMPLES: { [T in EventType]: EventData<T> } = {
     currency: "EUR",
   },
   NotificationSent: { orderId: EXAMPLE_ORDER, kind: "order_confirmed", messageId: "msg_5d0e81" },
+  NotificationWithheld: { orderId: EXAMPLE_ORDER, kind: "order_confirmed", reason: "personal_data_erased" },
 };
 
 /** The event each example is a consequence of (its causation). */
@@ -170,6 +172,7 @@ const CAUSES: { [T in EventType]: EventType | null } = {
   StockReleased: "OrderCancelled",
   PaymentRefunded: "OrderCancelled",
   NotificationSent: "OrderConfirmed",
+  NotificationWithheld: "OrderConfirmed",
 };
 
 // ---------------------------------------------------------------------------------------------------

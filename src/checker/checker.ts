@@ -280,6 +280,8 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   const eventIds = new Set<string>();
   /** Terminal events in the ORDERS stream by sequence (every stored copy), for the I4 dead-letter excuse. */
   const terminalAt = new Map<number, { type: string; orderId: string }>();
+  /** `<orderId>:<kind>` of every NotificationWithheld: an e-mail settled without one (the customer was erased). */
+  const withheld = new Set<string>();
   let events = 0;
   for (const stream of [Streams.ORDERS, Streams.INVENTORY, Streams.PAYMENTS, Streams.NOTIFICATIONS]) {
     const r = await readStream(t.nc, stream, (e, seq) => {
@@ -300,6 +302,8 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
         });
       } else if (e.type === "OrderConfirmed" || e.type === "OrderCancelled") {
         orders.get(e.aggregate_id)?.terminals.push(e.type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED");
+      } else if (e.type === "NotificationWithheld") {
+        withheld.add(`${e.data.orderId}:${e.data.kind}`);
       }
     });
     events += r.count;
@@ -445,11 +449,12 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
     const cause = st === "CONFIRMED" ? "OrderConfirmed" : "OrderCancelled";
     const n = sent.get(`${o.orderId}:${kind}`) ?? 0;
     if (n > 1) i4.push({ kind: "duplicate-email", orderId: o.orderId, detail: `${n} ${kind} e-mails` });
-    if (n === 0 && !deadTerminals.has(`${o.orderId}:${cause}`))
+    // Excused too: the e-mail withheld because the customer's personal data was erased (no address to write to).
+    if (n === 0 && !deadTerminals.has(`${o.orderId}:${cause}`) && !withheld.has(`${o.orderId}:${kind}`))
       i4.push({
         kind: "missing-email",
         orderId: o.orderId,
-        detail: `no ${kind} e-mail, and its ${cause} is not in the DLQ of ${NOTIFICATIONS_CONSUMER}`,
+        detail: `no ${kind} e-mail, no NotificationWithheld of it, and its ${cause} is not in the DLQ of ${NOTIFICATIONS_CONSUMER}`,
       });
     const other = st === "CONFIRMED" ? "order_cancelled" : "order_confirmed";
     if ((sent.get(`${o.orderId}:${other}`) ?? 0) > 0)

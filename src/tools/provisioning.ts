@@ -9,6 +9,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { parseConfig } from "../lib/config.js";
 import { openBucket } from "../lib/kv.js";
+import { CUSTOMER_KEYS_BUCKET, CUSTOMER_KEYS_DESCRIPTION } from "../lib/pii/keys.js";
 import { ensureConsumer, ensureStream, type ConsumerSpec } from "../lib/messaging/topology.js";
 import { CommonConfig, streamSpecs } from "../lib/service.js";
 import type { Logger } from "../lib/telemetry/logger.js";
@@ -26,6 +27,7 @@ export const bucketSpecs: { name: string; description: string }[] = [
   { name: "order-requests", description: "Idempotency-Keys of POST /orders" },
   { name: "orders-by-customer", description: "Order ids by customer" },
   { name: "payments", description: "Payment state per order (payments service)" },
+  { name: CUSTOMER_KEYS_BUCKET, description: CUSTOMER_KEYS_DESCRIPTION },
 ];
 
 /** The settings provisioning reads: those the declarations depend on (the same variables the services read). */

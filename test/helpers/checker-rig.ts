@@ -262,6 +262,17 @@ export class Rig {
     );
   }
 
+  /** notifications, for a customer whose personal data was erased: no e-mail, NotificationWithheld. */
+  async withhold(orderId: string, kind: NotificationKind): Promise<void> {
+    await this.#publish(
+      makeEvent(
+        "NotificationWithheld",
+        { orderId, kind, reason: "personal_data_erased" },
+        { aggregateId: orderId, source: "notifications", cause: this.#cause(orderId), idSuffix: kind },
+      ),
+    );
+  }
+
   /** A whole good saga ending CONFIRMED: placed, reserved, captured, confirmed, committed, e-mailed. */
   async confirmedOrder(orderId: string, lines: { sku: Sku; quantity: number }[]): Promise<void> {
     await this.place(orderId, lines);

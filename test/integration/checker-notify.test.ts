@@ -33,6 +33,16 @@ void describe("checker: I4 notify", () => {
       // Confirmed and e-mailed, and told it was cancelled as well.
       await rig.confirmedOrder("n-wrong", line);
       await rig.sendMail("n-wrong", "order_cancelled");
+      // Confirmed, never e-mailed, the e-mail withheld (the customer's personal data was erased): settled.
+      await rig.place("n-withheld", line);
+      await rig.capture("n-withheld");
+      await rig.confirm("n-withheld");
+      await rig.withhold("n-withheld", "order_confirmed");
+      // Confirmed, never e-mailed, and withheld for the other outcome: excuses nothing.
+      await rig.place("n-withheld-other", line);
+      await rig.capture("n-withheld-other");
+      await rig.confirm("n-withheld-other");
+      await rig.withhold("n-withheld-other", "order_cancelled");
       report = await rig.check();
     });
     after(async () => {
@@ -51,10 +61,20 @@ void describe("checker: I4 notify", () => {
       assert.deepEqual(verdictOf(report, "n-wrong"), ["I4 wrong-kind-email"], formatReport(report));
     });
 
+    void it("excuses a missing e-mail withheld for that outcome (NotificationWithheld), not for the other", () => {
+      assert.deepEqual(verdictOf(report, "n-withheld"), [], formatReport(report));
+      assert.deepEqual(verdictOf(report, "n-withheld-other"), ["I4 missing-email"], formatReport(report));
+    });
+
     void it("reports nothing else", () => {
       assert.deepEqual(
         verdict(report),
-        ["I4 duplicate-email n-dup", "I4 missing-email n-missing", "I4 wrong-kind-email n-wrong"],
+        [
+          "I4 duplicate-email n-dup",
+          "I4 missing-email n-missing",
+          "I4 missing-email n-withheld-other",
+          "I4 wrong-kind-email n-wrong",
+        ],
         formatReport(report),
       );
     });

@@ -26,6 +26,8 @@ import {
   mailKey,
   type SentNotification,
 } from "../../src/services/notifications/notification.js";
+import { newDataKey, seal, type DataKey } from "../../src/lib/pii/seal.js";
+import { revealWith } from "../../src/lib/pii/personal-data.js";
 
 const placed: EventData<"OrderPlaced"> = {
   orderId: "o1",
@@ -80,6 +82,9 @@ void describe("notifications handler", () => {
   function harness() {
     // The NOTIFICATIONS stream: one NotificationSent per order subject, appended only to an empty subject.
     const records = new Map<string, Envelope<"NotificationSent">>();
+    const withheld = new Map<string, Envelope<"NotificationWithheld">>();
+    // The customer's data key (the key bucket): the OrderPlaced carries the address sealed under it.
+    const keys: { current: DataKey | null } = { current: newDataKey() };
     const sends: { to: string; key: string }[] = [];
     const published: Envelope[] = [];
     const conflicts: string[] = [];
@@ -89,6 +94,10 @@ void describe("notifications handler", () => {
         const e = records.get(o);
         return e ? { ...e.data, sentAt: e.timestamp } : null;
       },
+      withheld: async (o: string) => withheld.get(o)?.data.kind ?? null,
+    };
+    const personalData = {
+      reveal: async (customerId: string, stored: string) => revealWith(keys.current, customerId, stored),
     };
     const mailer = {
       send: async (to: string, orderId: string, kind: "order_confirmed" | "order_cancelled") => {
@@ -98,8 +107,17 @@ void describe("notifications handler", () => {
     } as unknown as Mailer;
     const publisher = {
       publish: async (e: Envelope, o: { expectLastSubjectSequence?: number } = {}) => {
-        assert.equal(o.expectLastSubjectSequence, 0, "NotificationSent is a conditional append");
-        const subject = `notifications.${e.aggregate_id}.NotificationSent`;
+        assert.equal(o.expectLastSubjectSequence, 0, `${e.type} is a conditional append`);
+        const subject = `notifications.${e.aggregate_id}.${e.type}`;
+        if (e.type === "NotificationWithheld") {
+          if (withheld.has(e.aggregate_id)) {
+            conflicts.push(e.id);
+            throw new ConcurrencyError(subject, 0);
+          }
+          withheld.set(e.aggregate_id, e as Envelope<"NotificationWithheld">);
+          published.push(e);
+          return;
+        }
         if (records.has(e.aggregate_id)) {
           conflicts.push(e.id);
           throw new ConcurrencyError(subject, 0);
@@ -108,7 +126,11 @@ void describe("notifications handler", () => {
         published.push(e);
       },
     } as unknown as Publisher;
-    const orderPlaced = makeEvent("OrderPlaced", placed, { aggregateId: "o1", source: "orders" });
+    const orderPlaced = makeEvent(
+      "OrderPlaced",
+      { ...placed, email: seal(keys.current!, placed.customerId, placed.email) },
+      { aggregateId: "o1", source: "orders" },
+    );
     let directGets = 0;
     const jsm = {
       direct: {
@@ -129,7 +151,14 @@ void describe("notifications handler", () => {
         },
       }),
     });
-    const handlers = notificationHandlers({ store, mailer, publisher, jsm, source: "notifications" });
+    const handlers = notificationHandlers({
+      store,
+      personalData,
+      mailer,
+      publisher,
+      jsm,
+      source: "notifications",
+    });
     const ctx: HandlerContext = {
       attempt: 1,
       subject: "orders.o1",
@@ -145,6 +174,8 @@ void describe("notifications handler", () => {
       published,
       conflicts,
       records,
+      withheld,
+      keys,
       lines,
       orderPlaced,
       directGets: () => directGets,
@@ -211,5 +242,42 @@ void describe("notifications handler", () => {
     );
     assert.equal(h.sends.length, before);
     assert.equal(h.records.get("o1")!.data.kind, "order_confirmed");
+  });
+
+  void it("opens the sealed address with the customer's key; the sealed form is what the stream holds", async () => {
+    const h = harness();
+    assert.match(h.orderPlaced.data.email, /^pii:v1:/);
+    assert.doesNotMatch(h.orderPlaced.data.email, /ada@example\.com/);
+    await h.handlers.OrderConfirmed!(confirmedO1(), h.ctx);
+    assert.deepEqual(h.sends, [{ to: "ada@example.com", key: "o1:order_confirmed" }]);
+  });
+
+  void it("an erased customer: no e-mail, NotificationWithheld once (redeliveries append nothing more), no error", async () => {
+    const h = harness();
+    await h.handlers.OrderPlaced!(h.orderPlaced, h.ctx);
+    h.keys.current = null; // DELETE /customers/cus_1/personal-data
+    const event = cancelledO1("timeout");
+    await h.handlers.OrderCancelled!(event, h.ctx);
+    await h.handlers.OrderCancelled!(event, { ...h.ctx, attempt: 2 });
+    assert.deepEqual(h.sends, []);
+    assert.equal(h.published.length, 1);
+    const e = h.published[0]!;
+    assert.equal(e.type, "NotificationWithheld");
+    assert.equal(e.id, "o1:NotificationWithheld:order_cancelled");
+    assert.deepEqual(e.data, { orderId: "o1", kind: "order_cancelled", reason: "personal_data_erased" });
+    assert.equal(e.causation_id, event.id);
+    assert.deepEqual(h.conflicts, ["o1:NotificationWithheld:order_cancelled"]);
+    assert.match(h.lines.join(""), /e-mail withheld/);
+  });
+
+  void it("a customer with a new key since the erasure: the old order's address stays unreadable", async () => {
+    const h = harness();
+    h.keys.current = newDataKey(); // erased, then a new order made a new key
+    await h.handlers.OrderConfirmed!(confirmedO1(), h.ctx);
+    assert.deepEqual(h.sends, []);
+    assert.deepEqual(
+      h.published.map((e) => e.type),
+      ["NotificationWithheld"],
+    );
   });
 });

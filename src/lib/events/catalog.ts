@@ -60,7 +60,12 @@ export const catalog = {
       {
         orderId: OrderId,
         customerId: Id,
-        email: Type.String({ minLength: 3, maxLength: 254 }),
+        email: Type.String({
+          minLength: 3,
+          maxLength: 2048,
+          description:
+            "The customer's e-mail address sealed under the customer's data key (crypto-shredding): `pii:v1:<keyId>:<iv>:<ciphertext>`, AES-256-GCM, base64url parts. Unreadable once the customer's personal data is erased. Events written before sealing carry the plain address (docs/security.md#personal-data-and-erasure).",
+        }),
         items: Type.Array(OrderLine, { minItems: 1, maxItems: 100 }),
         total: Cents,
         currency: Currency,
@@ -156,6 +161,15 @@ export const catalog = {
     1,
     "The customer was e-mailed about the order's outcome.",
     Type.Object({ orderId: OrderId, kind: NotificationKind, messageId: Id }, { additionalProperties: false }),
+  ),
+  NotificationWithheld: ev(
+    "NOTIFICATIONS",
+    1,
+    "The customer could not be e-mailed about the order's outcome because their personal data was erased (the address is unreadable): the order's e-mail is settled without one.",
+    Type.Object(
+      { orderId: OrderId, kind: NotificationKind, reason: Type.Literal("personal_data_erased") },
+      { additionalProperties: false },
+    ),
   ),
 } as const;
 

@@ -83,6 +83,8 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
       { bucket: "catalog", write: false },
       { bucket: "order-requests", write: true },
       { bucket: "orders-by-customer", write: true },
+      // Customers' data keys (src/lib/pii): made on a first order, purged by an erasure.
+      { bucket: "customer-keys", write: true },
     ],
     // Admission control follows the terminal events of its orders (src/services/orders/admission.ts).
     subscribes: ["orders.>"],
@@ -118,7 +120,8 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
     orderedReads: [],
     directGets: [Streams.NOTIFICATIONS, Streams.ORDERS],
     msgGets: [],
-    buckets: [],
+    // Reads customers' data keys to open the sealed e-mail address (src/lib/pii); never writes them.
+    buckets: [{ bucket: "customer-keys", write: false }],
     subscribes: [],
   },
   audit: {

@@ -5,6 +5,7 @@ import { NonRetryableError } from "../../lib/errors.js";
 import { ConcurrencyError, type Publisher } from "../../lib/messaging/publisher.js";
 import { RecentMap } from "../../lib/recent-map.js";
 import type { Mailer } from "./mailer.js";
+import type { PersonalData } from "../../lib/pii/personal-data.js";
 import {
   cancelledMail,
   confirmedMail,
@@ -17,8 +18,10 @@ import { readOrderPlaced, type NotificationStore } from "./store.js";
 
 /** What the notifications handler needs. */
 export interface NotificationsDeps {
-  /** Reads an order's NotificationSent back (only on a redelivery or a lost append). */
-  store: Pick<NotificationStore, "sent">;
+  /** Reads an order's NotificationSent (or NotificationWithheld) back (only on a redelivery or a lost append). */
+  store: Pick<NotificationStore, "sent" | "withheld">;
+  /** Opens the sealed e-mail address with the customer's data key (crypto-shredding: src/lib/pii). */
+  personalData: Pick<PersonalData, "reveal">;
   mailer: Mailer;
   publisher: Publisher;
   jsm: JetStreamManager;
@@ -76,6 +79,31 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
     return sent;
   };
 
+  /**
+   * The customer's personal data was erased, so there is no address to write to: the outcome is recorded as
+   * NotificationWithheld, a conditional append to the order's own subject like NotificationSent (one per order,
+   * idempotent under redelivery), never a retry or a dead letter.
+   */
+  const withhold = async (event: Envelope<NotifiedEvent>, kind: NotificationKind, h: HandlerContext) => {
+    const orderId = event.data.orderId;
+    try {
+      await deps.publisher.publish(
+        makeEvent(
+          "NotificationWithheld",
+          { orderId, kind, reason: "personal_data_erased" },
+          { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
+        ),
+        { expectLastSubjectSequence: 0 },
+      );
+      h.logger.info({ kind }, "e-mail withheld: the customer's personal data was erased");
+    } catch (err) {
+      if (!(err instanceof ConcurrencyError)) throw err;
+      const recordedKind = await deps.store.withheld(orderId);
+      if (recordedKind === null) throw err;
+      if (recordedKind !== kind) throw new NotificationKindConflictError(orderId, recordedKind, kind);
+    }
+  };
+
   const notify = async (event: Envelope<NotifiedEvent>, h: HandlerContext) => {
     const orderId = event.data.orderId;
     const kind = kindOf(event.type);
@@ -84,11 +112,17 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
       return;
     }
     const order = placed.get(orderId) ?? (await readOrderPlaced(deps.jsm, orderId));
+    const to = await deps.personalData.reveal(order.customerId, order.email);
+    if (to.erased) {
+      await withhold(event, kind, h);
+      placed.delete(orderId);
+      return;
+    }
     const mail =
       event.type === "OrderConfirmed"
         ? confirmedMail(order, (event as Envelope<"OrderConfirmed">).data)
         : cancelledMail(order, (event as Envelope<"OrderCancelled">).data);
-    const messageId = await deps.mailer.send(order.email, orderId, kind, mail);
+    const messageId = await deps.mailer.send(to.value, orderId, kind, mail);
     try {
       await deps.publisher.publish(
         makeEvent(

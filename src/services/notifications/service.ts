@@ -8,6 +8,9 @@ import { notificationHandlers, type NotificationsDeps } from "./handlers.js";
 import { Mailer } from "./mailer.js";
 import { registerNotificationRoutes } from "./routes.js";
 import { NotificationStore } from "./store.js";
+import { openBucket } from "../../lib/kv.js";
+import { CUSTOMER_KEYS_BUCKET, CUSTOMER_KEYS_DESCRIPTION, CustomerKeys } from "../../lib/pii/keys.js";
+import { PersonalData } from "../../lib/pii/personal-data.js";
 
 export const SERVICE = "notifications";
 /** Durable consumer of OrderConfirmed and OrderCancelled. */
@@ -56,8 +59,13 @@ export const definition: ServiceDefinition<typeof NotificationsConfig> = {
     });
     breakerGauge(http, ctx.metrics.registry, "mail_provider_breaker_state");
     pauseWhileOpen(http, () => [ctx.runners.get(ORDERS_CONSUMER)]);
+    const keysKv = await openBucket(ctx.nc, CUSTOMER_KEYS_BUCKET, {
+      replicas: c.STREAM_REPLICAS,
+      description: CUSTOMER_KEYS_DESCRIPTION,
+    });
     depsOf.set(ctx, {
       store,
+      personalData: new PersonalData(new CustomerKeys(keysKv)),
       mailer: new Mailer(http),
       publisher: ctx.publisher,
       jsm: ctx.jsm,

@@ -1,6 +1,6 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { NonRetryableError } from "../../lib/errors.js";
-import { Streams, type EventData } from "../../lib/events/catalog.js";
+import { Streams, type EventData, type NotificationKind } from "../../lib/events/catalog.js";
 import { decodeEvent } from "../../lib/events/codec.js";
 import { subjectOf } from "../../lib/events/envelope.js";
 import { directGet } from "../../lib/messaging/direct.js";
@@ -16,6 +16,10 @@ export const LEGACY_NOTIFICATIONS_BUCKET = "notifications";
 /** The subject of an order's NotificationSent: at most one message, its e-mail (`notifications.<orderId>.NotificationSent`). */
 export const notificationSubject = (orderId: string): string =>
   subjectOf({ type: "NotificationSent", aggregate_id: orderId });
+
+/** The subject of an order's NotificationWithheld: at most one message, its e-mail withheld after an erasure. */
+export const withheldSubject = (orderId: string): string =>
+  subjectOf({ type: "NotificationWithheld", aggregate_id: orderId });
 
 /**
  * E-mails sent, read from the NOTIFICATIONS stream: an order's NotificationSent is the record of its e-mail.
@@ -44,6 +48,20 @@ export class NotificationStore {
     }
     const d = event.data;
     return { orderId: d.orderId, kind: d.kind, messageId: d.messageId, sentAt: event.timestamp };
+  }
+
+  /** The kind of e-mail recorded as withheld for an order (its NotificationWithheld), or null. */
+  async withheld(orderId: string): Promise<NotificationKind | null> {
+    const m = await directGet(this.#jsm, Streams.NOTIFICATIONS, { last_by_subj: withheldSubject(orderId) });
+    if (!m) return null;
+    const event = decodeEvent(m.data);
+    if (event.type !== "NotificationWithheld") {
+      throw new NonRetryableError(
+        "NOTIFICATION_RECORD_INVALID",
+        `order ${orderId}: ${withheldSubject(orderId)} holds a ${event.type}`,
+      );
+    }
+    return event.data.kind;
   }
 
   /** Every e-mail sent for an order (zero or one). */

@@ -9,6 +9,7 @@ import { ProblemError, problem, problemResponse, sendProblem } from "../../lib/h
 import { bearerSecurity, principalOf } from "../../lib/http/auth.js";
 import { SpanKind, SpanStatusCode, tracer } from "../../lib/telemetry/tracing.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
+import { revealWith, type PersonalData, type Revealed } from "../../lib/pii/personal-data.js";
 import { ConcurrencyError } from "../../lib/messaging/publisher.js";
 import type { OrdersInFlight } from "./admission.js";
 import type { SkuQuota } from "./limits.js";
@@ -22,7 +23,7 @@ const Sku = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$", description: "catalo
  * Any text but control characters (C0, DEL, C1) and lone surrogates (not Unicode: they cannot be encoded
  * as UTF-8, so they would not survive the events, the logs or the audit log intact).
  */
-const CustomerId = Type.String({
+export const CustomerId = Type.String({
   minLength: 1,
   maxLength: 128,
   pattern: "^(?:[^\\u0000-\\u001f\\u007f-\\u009f\\ud800-\\udfff]|[\\ud800-\\udbff][\\udc00-\\udfff])+$",
@@ -59,6 +60,13 @@ const OrderView = Type.Object({
   status: Type.Union([Type.Literal("PENDING"), Type.Literal("CONFIRMED"), Type.Literal("CANCELLED")]),
   reason: Type.Optional(Type.String()),
   customerId: Type.String(),
+  email: Type.Union([Type.String(), Type.Null()], {
+    description: "the address given with the order; null once the customer's personal data was erased",
+  }),
+  personalData: Type.Union([Type.Literal("present"), Type.Literal("erased")], {
+    description:
+      "`erased` after `DELETE /customers/{id}/personal-data`: the e-mail can no longer be read anywhere",
+  }),
   items: Type.Array(Type.Object({ sku: Type.String(), quantity: Type.Integer(), unitPrice: Type.Integer() })),
   total: Type.Integer({ description: "minor units (cents)" }),
   currency: Type.String(),
@@ -72,12 +80,14 @@ export function newOrderId(now = Date.now()): string {
   return `ord_${now.toString(36).padStart(9, "0")}${randomBytes(8).toString("hex")}`;
 }
 
-function view(o: Order) {
+function view(o: Order, email: Revealed) {
   return {
     orderId: o.orderId,
     status: o.status,
     ...(o.reason ? { reason: o.reason } : {}),
     customerId: o.customerId,
+    email: email.erased ? null : email.value,
+    personalData: email.erased ? ("erased" as const) : ("present" as const),
     items: o.items,
     total: o.total,
     currency: o.currency,
@@ -122,6 +132,8 @@ export interface OrdersApiDeps {
   catalog: CatalogView;
   idempotency: IdempotencyKeys;
   customers: CustomerIndex;
+  /** Seals the e-mail of new orders and reveals it on reads (crypto-shredding: src/lib/pii). */
+  personalData: PersonalData;
   logger: Logger;
   timeoutMs: number;
   maxLines: number;
@@ -339,7 +351,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
               {
                 orderId,
                 customerId,
-                email: b.email,
+                email: await d.personalData.seal(customerId, b.email),
                 items,
                 total,
                 currency,
@@ -397,7 +409,7 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
       const who = principalOf(req);
       const { order } = await d.store.load(req.params.id);
       if (!order || (!who.operator && order.customerId !== who.sub)) throw orderNotFound(req.params.id);
-      return view(order);
+      return view(order, await d.personalData.reveal(order.customerId, order.email));
     },
   );
 
@@ -455,9 +467,14 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
       const ids = await d.customers.list(customerId);
       const start = after ? ids.findIndex((id) => id < after) : 0;
       const page = start < 0 ? [] : ids.slice(start, start + limit);
-      const loaded = await Promise.all(page.map((id) => d.store.load(id)));
+      const [loaded, key] = await Promise.all([
+        Promise.all(page.map((id) => d.store.load(id))),
+        page.length > 0 ? d.personalData.keys.current(customerId) : null,
+      ]);
       const orders = loaded.flatMap((l) =>
-        l.order && l.order.customerId === customerId ? [view(l.order)] : [],
+        l.order && l.order.customerId === customerId
+          ? [view(l.order, revealWith(key, customerId, l.order.email))]
+          : [],
       );
       const next = start >= 0 && ids.length > start + limit ? (page[page.length - 1] ?? null) : null;
       return { orders, next };

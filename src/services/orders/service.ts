@@ -13,6 +13,9 @@ import { OrdersConfig } from "./config.js";
 import { SkuQuota } from "./limits.js";
 import { sagaHandlers, timeoutHandlers } from "./handlers.js";
 import { registerOrderRoutes } from "./routes.js";
+import { registerPersonalDataRoutes } from "./personal-data.js";
+import { CUSTOMER_KEYS_BUCKET, CUSTOMER_KEYS_DESCRIPTION, CustomerKeys } from "../../lib/pii/keys.js";
+import { PersonalData } from "../../lib/pii/personal-data.js";
 import { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
 
 /** The orders service's durable consumers as declared (provisioning creates them from here too). */
@@ -59,11 +62,13 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
     bodyLimit: 64 * 1024,
     async setup(ctx) {
       const replicas = ctx.config.STREAM_REPLICAS;
-      const [catalogKv, requestsKv, customersKv] = await Promise.all([
+      const [catalogKv, requestsKv, customersKv, keysKv] = await Promise.all([
         openBucket(ctx.nc, "catalog", { replicas, description: "Catalog (owned by inventory)" }),
         openBucket(ctx.nc, "order-requests", { replicas, description: "Idempotency-Keys of POST /orders" }),
         openBucket(ctx.nc, "orders-by-customer", { replicas, description: "Order ids by customer" }),
+        openBucket(ctx.nc, CUSTOMER_KEYS_BUCKET, { replicas, description: CUSTOMER_KEYS_DESCRIPTION }),
       ]);
+      const keys = new CustomerKeys(keysKv);
       await catalog.start(catalogKv, ctx.logger);
       store = new OrderStore(ctx.jsm, ctx.publisher);
       const orderStore = store;
@@ -95,6 +100,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
         catalog,
         idempotency: new IdempotencyKeys(requestsKv),
         customers: new CustomerIndex(customersKv),
+        personalData: new PersonalData(keys),
         logger: ctx.logger,
         timeoutMs: ctx.config.ORDER_TIMEOUT_MS,
         maxLines: ctx.config.MAX_ORDER_LINES,
@@ -107,6 +113,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
           skuQuota: new SkuQuota(ctx.config.SKU_UNITS_PER_CUSTOMER, ctx.config.SKU_QUOTA_WINDOW_MS),
         },
       });
+      registerPersonalDataRoutes(ctx.app, { keys, logger: ctx.logger });
       ctx.app.get("/openapi.json", { schema: { hide: true }, config: { auth: "none" } }, async () =>
         ctx.app.swagger(),
       );
