@@ -7,6 +7,7 @@ import {
   type DeadLetter,
 } from "../lib/messaging/dlq.js";
 import type { Publisher } from "../lib/messaging/publisher.js";
+import { isSealed } from "../lib/pii/seal.js";
 
 /** The usage text of the DLQ tool. */
 export const DLQ_USAGE = `usage: npm run dlq -- <command>    (in the image: node dist/tools/dlq.js <command>)
@@ -145,7 +146,23 @@ export async function runDlqCommand(cmd: DlqCommand, deps: DlqDeps): Promise<num
   }
 }
 
-/** A dead letter as JSON: its fields, and the body decoded (JSON when it is, else base64). */
+/** Shown in place of a plain e-mail address (an event from before sealing, or a hostile one). */
+export const REDACTED = "[redacted]";
+
+/**
+ * The event with its personal data masked: a plain `data.email` is redacted; a sealed one (`pii:v1:…`) is shown as it
+ * is, since it is ciphertext (docs/security.md#personal-data-and-erasure).
+ */
+function masked(event: unknown): unknown {
+  if (typeof event !== "object" || event === null) return event;
+  const data = (event as { data?: unknown }).data;
+  if (typeof data !== "object" || data === null) return event;
+  const email = (data as { email?: unknown }).email;
+  if (email === undefined || (typeof email === "string" && isSealed(email))) return event;
+  return { ...event, data: { ...data, email: REDACTED } };
+}
+
+/** A dead letter as JSON: its fields, and the body decoded (JSON when it is, else base64), personal data masked. */
 export function describe(entry: DeadLetter): Record<string, unknown> {
   const { data, ...fields } = entry;
   const text = Buffer.from(data).toString("utf8");
@@ -153,7 +170,7 @@ export function describe(entry: DeadLetter): Record<string, unknown> {
   if (entry.bodyOmitted) body = { bodyNote: `omitted: read it from ${entry.stream} at ${entry.sequence}` };
   else {
     try {
-      body = { event: JSON.parse(text) as unknown };
+      body = { event: masked(JSON.parse(text)) };
     } catch {
       body = { bodyBase64: Buffer.from(data).toString("base64") };
     }

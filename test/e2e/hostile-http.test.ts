@@ -804,6 +804,54 @@ describe("hostile input on the HTTP API", () => {
     });
   });
 
+  test("DELETE /customers/<hostile id>/personal-data → 400 problem, 204 for a valid id; no one else is erased", async () => {
+    // A customer with an order, whose e-mail must stay readable whatever other ids are erased.
+    const bystander = "erasure-bystander";
+    const placed = await sys.placeOrder({
+      customerId: bystander,
+      email: "bystander@example.com",
+      items: [{ sku: "SKU-C", quantity: 1 }],
+    });
+    assert.equal(placed.status, 202);
+    const id = fc.oneof(
+      forbiddenText,
+      fineText,
+      fc.string({ unit: "binary", maxLength: 20 }),
+      fc.constantFrom("", "x".repeat(129), "x".repeat(5_000), "..", "%", "a/b", "?x=1", "#"),
+    );
+    await unchanged(async () => {
+      await prop(
+        id.filter((s) => s !== bystander),
+        async (s) => {
+          const r = await send("DELETE", `/customers/${encodeBytes(s)}/personal-data`);
+          const seen = isLoneSurrogateFree(s) ? s : encodeBytes(s);
+          const what = JSON.stringify(s.slice(0, 100));
+          // `.` and `..` are path segments to a URL (even percent-encoded): the request goes elsewhere, a 404.
+          if (s === "." || s === "..") assertProblem(r, 404, what);
+          else if (validCustomerId(seen))
+            assert.equal(r.status, 204, `${what} → ${r.status} ${r.text.slice(0, 200)}`);
+          else assertProblem(r, [400, 404, 414], what);
+        },
+        100,
+      );
+      // Raw bytes that are not UTF-8 after percent-decoding, and empty segments: never a 5xx.
+      for (const raw of ["%FF", "%ED%A0%80", "%C0%AF", "%E0%A4%A", "%", "%%", "a%00b", "%0a", ""]) {
+        const r = await send("DELETE", `/customers/${raw}/personal-data`);
+        if (r.status !== 204) assertProblem(r, [400, 404], raw);
+      }
+      // A body, or another method, changes nothing either.
+      assertProblem(await send("POST", `/customers/${bystander}/personal-data`, "{}", JSON_CT), [404]);
+    });
+    const view = await (
+      await operatorFetch(`${sys.urls.orders}/orders/${placed.body.orderId as string}`)
+    ).json();
+    assert.deepEqual(
+      [(view as { email: string }).email, (view as { personalData: string }).personalData],
+      ["bystander@example.com", "present"],
+    );
+    await settled();
+  });
+
   test("broken HTTP framing on the raw socket → 4xx problem+json, connection closed", async () => {
     const { hostname, port } = new URL(sys.urls.orders);
     const rawHttp = (payload: string) =>
@@ -1012,6 +1060,8 @@ describe("hostile input on the HTTP API", () => {
     { url: `${sys.urls.gateway}/admin/reset`, method: "POST", destructive: true },
     { url: `${sys.urls.mail}/admin/faults`, method: "GET" },
     { url: `${sys.urls.mail}/admin/reset`, method: "POST", destructive: true },
+    // Erases a customer that has no orders here (idempotent: 204 every time).
+    { url: `${sys.urls.orders}/customers/ops-probe-nobody/personal-data`, method: "DELETE" },
   ];
   const orderOf = (customerId: string) => ({
     customerId,

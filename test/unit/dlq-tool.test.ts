@@ -145,7 +145,7 @@ describe("DLQ tool against nats-server", () => {
     const shown = await dlq("show", "2");
     assert.equal(shown.code, 0);
     const entry = JSON.parse(shown.text) as Record<string, unknown> & {
-      event: { id: string; aggregate_id: string };
+      event: { id: string; aggregate_id: string; data: { email: string } };
     };
     assert.equal(entry["dlqSequence"], 2);
     assert.equal(entry["stream"], "ORDERS");
@@ -153,6 +153,9 @@ describe("DLQ tool against nats-server", () => {
     assert.equal(entry["subject"], "orders.dlqtool-00001");
     assert.equal(entry["bodyOmitted"], false);
     assert.equal(entry.event.id, "dlqtool-00001:OrderPlaced");
+    // A plain e-mail address (these events predate sealing) is not shown.
+    assert.equal(entry.event.data.email, "[redacted]");
+    assert.doesNotMatch(shown.text, /@example\.com/);
 
     const missing = await dlq("show", "99");
     assert.deepEqual(missing, { code: 1, text: "no DLQ entry 99" });
