@@ -63,8 +63,14 @@ void describe("NATS permissions module", () => {
       assert.ok(!pub(s).some((x) => x.startsWith("orders.")), `${s} may publish on ORDERS`);
     assert.deepEqual(
       pub("notifications").filter((x) => !x.startsWith("$") && !x.startsWith("dlq.")),
-      ["notifications.*.NotificationSent"],
+      ["notifications.*.NotificationSent", "notifications.*.NotificationWithheld"],
     );
+    // Customers' data keys: orders writes them, notifications only reads them (src/lib/pii).
+    assert.ok(pub("orders").includes("$KV.customer-keys.>"));
+    assert.ok(pub("notifications").includes("$JS.API.DIRECT.GET.KV_customer-keys.>"));
+    assert.ok(!pub("notifications").some((x) => x.startsWith("$KV.")), "notifications writes no KV");
+    for (const s of SERVICE_USERS.filter((x) => x !== "orders" && x !== "notifications"))
+      assert.ok(!pub(s).some((x) => x.includes("customer-keys")), `${s} may touch customer-keys`);
     assert.ok(pub("payments").includes("dlq.payments-orders"));
     assert.ok(!pub("payments").includes("dlq.inventory-orders"));
   });

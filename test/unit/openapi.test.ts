@@ -75,7 +75,11 @@ describe("orders OpenAPI document", () => {
   test("the served document passes @apidevtools/swagger-parser's validation (OpenAPI 3.1)", async () => {
     const doc = served();
     assert.equal(doc.openapi, "3.1.0");
-    assert.deepEqual(Object.keys(doc.paths).sort(), ["/orders", "/orders/{id}"]);
+    assert.deepEqual(Object.keys(doc.paths).sort(), [
+      "/customers/{id}/personal-data",
+      "/orders",
+      "/orders/{id}",
+    ]);
     assert.equal(await validationError(doc), undefined);
   });
 
@@ -114,6 +118,7 @@ describe("orders OpenAPI document", () => {
       ["/orders", "post"],
       ["/orders", "get"],
       ["/orders/{id}", "get"],
+      ["/customers/{id}/personal-data", "delete"],
     ];
     for (const [path, method] of operations)
       assert.ok(
@@ -225,6 +230,31 @@ describe("orders OpenAPI document", () => {
         route: "/orders",
         status: 403,
         as: "cus_2",
+      },
+      {
+        what: "an erasure by a customer",
+        path: "/customers/cus_1/personal-data",
+        route: "/customers/{id}/personal-data",
+        init: { method: "DELETE" },
+        status: 403,
+        as: "cus_1",
+      },
+      {
+        what: "an erasure without a token",
+        path: "/customers/cus_1/personal-data",
+        route: "/customers/{id}/personal-data",
+        init: { method: "DELETE" },
+        status: 401,
+        as: "nobody",
+      },
+      {
+        what: "an erasure of a malformed customer id",
+        path: "/customers/a%01b/personal-data",
+        route: "/customers/{id}/personal-data",
+        init: { method: "DELETE" },
+        status: 400,
+        fields: true,
+        as: "operator",
       },
     ];
     for (const c of cases) {

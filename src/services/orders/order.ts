@@ -9,6 +9,7 @@ export interface Order {
   status: OrderStatus;
   reason?: CancelReason;
   customerId: string;
+  /** As stored: sealed under the customer's data key (`pii:v1:…`, src/lib/pii), or plain for orders from before sealing. */
   email: string;
   items: EventData<"OrderPlaced">["items"];
   total: number;
