@@ -299,8 +299,8 @@ export function exampleEvent<T extends EventType>(type: T, source: string): Enve
     ...(cause
       ? { cause: { id: `${EXAMPLE_ORDER}:${cause}`, trace_id: EXAMPLE_TRACE } }
       : { traceId: EXAMPLE_TRACE }),
-    ...(type === "NotificationSent"
-      ? { idSuffix: (EXAMPLES.NotificationSent as { kind: string }).kind }
+    ...(type === "NotificationSent" || type === "NotificationWithheld"
+      ? { idSuffix: (EXAMPLES[type] as { kind: string }).kind }
       : {}),
     now: EXAMPLE_TIME,
   });

@@ -813,6 +813,7 @@ describe("hostile input on the HTTP API", () => {
       items: [{ sku: "SKU-C", quantity: 1 }],
     });
     assert.equal(placed.status, 202);
+    await settled();
     const id = fc.oneof(
       forbiddenText,
       fineText,
