@@ -3,7 +3,8 @@
  * `promtool check rules` and their unit tests (`promtool test rules`), and those tests fail on a rule that is
  * wrong; the PrometheusRule of deploy/k8s/components/monitoring is the rule file's groups; the ServiceMonitor and
  * the PrometheusRule are valid objects (the Prometheus Operator's schemas, @kubernetes-models/prometheus-operator),
- * and the ServiceMonitor selects the five services' Services on their http port; every alert has a runbook in
+ * and the ServiceMonitor selects the five services' Services on their http port; the dashboard's ConfigMap carries
+ * the dashboard; every alert has a runbook in
  * docs/operations.md; the dashboard's queries parse and cover every metric the alerts use.
  *
  * That every metric the PromQL names exists in the services' /metrics is test/e2e/observability.test.ts.
@@ -20,12 +21,15 @@ import { fileURLToPath } from "node:url";
 import { PrometheusRule } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
 import { parse as parseYaml, parseAllDocuments } from "yaml";
+import { ConfigMap } from "kubernetes-models/v1";
 import {
+  DASHBOARD_CONFIGMAP_FILE,
   DASHBOARD_FILE,
   PROMETHEUS_RULE_FILE,
   PromQLSyntaxError,
   RULES_FILE,
   RULES_TEST_FILE,
+  dashboardConfigMapOf,
   dashboardQueries,
   exposedMetricNames,
   metricNamesOf,
@@ -231,6 +235,10 @@ void describe(`kustomize component deploy/k8s/components/monitoring (${kubectlFo
   void it("holds one ServiceMonitor and one PrometheusRule, valid against the Prometheus Operator's schemas", () => {
     assert.equal(serviceMonitors.length, 1);
     assert.equal(prometheusRules.length, 1);
+    const monitoring = objects.filter(
+      (o) => o.metadata.labels?.["app.kubernetes.io/component"] === "monitoring",
+    );
+    assert.deepEqual(monitoring.map((o) => o.kind).sort(), ["ConfigMap", "PrometheusRule", "ServiceMonitor"]);
     for (const o of [...serviceMonitors, ...prometheusRules]) {
       assert.equal(o.apiVersion, "monitoring.coreos.com/v1");
       if (kubectlFound) assert.equal(o.metadata.namespace, "shopstream");
@@ -256,6 +264,25 @@ void describe(`kustomize component deploy/k8s/components/monitoring (${kubectlFo
         `${s.metadata.name} has a port named ${sm.spec.endpoints[0].port}`,
       );
     assert.equal(sm.spec.endpoints[0].path, "/metrics");
+  });
+
+  void it("the dashboard's ConfigMap carries deploy/observability/grafana-dashboard.json for Grafana's sidecar, as `npm run k8s:monitoring` writes it", async () => {
+    const cm = objects.find(
+      (o) => o.kind === "ConfigMap" && o.metadata.name === "shopstream-grafana-dashboard",
+    )!;
+    assert.doesNotThrow(() => new ConfigMap(cm).validate());
+    assert.equal(cm.metadata.labels?.["grafana_dashboard"], "1");
+    const data = (cm as unknown as { data: Record<string, string> }).data;
+    assert.deepEqual(JSON.parse(data["shopstream.json"]!), JSON.parse(readFileSync(DASHBOARD_FILE, "utf8")));
+    const expected = await format(dashboardConfigMapOf(readFileSync(DASHBOARD_FILE, "utf8")), {
+      parser: "yaml",
+      filepath: DASHBOARD_CONFIGMAP_FILE,
+    });
+    assert.equal(
+      readFileSync(DASHBOARD_CONFIGMAP_FILE, "utf8"),
+      expected,
+      "deploy/k8s/components/monitoring/grafana-dashboard.yaml is stale: run npm run k8s:monitoring",
+    );
   });
 
   void it("the PrometheusRule is the rule file's groups, as `npm run k8s:monitoring` writes it", async () => {
