@@ -12,6 +12,7 @@ import { decodeEvent } from "../../src/lib/events/codec.js";
 import type { Envelope } from "../../src/lib/events/envelope.js";
 import { parseSealed } from "../../src/lib/pii/seal.js";
 import { auditStoreOf } from "../../src/services/audit/service.js";
+import { ORDERS_CONSUMER as NOTIFICATIONS_CONSUMER } from "../../src/services/notifications/service.js";
 import { customerAuth, operatorAuth } from "../helpers/auth.js";
 import { getJson, startSystem, type System } from "../helpers/system.js";
 
@@ -92,21 +93,19 @@ describe("erasure of personal data (crypto-shredding)", () => {
       "the audit log holds the sealed form",
     );
 
-    // 2. An order in flight at the time of erasure: confirmed while the mail provider is down, so its e-mail waits.
-    await sys.setMailFaults({ outage: true });
+    // 2. An order in flight at the time of erasure: confirmed while notifications does not pull (as when its
+    // breaker is open), so its e-mail waits in the stream.
+    const mailer = sys.services.notifications.ctx.runners.get(NOTIFICATIONS_CONSUMER);
+    assert.ok(mailer, "the notifications consumer runs");
+    mailer.pause();
     const pending = await sys.placeOrder({ customerId: CUSTOMER, email: EMAIL, items: line });
     const pendingId = pending.body.orderId as string;
     assert.equal((await sys.waitForTerminal(pendingId)).status, "CONFIRMED");
     const withheld = sys.nc.subscribe(`notifications.${pendingId}.NotificationWithheld`, { max: 1 });
-    const withheldEvent = new Promise<Msg>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("no NotificationWithheld within 60 s")), 60_000);
-      void (async () => {
-        for await (const msg of withheld) {
-          clearTimeout(timer);
-          resolve(msg);
-        }
-      })();
-    });
+    const withheldEvent = (async (): Promise<Msg | undefined> => {
+      for await (const msg of withheld) return msg;
+      return undefined;
+    })();
 
     // 3. Erasure: operator only, idempotent, 204 for an unknown customer too.
     assert.equal((await erase(CUSTOMER, {})).status, 401);
@@ -146,8 +145,18 @@ describe("erasure of personal data (crypto-shredding)", () => {
     );
 
     // 5. The in-flight order's e-mail: withheld (recorded once), never sent, not dead-lettered.
-    await sys.setMailFaults({ outage: false });
-    const m = await withheldEvent;
+    mailer.resume();
+    let timer: NodeJS.Timeout | undefined;
+    const m = await Promise.race([
+      withheldEvent,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error("no NotificationWithheld within 60 s of resuming")),
+          60_000,
+        );
+      }),
+    ]).finally(() => clearTimeout(timer));
+    assert.ok(m, "the NotificationWithheld");
     const e = decodeEvent(m.data);
     assert.equal(e.type, "NotificationWithheld");
     assert.deepEqual(e.data, { orderId: pendingId, kind: "order_confirmed", reason: "personal_data_erased" });
