@@ -216,12 +216,12 @@ export class InventoryStore {
     const current = await this.getEntry(item.sku);
     if (current && JSON.stringify(current) !== JSON.stringify(entry))
       return { kind: "conflict", entry: current };
-    const stock = await casUpdate<StockRecord>(
-      this.stock,
-      item.sku,
-      (cur) => cur ?? newStock(item.sku, item.stock),
+    const stock = await casUpdate<StockRecord>(this.stock, item.sku, (cur) =>
+      cur === null ? newStock(item.sku, item.stock) : Unchanged,
     );
-    const r = await casUpdate<StoredCatalogEntry>(this.catalog, item.sku, (cur) => cur ?? entry);
+    const r = await casUpdate<StoredCatalogEntry>(this.catalog, item.sku, (cur) =>
+      cur === null ? entry : Unchanged,
+    );
     const stored = entryOf({ ...r.value!, stock: 0 });
     if (!r.changed && JSON.stringify(stored) !== JSON.stringify(entry))
       return { kind: "conflict", entry: stored };
