@@ -86,7 +86,6 @@ export type LiveMessage = Record<string, unknown> & { event: string; status: str
 export class LiveStreams {
   readonly #perCustomer = new Map<string, number>();
   readonly #open = new Set<() => void>();
-  #gauge: Gauge | undefined;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -101,13 +100,13 @@ export class LiveStreams {
   }
 
   registerMetrics(registry: Registry): void {
-    const self = this;
-    this.#gauge = new Gauge({
+    const size = () => this.size;
+    new Gauge({
       name: "shopstream_order_live_streams",
       help: "Open GET /orders/{id}/events streams (Server-Sent Events) on this replica",
       registers: [registry],
       collect() {
-        this.set(self.size);
+        this.set(size());
       },
     });
   }
@@ -244,6 +243,5 @@ export class LiveStreams {
   /** Ends every open stream (the service is stopping; clients resume from their Last-Event-ID elsewhere). */
   closeAll(): void {
     for (const close of [...this.#open]) close();
-    this.#gauge = undefined;
   }
 }
