@@ -1001,8 +1001,8 @@ describe("hostile input on the HTTP API", () => {
   const notIntIn = (min: number, max: number) =>
     fc.oneof(
       fc.double({ noInteger: true }),
-      fc.integer({ max: min - 1 }),
-      fc.integer({ min: max + 1 }),
+      min - 1 >= -(2 ** 31) ? fc.integer({ min: -(2 ** 31), max: min - 1 }) : fc.constant(min - 1),
+      max + 1 < 2 ** 31 ? fc.integer({ min: max + 1 }) : fc.constantFrom(max + 1, 1e20),
       fc.constantFrom(1e308, -1e308, "1", "", null, true, [], {}, [1], { $gt: 0 }),
       fc.string({ maxLength: 5 }),
     );
@@ -1079,7 +1079,7 @@ describe("hostile input on the HTTP API", () => {
       await prop(
         fc.oneof(
           badSku.map((sku) => ({ ...product, sku })),
-          notIntIn(0, Number.MAX_SAFE_INTEGER).map((price) => ({ ...product, price })),
+          notIntIn(0, 100_000_000).map((price) => ({ ...product, price })),
           notIntIn(0, 1_000_000_000).map((stock) => ({ ...product, stock })),
           fc
             .string({ maxLength: 5 })

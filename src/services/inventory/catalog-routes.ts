@@ -62,16 +62,19 @@ export const StockViewSchema = Type.Object({
 });
 
 const MAX_UNITS = 1_000_000_000;
+/** Highest unit price an operator may set (cents): a million in the currency. */
+const MAX_PRICE = 100_000_000;
 
 const AddProductBody = Type.Object(
   {
     ...CatalogEntry.properties,
+    price: Type.Integer({ minimum: 0, maximum: MAX_PRICE, description: "unit price in cents" }),
     stock: Type.Integer({ minimum: 0, maximum: MAX_UNITS, description: "units available from the start" }),
   },
   { additionalProperties: false },
 );
 const PriceBody = Type.Object(
-  { price: Type.Integer({ minimum: 0, maximum: 100_000_000, description: "new unit price in cents" }) },
+  { price: Type.Integer({ minimum: 0, maximum: MAX_PRICE, description: "new unit price in cents" }) },
   { additionalProperties: false },
 );
 const AdjustmentBody = Type.Object(
