@@ -18,7 +18,14 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import * as prettier from "prettier";
-import { catalog, eventTypes, Streams, type EventData, type EventType } from "../src/lib/events/catalog.js";
+import {
+  catalog,
+  eventTypes,
+  isSkuEventType,
+  Streams,
+  type EventData,
+  type EventType,
+} from "../src/lib/events/catalog.js";
 import { EnvelopeSchema, makeEvent, subjectOf, type Envelope } from "../src/lib/events/envelope.js";
 import { Hdr } from "../src/lib/messaging/headers.js";
 import { streamSpecs } from "../src/lib/service.js";
@@ -34,10 +41,11 @@ const ARCHITECTURE_PATH = `${ROOT}docs/architecture.md`;
 
 /** What each envelope field means (every field of `EnvelopeSchema` must be here). */
 export const ENVELOPE_NOTES: Record<string, string> = {
-  id: "Deterministic event id, `<orderId>:<EventType>` (plus `:<suffix>` where one order has several events of a type). Also the `Nats-Msg-Id`, so a retried or redone publish is stored once.",
+  id: "Deterministic event id, `<orderId>:<EventType>` (plus `:<suffix>` where one order has several events of a type; `<sku>:<EventType>[:<suffix>]` for the catalog events). Also the `Nats-Msg-Id`, so a retried or redone publish is stored once.",
   type: "The event type: one of the catalog's.",
   version: "Schema version of `data` for this type; a consumer refuses a version it does not know.",
-  aggregate_id: "The order the event is about; `data.orderId` must be the same.",
+  aggregate_id:
+    "The order the event is about (`data.orderId` must be the same); for the catalog events (ProductAdded, PriceChanged, StockAdjusted) the SKU (`data.sku`).",
   data: "The type's payload (see each event).",
   timestamp: "When the event was made (ISO 8601, UTC).",
   trace_id: "W3C trace id: one order is one trace across every service.",
@@ -64,6 +72,17 @@ const FIELD_NOTES: Record<string, string> = {
   refundId: "the gateway's refund id",
   messageId: "the mail provider's message id",
   kind: "which e-mail",
+  sku: "the SKU: equals the envelope's `aggregate_id` (catalog events)",
+  price: "unit price in minor units (cents)",
+  previousPrice: "the unit price before the change, minor units (cents)",
+  revision: "the catalog entry's KV revision this change wrote (orders the changes of one SKU)",
+  stock: "units available when the product was added",
+  quantity: "units",
+  adjustmentId:
+    "the operator's Idempotency-Key (or a generated id): one adjustment, applied and published once",
+  note: "free text for people",
+  operator: "the operator who made the change (the token's `sub`)",
+  name: "the product's name",
 };
 
 /** Headers of every event message. */
@@ -101,6 +120,7 @@ const DLQ_HEADERS: Record<string, string> = {
 };
 
 const EXAMPLE_ORDER = "ord_0m5x2k9qa4f2c81d93b7e6a05";
+const EXAMPLE_SKU = "SKU-A";
 const EXAMPLE_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736";
 const EXAMPLE_TIME = new Date("2025-06-02T09:30:00.000Z");
 
@@ -157,6 +177,30 @@ export const EXAMPLES: { [T in EventType]: EventData<T> } = {
   },
   NotificationSent: { orderId: EXAMPLE_ORDER, kind: "order_confirmed", messageId: "msg_5d0e81" },
   NotificationWithheld: { orderId: EXAMPLE_ORDER, kind: "order_confirmed", reason: "personal_data_erased" },
+  ProductAdded: {
+    sku: EXAMPLE_SKU,
+    name: "Coffee mug",
+    price: 1250,
+    currency: "EUR",
+    stock: 100,
+    operator: "ops-ada",
+  },
+  PriceChanged: {
+    sku: EXAMPLE_SKU,
+    price: 1350,
+    previousPrice: 1250,
+    currency: "EUR",
+    revision: 7,
+    operator: "ops-ada",
+  },
+  StockAdjusted: {
+    sku: EXAMPLE_SKU,
+    adjustmentId: "restock-2025-06-02",
+    quantity: 50,
+    reason: "restock",
+    note: "delivery 4711",
+    operator: "ops-ada",
+  },
 };
 
 /** The event each example is a consequence of (its causation). */
@@ -173,7 +217,24 @@ const CAUSES: { [T in EventType]: EventType | null } = {
   PaymentRefunded: "OrderCancelled",
   NotificationSent: "OrderConfirmed",
   NotificationWithheld: "OrderConfirmed",
+  ProductAdded: null,
+  PriceChanged: null,
+  StockAdjusted: null,
 };
+
+/** The id suffix of an example event, where its type has several events per aggregate. */
+function exampleSuffix(type: EventType): string | undefined {
+  if (type === "NotificationSent" || type === "NotificationWithheld")
+    return (EXAMPLES[type] as { kind: string }).kind;
+  if (type === "PriceChanged") return String(EXAMPLES.PriceChanged.revision);
+  if (type === "StockAdjusted") return EXAMPLES.StockAdjusted.adjustmentId;
+  return undefined;
+}
+
+/** The aggregate placeholder of a type's subject and id: `<orderId>`, or `<sku>` for the catalog events. */
+function aggregatePlaceholder(type: EventType): string {
+  return isSkuEventType(type) ? "<sku>" : "<orderId>";
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Reading the sources
@@ -294,14 +355,12 @@ function jsonSchema(schema: unknown): JsonSchema {
 export function exampleEvent<T extends EventType>(type: T, source: string): Envelope<T> {
   const cause = CAUSES[type];
   return makeEvent(type, EXAMPLES[type] as EventData<T>, {
-    aggregateId: EXAMPLE_ORDER,
+    aggregateId: isSkuEventType(type) ? EXAMPLE_SKU : EXAMPLE_ORDER,
     source,
     ...(cause
       ? { cause: { id: `${EXAMPLE_ORDER}:${cause}`, trace_id: EXAMPLE_TRACE } }
       : { traceId: EXAMPLE_TRACE }),
-    ...(type === "NotificationSent" || type === "NotificationWithheld"
-      ? { idSuffix: (EXAMPLES[type] as { kind: string }).kind }
-      : {}),
+    idSuffix: exampleSuffix(type),
     now: EXAMPLE_TIME,
   });
 }
@@ -412,7 +471,12 @@ export function buildAsyncApi(topology: Topology): Record<string, unknown> {
       parameters: isDlq
         ? { consumer: { description: "The durable consumer that dead-lettered the message." } }
         : {
-            orderId: { description: "The order id (`aggregate_id`)." },
+            orderId: {
+              description:
+                spec.name === Streams.INVENTORY
+                  ? "The `aggregate_id`: the order id, or the SKU for the catalog events (ProductAdded, PriceChanged, StockAdjusted)."
+                  : "The order id (`aggregate_id`).",
+            },
             ...(spec.name === Streams.ORDERS
               ? {}
               : { eventType: { enum: types, description: "The event type." } }),
@@ -654,9 +718,9 @@ export function buildMarkdown(topology: Topology): string {
       "",
       `${def.description}`,
       "",
-      `- Stream: **${def.stream}**, subject ${code(addressOf(type).replace("{orderId}", "<orderId>"))}`,
+      `- Stream: **${def.stream}**, subject ${code(addressOf(type).replace("{orderId}", aggregatePlaceholder(type)))}`,
       `- Published by: **${topology.publisher[type]}**; schema version ${def.version}`,
-      `- Event id: ${code(example.id.replace(EXAMPLE_ORDER, "<orderId>"))}`,
+      `- Event id: ${code(example.id.replace(EXAMPLE_ORDER, "<orderId>").replace(`${EXAMPLE_SKU}:`, "<sku>:"))}`,
       "",
       "Delivered to (the consumers whose filter takes the subject; one without a handler for this type " +
         "acknowledges it unread):",

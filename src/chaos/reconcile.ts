@@ -131,10 +131,9 @@ export async function gatherFacts(src: FactSources, accepted: Iterable<string>):
     after = page.next;
   }
 
-  const inv = await getJson<{ items: { sku: string; initial?: number; available: number }[] }>(
-    `${src.inventoryUrl}/inventory`,
-    src,
-  );
+  const inv = await getJson<{
+    items: { sku: string; initial?: number; adjusted?: number; available: number }[];
+  }>(`${src.inventoryUrl}/inventory`, src);
   const check = await checkInvariants({ ...src, acceptedOrderIds: accepted });
   const oversoldSkus = new Set<string>();
   for (const v of check.invariants.find((i) => i.id === "I3")?.violations ?? [])
@@ -144,7 +143,10 @@ export async function gatherFacts(src: FactSources, accepted: Iterable<string>):
     if (f.status === "CONFIRMED")
       for (const l of f.items) confirmedUnits.set(l.sku, (confirmedUnits.get(l.sku) ?? 0) + l.quantity);
   for (const s of inv.items)
-    if (s.available < 0 || (s.initial !== undefined && (confirmedUnits.get(s.sku) ?? 0) > s.initial))
+    if (
+      s.available < 0 ||
+      (s.initial !== undefined && (confirmedUnits.get(s.sku) ?? 0) > s.initial + (s.adjusted ?? 0))
+    )
       oversoldSkus.add(s.sku);
 
   return { orders, ledger, mails, audited, oversoldSkus, check, undecodable };

@@ -46,8 +46,10 @@ export const VIOLATION_KINDS = {
   "capture-without-order": "I2",
   /** A SKU with fewer than zero units available: oversold. */
   "negative-available": "I3",
-  /** A SKU whose `initial` is not `available + reserved + committed`. */
+  /** A SKU whose `initial + adjusted` is not `available + reserved + committed`. */
   "stock-unbalanced": "I3",
+  /** A SKU whose `adjusted` is not the sum of its StockAdjusted events (a stock change off the record, or an event without its change). */
+  "adjustment-mismatch": "I3",
   /** A SKU whose `committed` is not the units of its CONFIRMED orders. */
   "committed-mismatch": "I3",
   /** Units still reserved although every order is terminal. */
@@ -282,6 +284,8 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   const terminalAt = new Map<number, { type: string; orderId: string }>();
   /** `<orderId>:<kind>` of every NotificationWithheld: an e-mail settled without one (the customer was erased). */
   const withheld = new Set<string>();
+  /** Units of the StockAdjusted events of each SKU (each event once). */
+  const adjustedUnits = new Map<string, number>();
   let events = 0;
   for (const stream of [Streams.ORDERS, Streams.INVENTORY, Streams.PAYMENTS, Streams.NOTIFICATIONS]) {
     const r = await readStream(t.nc, stream, (e, seq) => {
@@ -300,6 +304,8 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
           items: e.data.items.map((l) => ({ sku: l.sku, quantity: l.quantity })),
           terminals: [],
         });
+      } else if (e.type === "StockAdjusted") {
+        adjustedUnits.set(e.data.sku, (adjustedUnits.get(e.data.sku) ?? 0) + e.data.quantity);
       } else if (e.type === "OrderConfirmed" || e.type === "OrderCancelled") {
         orders.get(e.aggregate_id)?.terminals.push(e.type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED");
       } else if (e.type === "NotificationWithheld") {
@@ -381,7 +387,14 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   // I3 stock
   const i3: Violation[] = [];
   const inv = await getJson<{
-    items: { sku: string; initial?: number; available: number; reserved: number; committed: number }[];
+    items: {
+      sku: string;
+      initial?: number;
+      adjusted?: number;
+      available: number;
+      reserved: number;
+      committed: number;
+    }[];
   }>(`${t.inventoryUrl}/inventory`, t);
   const confirmedUnits = new Map<string, number>();
   for (const o of orders.values()) {
@@ -392,11 +405,19 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   for (const s of inv.items) {
     if (s.available < 0)
       i3.push({ kind: "negative-available", sku: s.sku, detail: `available ${s.available} < 0 (oversold)` });
-    if (s.initial !== undefined && s.initial !== s.available + s.reserved + s.committed)
+    const adjusted = s.adjusted ?? 0;
+    if (s.initial !== undefined && s.initial + adjusted !== s.available + s.reserved + s.committed)
       i3.push({
         kind: "stock-unbalanced",
         sku: s.sku,
-        detail: `initial ${s.initial} != available ${s.available} + reserved ${s.reserved} + committed ${s.committed}`,
+        detail: `initial ${s.initial} + adjusted ${adjusted} != available ${s.available} + reserved ${s.reserved} + committed ${s.committed}`,
+      });
+    const recorded = adjustedUnits.get(s.sku) ?? 0;
+    if (adjusted !== recorded)
+      i3.push({
+        kind: "adjustment-mismatch",
+        sku: s.sku,
+        detail: `adjusted ${adjusted}, but its StockAdjusted events add up to ${recorded}`,
       });
     const want = confirmedUnits.get(s.sku) ?? 0;
     if (s.committed !== want)
@@ -517,7 +538,11 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   const invariants = [
     result("I1", "terminal: every accepted order ends in exactly one terminal state", i1),
     result("I2", "money: confirmed nets its total at the gateway, cancelled nets zero", i2),
-    result("I3", "stock: initial = available + reserved + committed, never oversold", i3),
+    result(
+      "I3",
+      "stock: initial + adjustments = available + reserved + committed, never oversold; adjustments match their events",
+      i3,
+    ),
     result("I4", "notify: one e-mail per (order, kind), or its dead letter", i4),
     result("I5", "audit: every event once, chain verifies", i5),
     result("I6", "no silent loss: every consumer processed or dead-lettered everything", i6),

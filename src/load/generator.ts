@@ -2,7 +2,8 @@
  * A load generator for ShopStream: drives `POST /orders` open-loop (at a fixed rate, latency measured
  * from each order's *scheduled* send time, so a slow system cannot hide its queueing) or closed-loop (N
  * clients, each sending its next order when the previous one is answered), and tracks every accepted
- * order to its terminal event on the bus. Used by the benchmark and the chaos harness.
+ * order to its terminal event on the bus (or, with `followOverSse`, over each order's `GET /orders/{id}/events`
+ * stream, as a client would). Used by the benchmark and the chaos harness.
  *
  * A request the orders service sheds (503 with `Retry-After`: too many orders in flight) is counted apart as
  * `shed`: refused up front with nothing placed, it is neither an error nor a lost order. It is not retried.
@@ -10,6 +11,7 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { Pool } from "undici";
 import { Hdr } from "../lib/messaging/headers.js";
+import { readSse } from "./sse.js";
 
 /** The body of one order. */
 export interface OrderBody {
@@ -39,6 +41,8 @@ export interface OrderRecord {
   retryAfterS?: number;
   terminal?: "CONFIRMED" | "CANCELLED";
   terminalAt?: number;
+  /** Why following the order over Server-Sent Events failed (`followOverSse` only). */
+  followError?: string;
 }
 
 /** Follows terminal order events on the bus (a core subscription on `orders.*`; no JSON decoding). */
@@ -132,6 +136,13 @@ export interface LoadOptions {
    * `Authorization` is sent (the orders service answers 401).
    */
   token?: (customerId: string) => string | Promise<string>;
+  /**
+   * Follow every accepted order to its terminal state over `GET /orders/{id}/events` (Server-Sent Events) instead
+   * of the bus: `terminal`/`terminalAt` of its record are set from the stream, and in closed loop a client sends its
+   * next order only once the previous one has ended. Needs `token`. A stream refused with 429 (too many open streams
+   * of one customer) is retried after its Retry-After; one that ends early is resumed with Last-Event-ID.
+   */
+  followOverSse?: { timeoutMs?: number; maxStreams?: number };
 }
 
 const defaultSkus = ["SKU-TSHIRT", "SKU-MUG", "SKU-HOODIE", "SKU-CAP", "SKU-STICKERS"];
@@ -181,6 +192,59 @@ async function post(
 }
 
 /**
+ * Follows one order over `GET /orders/{id}/events` until its terminal state, resuming with Last-Event-ID, waiting
+ * out 429s; resolves with the terminal status and when it was received, or an error (never rejects).
+ */
+export async function followOrder(
+  pool: Pool,
+  basePath: string,
+  orderId: string,
+  token: string | undefined,
+  timeoutMs: number,
+): Promise<{ terminal?: "CONFIRMED" | "CANCELLED"; at?: number; error?: string }> {
+  const deadline = Date.now() + timeoutMs;
+  let lastId: string | undefined;
+  while (Date.now() < deadline) {
+    try {
+      const res = await pool.request({
+        path: `${basePath}/orders/${orderId}/events`,
+        method: "GET",
+        headers: {
+          accept: "text/event-stream",
+          ...(token ? { authorization: `Bearer ${token}` } : {}),
+          ...(lastId !== undefined ? { "last-event-id": lastId } : {}),
+        },
+        headersTimeout: Math.max(1, deadline - Date.now()),
+        bodyTimeout: Math.max(1, deadline - Date.now()),
+      });
+      if (res.statusCode === 429) {
+        await res.body.dump();
+        const s = Number(res.headers["retry-after"] ?? "1");
+        await new Promise((r) => setTimeout(r, Math.min(Math.max(s, 0.1) * 1000, deadline - Date.now())));
+        continue;
+      }
+      if (res.statusCode !== 200) {
+        await res.body.dump();
+        return { error: `GET /orders/${orderId}/events: ${res.statusCode}` };
+      }
+      for await (const item of readSse(res.body)) {
+        if (item.kind !== "message") continue;
+        lastId = item.id;
+        const status = (JSON.parse(item.data) as { status?: string }).status;
+        if (status === "CONFIRMED" || status === "CANCELLED") {
+          await res.body.dump().catch(() => undefined);
+          return { terminal: status, at: Date.now() };
+        }
+      }
+    } catch (err) {
+      if (Date.now() >= deadline) return { error: (err as Error).message };
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return { error: `no terminal state of ${orderId} within ${timeoutMs} ms` };
+}
+
+/**
  * Runs the load and returns a record per order sent. Accepted orders have `orderId`; pair the run with
  * a {@link TerminalTracker} started before it to learn their outcomes.
  */
@@ -190,6 +254,10 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
   const path = `${url.pathname.replace(/\/+$/, "")}/orders`;
   const make = o.body ?? defaultOrder;
   const timeoutMs = o.timeoutMs ?? 10_000;
+  const sse = o.followOverSse
+    ? new Pool(url.origin, { connections: o.followOverSse.maxStreams ?? 1024, pipelining: 1 })
+    : undefined;
+  const basePath = url.pathname.replace(/\/+$/, "");
   const records: OrderRecord[] = [];
   const inflight = new Set<Promise<void>>();
   let accepted = 0;
@@ -204,12 +272,16 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
     const rec: OrderRecord = { i, scheduledAt, sentAt: Date.now() };
     records.push(rec);
     const order = make(i);
+    let token: string | undefined;
     const p = Promise.resolve(o.token?.(order.customerId))
       .then(
-        (token) => post(pool, path, JSON.stringify(order), timeoutMs, token),
+        (t) => {
+          token = t;
+          return post(pool, path, JSON.stringify(order), timeoutMs, t);
+        },
         (err: unknown): PostResult => ({ error: `no token: ${(err as Error).message}` }),
       )
-      .then((r) => {
+      .then(async (r) => {
         rec.answeredAt = Date.now();
         if (r.error !== undefined) {
           rec.error = r.error;
@@ -223,6 +295,19 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
             accepted++;
           } catch {
             failed++;
+          }
+          if (sse && rec.orderId !== undefined) {
+            const f = await followOrder(
+              sse,
+              basePath,
+              rec.orderId,
+              token,
+              o.followOverSse?.timeoutMs ?? 120_000,
+            );
+            if (f.terminal) {
+              rec.terminal = f.terminal;
+              rec.terminalAt = f.at;
+            } else rec.followError = f.error;
           }
         } else if (r.status === 503 && r.retryAfter !== undefined) {
           rec.shed = true;
@@ -266,6 +351,7 @@ export async function runLoad(o: LoadOptions): Promise<OrderRecord[]> {
   } finally {
     clearInterval(tick);
     await pool.destroy();
+    await sse?.destroy();
   }
   return records;
 }

@@ -1038,6 +1038,161 @@ describe("hostile input on the HTTP API", () => {
   });
 
   // -------------------------------------------------------------------------------------------------
+  /** An operator's request to the inventory service. */
+  const inv = async (method: string, path: string, body?: unknown, raw?: string): Promise<Res> =>
+    readResponse(
+      await fetch(`${sys.urls.inventory}${path}`, {
+        method,
+        headers: { ...JSON_CT, ...(await operatorAuth()) },
+        body: raw ?? JSON.stringify(body),
+      }),
+    );
+  const inventoryEvents = async () => (await jsm.streams.info("INVENTORY")).state.messages;
+  /** Not an integer within [min, max]: fractions, out of range, strings, null, arrays, objects, booleans. */
+  const notIntIn = (min: number, max: number) =>
+    fc.oneof(
+      fc.double({ noInteger: true }),
+      min - 1 >= -(2 ** 31) ? fc.integer({ min: -(2 ** 31), max: min - 1 }) : fc.constant(min - 1),
+      max + 1 < 2 ** 31 ? fc.integer({ min: max + 1 }) : fc.constantFrom(max + 1, 1e20),
+      fc.constantFrom(1e308, -1e308, "1", "", null, true, [], {}, [1], { $gt: 0 }),
+      fc.string({ maxLength: 5 }),
+    );
+  /** A SKU token that is not a SKU (or one no catalog has): for paths and bodies. */
+  const badSku = fc.oneof(
+    fc.string({ unit: "binary", minLength: 1, maxLength: 8 }).filter((x) => !/^[A-Za-z0-9_-]{1,64}$/.test(x)),
+    fc.constantFrom("x".repeat(65), "..", "%00", "SKU A", "SKU.A", "SKU*", "SKU>", "__proto__x.y"),
+  );
+
+  test("operator catalog and stock endpoints: hostile bodies and SKUs → 4xx problem, nothing changes", async () => {
+    const before = await inventoryEvents();
+    await unchanged(async () => {
+      // PUT /inventory/{sku}/price
+      await prop(
+        fc.oneof(
+          notIntIn(0, 100_000_000).map((price) => ({ price })),
+          fc.record({ price: fc.nat(1000), extra: fc.anything().filter((v) => v !== undefined) }),
+          fc.anything().filter((v) => typeof v !== "object" || v === null || Array.isArray(v)),
+        ),
+        async (body) =>
+          assertProblem(await inv("PUT", "/inventory/SKU-A/price", body), 400, JSON.stringify(body)),
+        100,
+      );
+      await prop(
+        badSku,
+        async (sku) => {
+          const r = await inv("PUT", `/inventory/${encodeURIComponent(sku)}/price`, { price: 1 });
+          assertProblem(r, [400, 404, 414], JSON.stringify(sku));
+        },
+        100,
+      );
+      assertProblem(await inv("PUT", "/inventory/SKU-UNKNOWN/price", { price: 1 }), 404);
+      // POST /inventory/{sku}/adjustments
+      const reason = fc.constantFrom("restock", "damaged");
+      await prop(
+        fc.oneof(
+          fc.record({ quantity: notIntIn(-1_000_000_000, 1_000_000_000), reason }),
+          fc.record({ quantity: fc.integer({ min: 1, max: 5 }), reason: fc.string({ maxLength: 10 }) }),
+          fc.record({
+            quantity: fc.integer({ min: 1, max: 5 }),
+            reason,
+            note: fc.string({ minLength: 501 }),
+          }),
+          // (`undefined` would vanish from the JSON, leaving a valid body)
+          fc.record({
+            quantity: fc.integer({ min: 1, max: 5 }),
+            reason,
+            extra: fc.anything().filter((v) => v !== undefined),
+          }),
+          fc.record({ reason }),
+        ),
+        async (body) =>
+          assertProblem(await inv("POST", "/inventory/SKU-A/adjustments", body), 400, JSON.stringify(body)),
+        100,
+      );
+      assertProblem(await inv("POST", "/inventory/SKU-A/adjustments", { quantity: 0, reason: "lost" }), 422);
+      assertProblem(
+        await inv("POST", "/inventory/SKU-A/adjustments", { quantity: -1_000_000, reason: "lost" }),
+        409,
+      );
+      await prop(
+        badSku,
+        async (sku) => {
+          const r = await inv("POST", `/inventory/${encodeURIComponent(sku)}/adjustments`, {
+            quantity: 1,
+            reason: "found",
+          });
+          assertProblem(r, [400, 404, 414], JSON.stringify(sku));
+        },
+        100,
+      );
+      // POST /inventory/products
+      const product = { sku: "SKU-HOSTILE", name: "H", price: 1, currency: "EUR", stock: 1 };
+      await prop(
+        fc.oneof(
+          badSku.map((sku) => ({ ...product, sku })),
+          notIntIn(0, 100_000_000).map((price) => ({ ...product, price })),
+          notIntIn(0, 1_000_000_000).map((stock) => ({ ...product, stock })),
+          fc
+            .string({ maxLength: 5 })
+            .filter((c) => !/^[A-Z]{3}$/.test(c))
+            .map((currency) => ({ ...product, currency })),
+          fc.constantFrom("", "x".repeat(201)).map((name) => ({ ...product, name })),
+          fc
+            .anything()
+            .filter((v) => v !== undefined)
+            .map((extra) => ({ ...product, extra })),
+        ),
+        async (body) =>
+          assertProblem(await inv("POST", "/inventory/products", body), 400, JSON.stringify(body)),
+        100,
+      );
+      // An existing SKU with other figures: 409, the stored entry kept.
+      assertProblem(await inv("POST", "/inventory/products", { ...catalog[0], price: 1 }), 409);
+      for (const raw of ['{"price":', "[]", "null", "\u0000"])
+        assertProblem(await inv("PUT", "/inventory/SKU-A/price", undefined, raw), [400], raw);
+    });
+    assert.equal(await inventoryEvents(), before, "no event on INVENTORY");
+  });
+
+  test("GET /orders/{id}/events with hostile ids and Last-Event-IDs → 400/404 problem, no stream opened", async () => {
+    const placed = await sys.placeOrder({
+      customerId: "sse-probe",
+      email: "s@example.com",
+      items: [{ sku: "SKU-C", quantity: 1 }],
+    });
+    assert.equal(placed.status, 202);
+    const id = placed.body.orderId as string;
+    await sys.waitForTerminal(id);
+    await unchanged(async () => {
+      await prop(
+        fc.oneof(
+          fc
+            .string({ unit: "binary", minLength: 1, maxLength: 20 }) // HTTP trims spaces and tabs around a header value: " 1" arrives as "1".
+            .filter((x) => !/^[0-9]{1,15}$/.test(x.replace(/^[ \t]+|[ \t]+$/g, ""))),
+          fc.constantFrom("-1", "1.5", "1e3", "0x10", "9".repeat(16), "1 2", "١"),
+        ),
+        async (lastId) => {
+          let r: Res;
+          try {
+            r = await send("GET", `/orders/${id}/events`, undefined, { "last-event-id": lastId });
+          } catch {
+            return; // a header value fetch itself refuses to send (e.g. a control character)
+          }
+          assertProblem(r, 400, JSON.stringify(lastId));
+        },
+        100,
+      );
+      await prop(
+        fc.string({ unit: "binary", minLength: 1, maxLength: 10 }),
+        async (garbage) => {
+          const r = await send("GET", `/orders/${encodeBytes(garbage)}/events`);
+          assertProblem(r, [400, 404, 414], JSON.stringify(garbage));
+        },
+        100,
+      );
+    });
+  });
+
   // Tokens (docs/security.md): every way a token can be wrong is a 401; a customer sees only their own orders;
   // operations need an operator.
 
@@ -1046,6 +1201,7 @@ describe("hostile input on the HTTP API", () => {
     { url: `${sys.urls.orders}/orders`, method: "POST", body: JSON.stringify(orderOf("tok")) },
     { url: `${sys.urls.orders}/orders/${orderId}`, method: "GET" },
     { url: `${sys.urls.orders}/orders?limit=5`, method: "GET" },
+    { url: `${sys.urls.orders}/orders/${orderId}/events`, method: "GET" },
     ...operations(orderId),
   ];
   /** The operations endpoints: operator tokens only. */
@@ -1056,6 +1212,18 @@ describe("hostile input on the HTTP API", () => {
     { url: `${sys.urls.inventory}/inventory`, method: "GET" },
     { url: `${sys.urls.inventory}/inventory/SKU-A`, method: "GET" },
     { url: `${sys.urls.inventory}/inventory/reservations/${orderId}`, method: "GET" },
+    // Changes that change nothing when an operator sends them: the same price again, a product as it is, quantity 0.
+    { url: `${sys.urls.inventory}/inventory/SKU-A/price`, method: "PUT", body: '{"price":1250}' },
+    {
+      url: `${sys.urls.inventory}/inventory/products`,
+      method: "POST",
+      body: JSON.stringify({ sku: "SKU-B", name: "Widget B", price: 399, currency: "EUR", stock: 1_000 }),
+    },
+    {
+      url: `${sys.urls.inventory}/inventory/SKU-A/adjustments`,
+      method: "POST",
+      body: '{"quantity":0,"reason":"found"}',
+    },
     { url: `${sys.urls.payments}/payments/${orderId}`, method: "GET" },
     { url: `${sys.urls.notifications}/notifications/${orderId}`, method: "GET" },
     { url: `${sys.urls.gateway}/admin/faults`, method: "GET" },

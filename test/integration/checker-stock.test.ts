@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { formatReport, type CheckReport } from "../../src/checker/checker.js";
-import { startRig, verdict, type Rig } from "../helpers/checker-rig.js";
+import { startRig, verdict, verdictOf, type Rig } from "../helpers/checker-rig.js";
 
 /**
  * SKU-SCARCE has 5 units. `s-first` buys 3 (reserved, committed); `s-second` wants 3 more, is rejected by
@@ -100,6 +100,44 @@ void describe("checker: I3 stock", () => {
         ["I3 reserved-after-terminal SKU-A", "I3 stock-unbalanced SKU-B"],
         formatReport(report),
       );
+    });
+  });
+
+  void describe("operators' adjustments (issue 13: I3 extended)", () => {
+    let rig: Rig;
+    let report: CheckReport;
+    before(async () => {
+      rig = await startRig();
+      await rig.confirmedOrder("s-ok", [{ sku: "SKU-A", quantity: 2 }]);
+      // A real restock through the inventory API: recorded, balanced, and its StockAdjusted on INVENTORY.
+      const res = await fetch(`${rig.urls.inventory}/inventory/SKU-A/adjustments`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: rig.authorization },
+        body: JSON.stringify({ quantity: 10, reason: "restock" }),
+      });
+      assert.equal(res.status, 200, await res.clone().text());
+      // SKU-B: 5 units added behind the inventory's back, balanced (adjusted follows), with no StockAdjusted event.
+      const b = await rig.stockOf("SKU-B");
+      await rig.tamperStock("SKU-B", { available: b.available + 5, adjusted: 5 });
+      report = await rig.check();
+    });
+    after(async () => {
+      await rig?.stop();
+    });
+
+    void it("reports a stock change without its StockAdjusted event as adjustment-mismatch, and nothing for a recorded one", () => {
+      assert.deepEqual(verdict(report), ["I3 adjustment-mismatch SKU-B"], formatReport(report));
+      assert.match(
+        report.invariants.find((i) => i.id === "I3")!.violations[0]!.detail,
+        /adjusted 5, but its StockAdjusted events add up to 0/,
+      );
+    });
+
+    void it("a restock that moved available without adjusted does not balance: stock-unbalanced", async () => {
+      const a = await rig.stockOf("SKU-A");
+      await rig.tamperStock("SKU-A", { available: a.available + 3 });
+      const r = await rig.check();
+      assert.deepEqual(verdictOf(r, "SKU-A"), ["I3 stock-unbalanced"], formatReport(r));
     });
   });
 });

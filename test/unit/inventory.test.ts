@@ -13,6 +13,8 @@ import {
   loadCatalogFile,
 } from "../../src/services/inventory/catalog.js";
 import {
+  MAX_REMEMBERED_ADJUSTMENTS,
+  adjust,
   applyMove,
   commitHold,
   decideCommit,
@@ -127,7 +129,40 @@ void describe("inventory domain: stock moves", () => {
     };
     const v = stockViolations(bad);
     assert.equal(v.length, 3);
-    assert.match(v.join("\n"), /initial 5 != available -1 \+ reserved 2 \+ committed 3/);
+    assert.match(v.join("\n"), /initial 5 \+ adjusted 0 != available -1 \+ reserved 2 \+ committed 3/);
+  });
+
+  void it("adjusts available and adjusted together, once per id; a write-off takes available units only", () => {
+    let s = newStock("X", 10);
+    s = apply(s, applyMove(s, hold("o1", 4)).next);
+    const restock = applyMove(s, adjust("a1", 5));
+    assert.deepEqual(restock.result, { kind: "applied" });
+    s = apply(s, restock.next);
+    assert.deepEqual([s.initial, s.adjusted, s.available, s.reserved], [10, 5, 11, 4]);
+    assert.deepEqual(stockViolations(s), []);
+    // A retry of the same id changes nothing and says what it was.
+    const again = applyMove(s, adjust("a1", 5));
+    assert.equal(again.next, Unchanged);
+    assert.deepEqual(again.result, { kind: "already_applied", quantity: 5 });
+    // 11 available: writing off 12 would take reserved units.
+    assert.deepEqual(applyMove(s, adjust("a2", -12)).result, { kind: "insufficient", available: 11 });
+    const writeOff = applyMove(s, adjust("a2", -11));
+    s = apply(s, writeOff.next);
+    assert.deepEqual([s.adjusted, s.available, s.reserved], [-6, 0, 4]);
+    assert.deepEqual(stockViolations(s), []);
+    assert.deepEqual(applyMove(null, adjust("a3", 1)).result, { kind: "unknown" });
+    // The figure without its adjustment does not balance.
+    assert.equal(stockViolations({ ...s, adjusted: 0 }).length, 1);
+  });
+
+  void it("remembers the last adjustment ids only, oldest dropped first", () => {
+    let s = newStock("X", 0);
+    for (let i = 0; i < MAX_REMEMBERED_ADJUSTMENTS + 5; i++)
+      s = apply(s, applyMove(s, adjust(`a${i}`, 1)).next);
+    assert.equal(s.adjustments?.length, MAX_REMEMBERED_ADJUSTMENTS);
+    assert.equal(s.adjustments?.[0]?.id, "a5");
+    assert.equal(s.adjusted, MAX_REMEMBERED_ADJUSTMENTS + 5);
+    assert.deepEqual(stockViolations(s), []);
   });
 });
 

@@ -18,6 +18,7 @@ import addFormats from "ajv-formats";
 import { startService } from "../../src/lib/service.js";
 import { PROBLEM_CONTENT_TYPE, ProblemSchema, type ProblemDocument } from "../../src/lib/http/problem.js";
 import { createOrdersService } from "../../src/services/orders/service.js";
+import { definition as inventoryDefinition } from "../../src/services/inventory/service.js";
 import { startNatsServer, type NatsServer } from "../helpers/nats.js";
 import { AUTH_ENV, customerAuth, operatorAuth } from "../helpers/auth.js";
 import { customerOf } from "../helpers/system.js";
@@ -79,6 +80,7 @@ describe("orders OpenAPI document", () => {
       "/customers/{id}/personal-data",
       "/orders",
       "/orders/{id}",
+      "/orders/{id}/events",
     ]);
     assert.equal(await validationError(doc), undefined);
   });
@@ -200,6 +202,20 @@ describe("orders OpenAPI document", () => {
         status: 413,
       },
       { what: "an unknown order", path: "/orders/ord_unknown", route: "/orders/{id}", status: 404 },
+      {
+        what: "the live status of an unknown order",
+        path: "/orders/ord_unknown/events",
+        route: "/orders/{id}/events",
+        status: 404,
+      },
+      {
+        what: "a malformed Last-Event-ID",
+        path: "/orders/ord_unknown/events",
+        route: "/orders/{id}/events",
+        init: { headers: { "last-event-id": "x" } },
+        status: 400,
+        fields: true,
+      },
       { what: "a malformed order id", path: "/orders/a.b", route: "/orders/{id}", status: 400, fields: true },
       {
         what: "an operator's list without customerId",
@@ -290,5 +306,41 @@ describe("orders OpenAPI document", () => {
     assert.equal(validate({ orderId: "ord_1", status: "PENDING" }), false);
     assert.equal(validate({ type: "not a uri", title: "t", status: 404, detail: "d" }), false);
     assert.equal(validate({ type: "https://x/y", title: "t", status: 404, detail: "d", extra: 1 }), false);
+  });
+});
+
+describe("inventory OpenAPI document", () => {
+  test("is a valid OpenAPI 3.1 document with the operator catalog routes, every error problem+json", async () => {
+    const inventory = await startService(inventoryDefinition, {
+      ...AUTH_ENV,
+      NATS_URL: nats.url,
+      PORT: "0",
+      LOG_LEVEL: process.env["TEST_LOG_LEVEL"] ?? "silent",
+      DATA_DIR: join(dir, "inventory-data"),
+    });
+    try {
+      const res = await fetch(`${inventory.url}/openapi.json`);
+      assert.equal(res.status, 200);
+      const doc = (await res.json()) as any;
+      assert.equal(await validationError(structuredClone(doc)), undefined);
+      assert.deepEqual(Object.keys(doc.paths).sort(), [
+        "/inventory/",
+        "/inventory/products",
+        "/inventory/reservations/{orderId}",
+        "/inventory/{sku}",
+        "/inventory/{sku}/adjustments",
+        "/inventory/{sku}/price",
+      ]);
+      const errors = responsesOf(doc).filter((r) => /^[45]/.test(r.status));
+      assert.ok(errors.length > 10);
+      for (const { path, method, status, response } of errors)
+        assert.deepEqual(
+          Object.keys(response.content ?? {}),
+          [PROBLEM_CONTENT_TYPE],
+          `${method} ${path} ${status}`,
+        );
+    } finally {
+      await inventory.stop();
+    }
   });
 });

@@ -37,6 +37,20 @@ export const NotificationKind = Type.Union([
 ]);
 export type NotificationKind = Static<typeof NotificationKind>;
 
+/** A catalog SKU as an aggregate id: a subject token (`inventory.<sku>.PriceChanged`), like an order id. */
+export const SkuId = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" });
+
+/** Why an operator adjusted the stock of a SKU. */
+export const AdjustmentReason = Type.Union([
+  Type.Literal("restock"),
+  Type.Literal("returned"),
+  Type.Literal("damaged"),
+  Type.Literal("lost"),
+  Type.Literal("found"),
+  Type.Literal("correction"),
+]);
+export type AdjustmentReason = Static<typeof AdjustmentReason>;
+
 function ev<S extends TObject>(stream: StreamName, version: number, description: string, data: S) {
   return { stream, version, description, data } as const;
 }
@@ -129,6 +143,59 @@ export const catalog = {
     "The reservation of a cancelled order was returned to stock (items empty when nothing was held).",
     Type.Object({ orderId: OrderId, items: Type.Array(StockLine) }, { additionalProperties: false }),
   ),
+  ProductAdded: ev(
+    "INVENTORY",
+    1,
+    "An operator added a product to the catalog with its price and first stock (aggregate: the SKU).",
+    Type.Object(
+      {
+        sku: SkuId,
+        name: Type.String({ minLength: 1, maxLength: 200 }),
+        price: Cents,
+        currency: Currency,
+        stock: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }),
+        operator: Id,
+      },
+      { additionalProperties: false },
+    ),
+  ),
+  PriceChanged: ev(
+    "INVENTORY",
+    1,
+    "An operator changed a product's unit price; orders placed from now on pay it, orders placed before keep theirs.",
+    Type.Object(
+      {
+        sku: SkuId,
+        price: Cents,
+        previousPrice: Cents,
+        currency: Currency,
+        /** The catalog entry's KV revision written: orders the changes of one SKU by. */
+        revision: Type.Integer({ minimum: 1 }),
+        operator: Id,
+      },
+      { additionalProperties: false },
+    ),
+  ),
+  StockAdjusted: ev(
+    "INVENTORY",
+    1,
+    "An operator restocked (quantity > 0) or wrote off (quantity < 0) units of a SKU, with a reason; the units go to or come from `available`.",
+    Type.Object(
+      {
+        sku: SkuId,
+        adjustmentId: Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" }),
+        quantity: Type.Integer({
+          minimum: -Number.MAX_SAFE_INTEGER,
+          maximum: Number.MAX_SAFE_INTEGER,
+          description: "units added (> 0) or taken away (< 0); never 0",
+        }),
+        reason: AdjustmentReason,
+        note: Type.Optional(Type.String({ maxLength: 500 })),
+        operator: Id,
+      },
+      { additionalProperties: false },
+    ),
+  ),
   PaymentCaptured: ev(
     "PAYMENTS",
     1,
@@ -184,4 +251,20 @@ export const eventTypes = Object.keys(catalog) as EventType[];
 /** Is `t` an event type of the catalog? */
 export function isEventType(t: unknown): t is EventType {
   return typeof t === "string" && Object.hasOwn(catalog, t);
+}
+
+/**
+ * The catalog events: their aggregate is a SKU (`aggregate_id` = `data.sku`), not an order. Every other event
+ * is about one order (`aggregate_id` = `data.orderId`).
+ */
+export const SKU_EVENT_TYPES = [
+  "ProductAdded",
+  "PriceChanged",
+  "StockAdjusted",
+] as const satisfies EventType[];
+export type SkuEventType = (typeof SKU_EVENT_TYPES)[number];
+
+/** Is `t` a catalog event (aggregate: a SKU)? */
+export function isSkuEventType(t: EventType): t is SkuEventType {
+  return (SKU_EVENT_TYPES as readonly EventType[]).includes(t);
 }

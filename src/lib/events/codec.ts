@@ -2,7 +2,7 @@ import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
 import type { TSchema } from "@sinclair/typebox";
 import { NonRetryableError } from "../errors.js";
 import "../formats.js";
-import { catalog, eventTypes, isEventType, type EventType } from "./catalog.js";
+import { catalog, eventTypes, isEventType, isSkuEventType, type EventType } from "./catalog.js";
 import { EnvelopeSchema, type AnyEnvelope, type Envelope } from "./envelope.js";
 
 /** Stable codes of {@link EventDecodeError}. */
@@ -70,6 +70,14 @@ export function validateEvent(value: unknown): AnyEnvelope {
     throw new EventDecodeError(
       DecodeErrorCode.SchemaInvalid,
       `${type} data /orderId ${JSON.stringify(orderId)} is not the aggregate_id ${JSON.stringify(value.aggregate_id)}`,
+    );
+  }
+  // A catalog event is about one SKU, named the same way.
+  const sku = (value.data as { sku?: unknown }).sku;
+  if (isSkuEventType(type) && sku !== value.aggregate_id) {
+    throw new EventDecodeError(
+      DecodeErrorCode.SchemaInvalid,
+      `${type} data /sku ${JSON.stringify(sku)} is not the aggregate_id ${JSON.stringify(value.aggregate_id)}`,
     );
   }
   return value as AnyEnvelope;

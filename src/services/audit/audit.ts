@@ -15,6 +15,7 @@
  */
 import { createHash } from "node:crypto";
 import { canonicalJson, canonicalJsonOf } from "../../lib/canonical.js";
+import { isSkuEventType } from "../../lib/events/catalog.js";
 import type { AnyEnvelope } from "../../lib/events/envelope.js";
 import { ORDER_ID_UNANCHORED } from "../../lib/ids.js";
 import { Hdr } from "../../lib/messaging/headers.js";
@@ -233,7 +234,8 @@ export function entryFromEvent(
     streamSeq: at.streamSeq,
     subject: storableText(at.subject),
     eventType: event.type,
-    orderId: storableText(event.aggregate_id),
+    // The catalog events' aggregate is a SKU: they are on no order's timeline.
+    orderId: isSkuEventType(event.type) ? null : storableText(event.aggregate_id),
     source: storableText(event.source),
     traceId: event.trace_id,
     causationId: storableOrNull(event.causation_id),

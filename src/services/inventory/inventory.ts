@@ -3,8 +3,9 @@
  * Nothing here does I/O; the store applies these functions inside compare-and-set updates, so each may run
  * several times (on a fresh copy each time).
  *
- * Invariant I3, per SKU and at every stored revision: `initial = available + reserved + committed`,
- * `available >= 0`, and `reserved` is the sum of the holds.
+ * Invariant I3, per SKU and at every stored revision: `initial + adjusted = available + reserved + committed`,
+ * `available >= 0`, and `reserved` is the sum of the holds (`adjusted`: the operators' restocks and write-offs,
+ * each also a StockAdjusted event on INVENTORY, so the checker holds the figure to the events).
  */
 import { Unchanged } from "../../lib/kv.js";
 
@@ -20,6 +21,44 @@ export interface StockRecord {
   committed: number;
   /** Units held for each order with a live reservation of this SKU. */
   holds: Record<string, number>;
+  /** Sum of the operators' adjustments (restock > 0, write-off < 0); absent = 0 (records before adjustments). */
+  adjusted?: number;
+  /**
+   * The latest adjustments applied, oldest first (at most {@link MAX_REMEMBERED_ADJUSTMENTS}, oldest dropped first):
+   * an adjustment retried with the same id is applied once.
+   */
+  adjustments?: { id: string; quantity: number }[];
+}
+
+/** Adjustment ids a stock record remembers, so a retry is not applied twice. */
+export const MAX_REMEMBERED_ADJUSTMENTS = 100;
+
+/** Outcome of an operator's adjustment of one SKU's stock. */
+export type AdjustResult =
+  | { kind: "applied" }
+  /** The same id was applied before (a retry): nothing changed. `quantity` is what that adjustment was. */
+  | { kind: "already_applied"; quantity: number }
+  /** A write-off larger than the units available (reserved and sold units cannot be written off). */
+  | { kind: "insufficient"; available: number }
+  | { kind: "unknown" };
+
+/**
+ * Adds `quantity` units to available (a restock, > 0) or takes them away (a write-off, < 0), once per `id`:
+ * `adjusted` follows, so `initial + adjusted = available + reserved + committed` still holds.
+ */
+export function adjust(id: string, quantity: number): StockMove<AdjustResult> {
+  return (s) => {
+    if (s === null) return { changed: false, result: { kind: "unknown" } };
+    const seen = s.adjustments ?? [];
+    const before = seen.find((a) => a.id === id);
+    if (before) return { changed: false, result: { kind: "already_applied", quantity: before.quantity } };
+    if (s.available + quantity < 0)
+      return { changed: false, result: { kind: "insufficient", available: s.available } };
+    s.available += quantity;
+    s.adjusted = (s.adjusted ?? 0) + quantity;
+    s.adjustments = [...seen.slice(-(MAX_REMEMBERED_ADJUSTMENTS - 1)), { id, quantity }];
+    return { changed: true, result: { kind: "applied" } };
+  };
 }
 
 /** A quantity of one SKU. */
@@ -133,9 +172,10 @@ export function commitHold(orderId: string): StockMove<number> {
 /** Violations of I3 in one stock record (empty when it holds). */
 export function stockViolations(s: StockRecord): string[] {
   const out: string[] = [];
-  if (s.available + s.reserved + s.committed !== s.initial)
+  const adjusted = s.adjusted ?? 0;
+  if (s.available + s.reserved + s.committed !== s.initial + adjusted)
     out.push(
-      `${s.sku}: initial ${s.initial} != available ${s.available} + reserved ${s.reserved} + committed ${s.committed}`,
+      `${s.sku}: initial ${s.initial} + adjusted ${adjusted} != available ${s.available} + reserved ${s.reserved} + committed ${s.committed}`,
     );
   if (s.available < 0) out.push(`${s.sku}: available ${s.available} < 0`);
   if (s.reserved < 0) out.push(`${s.sku}: reserved ${s.reserved} < 0`);

@@ -1,8 +1,11 @@
 /**
  * The inventory service: stock per SKU and reservations in JetStream KV, the `inventory-orders` consumer
- * (reserve on OrderPlaced, commit on OrderConfirmed, release on OrderCancelled) and a read-only HTTP API.
+ * (reserve on OrderPlaced, commit on OrderConfirmed, release on OrderCancelled) and an operators' HTTP API: stock
+ * and reservations to read, products, prices and stock adjustments to change (catalog-routes.ts).
  */
+import swagger from "@fastify/swagger";
 import { Streams } from "../../lib/events/catalog.js";
+import { bearerSecurityScheme } from "../../lib/http/auth.js";
 import { Durables } from "../../lib/events/consumers.js";
 import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ServiceContext, ServiceDefinition } from "../../lib/service.js";
@@ -52,7 +55,26 @@ export const definition: ServiceDefinition<typeof InventoryConfig> = {
     const seeded = await store.seed(items, ctx.logger);
     ctx.logger.info({ source: file ?? "default catalog", ...seeded }, "catalog loaded");
     stores.set(ctx, store);
-    registerInventoryRoutes(ctx.app, () => storeOf(ctx));
+    await ctx.app.register(swagger, {
+      openapi: {
+        openapi: "3.1.0",
+        info: {
+          title: "ShopStream inventory API",
+          version: "1.0.0",
+          description:
+            "Stock per SKU and reservations (read), and the operators' catalog and stock changes (each an event on INVENTORY). Operators only: every call carries `Authorization: Bearer <JWT>` with the `operator` scope (docs/security.md). Errors are application/problem+json (RFC 9457).",
+        },
+        components: { securitySchemes: bearerSecurityScheme },
+      },
+    });
+    registerInventoryRoutes(
+      ctx.app,
+      () => storeOf(ctx),
+      () => ({ publisher: ctx.publisher, jsm: ctx.jsm, logger: ctx.logger, source: SERVICE_NAME }),
+    );
+    ctx.app.get("/openapi.json", { schema: { hide: true }, config: { auth: "none" } }, async () =>
+      ctx.app.swagger(),
+    );
   },
   readiness: (ctx) => ({ buckets: () => (stores.has(ctx) ? true : "KV buckets not open") }),
   consumers: (ctx) => [

@@ -19,7 +19,14 @@ import {
 } from "../../lib/kv.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
 import { entryOf, type CatalogEntry, type CatalogSeedItem } from "./catalog.js";
-import { newStock, type ReservationRecord, type StockMove, type StockRecord } from "./inventory.js";
+import {
+  adjust,
+  newStock,
+  type AdjustResult,
+  type ReservationRecord,
+  type StockMove,
+  type StockRecord,
+} from "./inventory.js";
 
 export const Buckets = {
   catalog: "catalog",
@@ -104,8 +111,25 @@ class StockWriter {
   }
 }
 
-/** A catalog entry with its stock figures, as the HTTP API shows it. */
-export type StockView = CatalogEntry & Pick<StockRecord, "initial" | "available" | "reserved" | "committed">;
+/**
+ * A catalog entry as stored: the entry, plus the price it had before its last change (absent until an operator
+ * changes it), so that a PriceChanged cut off by a crash can be published again with the same figures.
+ */
+export type StoredCatalogEntry = CatalogEntry & { previousPrice?: number };
+
+/** A catalog entry with its stock figures, as the HTTP API shows it (`adjusted`: the operators' adjustments). */
+export type StockView = CatalogEntry &
+  Pick<StockRecord, "initial" | "available" | "reserved" | "committed"> & { adjusted: number };
+
+/** What adding a product came to. */
+export type AddProductResult =
+  | { kind: "created" | "exists"; entry: CatalogEntry; stock: number }
+  /** The SKU exists with another name, price or currency. */
+  | { kind: "conflict"; entry: CatalogEntry };
+
+/** What a price change came to: the entry now stored, its revision, and whether this call wrote it. */
+export type SetPriceResult =
+  { kind: "unknown" } | { kind: "set"; entry: StoredCatalogEntry; revision: number; changed: boolean };
 
 /** The inventory's KV buckets and the operations on them. */
 export class InventoryStore {
@@ -177,7 +201,48 @@ export class InventoryStore {
   }
 
   async getEntry(sku: string): Promise<CatalogEntry | null> {
-    return (await readJson<CatalogEntry>(this.catalog, sku)).value;
+    const stored = (await readJson<StoredCatalogEntry>(this.catalog, sku)).value;
+    return stored && entryOf({ ...stored, stock: 0 });
+  }
+
+  /**
+   * Adds a product: its stock first, then its catalog entry (it becomes orderable only once both exist), each a
+   * create that leaves an existing record alone. Adding the same product again is no change (`exists`); a SKU
+   * already in the catalog with another name, price or currency is a `conflict`. `stock` in the result is the
+   * stock record's `initial` (the first add's, when it is a repeat).
+   */
+  async addProduct(item: CatalogSeedItem): Promise<AddProductResult> {
+    const entry = entryOf(item);
+    const current = await this.getEntry(item.sku);
+    if (current && JSON.stringify(current) !== JSON.stringify(entry))
+      return { kind: "conflict", entry: current };
+    const stock = await casUpdate<StockRecord>(this.stock, item.sku, (cur) =>
+      cur === null ? newStock(item.sku, item.stock) : Unchanged,
+    );
+    const r = await casUpdate<StoredCatalogEntry>(this.catalog, item.sku, (cur) =>
+      cur === null ? entry : Unchanged,
+    );
+    const stored = entryOf({ ...r.value!, stock: 0 });
+    if (!r.changed && JSON.stringify(stored) !== JSON.stringify(entry))
+      return { kind: "conflict", entry: stored };
+    return { kind: r.changed ? "created" : "exists", entry: stored, stock: stock.value!.initial };
+  }
+
+  /**
+   * Sets the unit price of `sku` (compare-and-set; the same price again writes nothing). Orders price new orders
+   * from the entry (their KV watch); orders already placed keep the prices in their OrderPlaced.
+   */
+  async setPrice(sku: string, price: number): Promise<SetPriceResult> {
+    const r = await casUpdate<StoredCatalogEntry>(this.catalog, sku, (cur) =>
+      cur === null || cur.price === price ? Unchanged : { ...cur, price, previousPrice: cur.price },
+    );
+    if (r.value === null) return { kind: "unknown" };
+    return { kind: "set", entry: r.value, revision: r.revision, changed: r.changed };
+  }
+
+  /** Applies an operator's adjustment of `sku`'s stock, once per `id` (see {@link adjust}). */
+  adjustStock(sku: string, id: string, quantity: number): Promise<AdjustResult> {
+    return this.moveStock(sku, adjust(id, quantity));
   }
 
   /** The catalog entry of `sku` with its stock, or null when either is absent. */
@@ -190,6 +255,7 @@ export class InventoryStore {
       available: stock.available,
       reserved: stock.reserved,
       committed: stock.committed,
+      adjusted: stock.adjusted ?? 0,
     };
   }
 

@@ -64,4 +64,26 @@ export const OrdersConfig = Type.Object({
     default: 3_600_000,
     description: "window of SKU_UNITS_PER_CUSTOMER",
   }),
+  LIVE_STREAMS_PER_CUSTOMER: Type.Integer({
+    minimum: 1,
+    maximum: 1_000,
+    default: 5,
+    description:
+      "open GET /orders/{id}/events streams per customer on this replica (429 with Retry-After beyond)",
+  }),
+  LIVE_HEARTBEAT_MS: Type.Integer({
+    minimum: 100,
+    default: 15_000,
+    description: "interval of the heartbeat comments on an order's live stream",
+  }),
+  LIVE_POLL_MS: Type.Integer({
+    minimum: 100,
+    default: 5_000,
+    description: "interval at which a live stream reads the order's events in case a live message was missed",
+  }),
+  LIVE_MAX_LIFETIME_MS: Type.Integer({
+    minimum: 1_000,
+    default: 300_000,
+    description: "a live stream is ended after this long (the client resumes with Last-Event-ID)",
+  }),
 });

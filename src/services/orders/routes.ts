@@ -15,7 +15,8 @@ import type { OrdersInFlight } from "./admission.js";
 import type { SkuQuota } from "./limits.js";
 import type { CatalogView } from "./catalog.js";
 import { SOURCE } from "./handlers.js";
-import type { Order } from "./order.js";
+import { evolve, type Order } from "./order.js";
+import { isTerminal, type LiveStreams } from "./live.js";
 import type { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
 
 const Sku = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$", description: "catalog SKU" });
@@ -80,19 +81,27 @@ export function newOrderId(now = Date.now()): string {
   return `ord_${now.toString(36).padStart(9, "0")}${randomBytes(8).toString("hex")}`;
 }
 
-function view(o: Order, email: Revealed) {
+/** An order as its live stream shows it: no personal data (a status feed has no use for the e-mail). */
+function statusView(o: Order) {
   return {
     orderId: o.orderId,
     status: o.status,
     ...(o.reason ? { reason: o.reason } : {}),
     customerId: o.customerId,
-    email: email.erased ? null : email.value,
-    personalData: email.erased ? ("erased" as const) : ("present" as const),
     items: o.items,
     total: o.total,
     currency: o.currency,
     createdAt: o.createdAt,
     updatedAt: o.updatedAt,
+  };
+}
+
+/** An order as GET /orders/{id} shows it: with its e-mail, or `null` and `personalData: "erased"`. */
+function view(o: Order, email: Revealed) {
+  return {
+    ...statusView(o),
+    email: email.erased ? null : email.value,
+    personalData: email.erased ? ("erased" as const) : ("present" as const),
   };
 }
 
@@ -140,6 +149,8 @@ export interface OrdersApiDeps {
   defaultCurrency: string;
   /** Admission control: orders in flight on this replica, and the limit beyond which POST /orders is shed. */
   inFlight: OrdersInFlight;
+  /** Live order status (`GET /orders/{id}/events`); absent = the route answers 503. */
+  live?: LiveStreams;
   /** Abuse limits (docs/security.md); absent = none beyond the schema's. */
   limits?: {
     /** POST /orders per customer per window (0 = none); needs @fastify/rate-limit registered on the app. */
@@ -410,6 +421,84 @@ export function registerOrderRoutes(app: FastifyInstance, d: OrdersApiDeps): voi
       const { order } = await d.store.load(req.params.id);
       if (!order || (!who.operator && order.customerId !== who.sub)) throw orderNotFound(req.params.id);
       return view(order, await d.personalData.reveal(order.customerId, order.email));
+    },
+  );
+
+  app.get<{ Params: Static<typeof OrderIdParam>; Headers: { "last-event-id"?: string } }>(
+    "/orders/:id/events",
+    {
+      config: { auth: "customer" },
+      schema: {
+        summary: "Follow an order's status live (Server-Sent Events)",
+        description:
+          "`text/event-stream`: one message per status change as it happens (`id`: the event's ORDERS stream sequence; `data`: `{event, ...the order as GET /orders/{id} shows it, without its e-mail}`), `: heartbeat` comments in between; the stream ends after the terminal state (CONFIRMED or CANCELLED). Reconnect with `Last-Event-ID` to resume after the last message received; 204 when nothing follows it (the order had ended). A customer follows their own orders; an operator any. At most `LIVE_STREAMS_PER_CUSTOMER` open streams per customer.",
+        security: bearerSecurity,
+        params: OrderIdParam,
+        headers: Type.Object({
+          "last-event-id": Type.Optional(
+            Type.String({ pattern: "^[0-9]{1,15}$", description: "the `id` of the last message received" }),
+          ),
+        }),
+        response: {
+          200: {
+            description: "The order's status changes, as Server-Sent Events",
+            content: { "text/event-stream": { schema: Type.String() } },
+          },
+          204: {
+            description: "The order ended at or before Last-Event-ID: nothing more will come",
+            type: "null",
+          },
+          400: problemResponse("The order id or Last-Event-ID is malformed"),
+          ...authResponses,
+          404: problemResponse("No such order, or not the caller's"),
+          429: {
+            ...problemResponse("Too many open streams of this customer (`too-many-streams`): close one"),
+            headers: {
+              "Retry-After": { type: "integer", minimum: 1, description: "seconds to wait before retrying" },
+            },
+          },
+          503: problemResponse("Temporarily unavailable: retry later"),
+        },
+      },
+    },
+    async (req, reply) => {
+      const live = d.live;
+      if (!live)
+        throw new ProblemError(503, "unavailable", "Service Unavailable", "live status is not running");
+      const who = principalOf(req);
+      const orderId = req.params.id;
+      const after = Number(req.headers["last-event-id"] ?? "0");
+      const all = await live.read(orderId, 0);
+      let order: Order | null = null;
+      for (const { event } of all.events) order = evolve(order, event);
+      if (!order || (!who.operator && order.customerId !== who.sub)) throw orderNotFound(orderId);
+      let before: Order | null = null;
+      for (const { seq, event } of all.events) if (seq <= after) before = evolve(before, event);
+      const history = all.events.filter((e) => e.seq > after);
+      if (history.length === 0 && isTerminal(before)) return reply.code(204).send();
+      const release = live.admit(who.sub);
+      if (!release)
+        throw new ProblemError(
+          429,
+          "too-many-streams",
+          "Too Many Requests",
+          "too many open live streams for this customer: close one first",
+          { headers: { "retry-after": "5" } },
+        );
+      let sub;
+      try {
+        sub = await live.subscribe(orderId);
+      } catch (err) {
+        release();
+        throw err;
+      }
+      reply.hijack();
+      live.serve(
+        reply,
+        { orderId, sub, order: before, history, last: Math.max(after, all.last) },
+        statusView,
+        release,
+      );
     },
   );
 

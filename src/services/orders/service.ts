@@ -10,6 +10,7 @@ import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ServiceDefinition } from "../../lib/service.js";
 import { OrdersInFlight } from "./admission.js";
 import { CatalogView } from "./catalog.js";
+import { LiveStreams } from "./live.js";
 import { OrdersConfig } from "./config.js";
 import { SkuQuota } from "./limits.js";
 import { sagaHandlers, timeoutHandlers } from "./handlers.js";
@@ -117,6 +118,20 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
           components: { securitySchemes: bearerSecurityScheme },
         },
       });
+      // Live order status (Server-Sent Events): ended before the HTTP server closes, or it would wait for them.
+      const live = new LiveStreams(
+        ctx.nc,
+        ctx.jsm,
+        {
+          maxPerCustomer: ctx.config.LIVE_STREAMS_PER_CUSTOMER,
+          heartbeatMs: ctx.config.LIVE_HEARTBEAT_MS,
+          pollMs: ctx.config.LIVE_POLL_MS,
+          maxLifetimeMs: ctx.config.LIVE_MAX_LIFETIME_MS,
+        },
+        ctx.logger,
+      );
+      live.registerMetrics(ctx.metrics.registry);
+      ctx.app.addHook("preClose", async () => live.closeAll());
       // Per-customer rate limit of POST /orders (in memory, per replica); routes opt in by their config.
       await ctx.app.register(rateLimit, { global: false });
       registerOrderRoutes(ctx.app, {
@@ -130,6 +145,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
         maxLines: ctx.config.MAX_ORDER_LINES,
         defaultCurrency: ctx.config.DEFAULT_CURRENCY,
         inFlight,
+        live,
         limits: {
           rate: { max: ctx.config.ORDER_RATE_LIMIT_MAX, windowMs: ctx.config.ORDER_RATE_LIMIT_WINDOW_MS },
           maxLineQuantity: ctx.config.MAX_LINE_QUANTITY,
@@ -143,6 +159,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
       );
       return {
         close: async () => {
+          live.closeAll();
           inFlight.stop();
           catalog.close();
         },
