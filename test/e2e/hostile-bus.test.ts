@@ -438,6 +438,7 @@ describe("hostile input on the bus", () => {
         items: [{ sku: "SKU-A", quantity: 1 }],
         total: 1250,
         currency: "EUR",
+        expiresAt: null,
       },
       { aggregateId: nr, source: "inventory" },
     );
