@@ -22,6 +22,7 @@ import {
   catalog,
   eventTypes,
   isSkuEventType,
+  previousVersions,
   Streams,
   type EventData,
   type EventType,
@@ -43,7 +44,8 @@ const ARCHITECTURE_PATH = `${ROOT}docs/architecture.md`;
 export const ENVELOPE_NOTES: Record<string, string> = {
   id: "Deterministic event id, `<orderId>:<EventType>` (plus `:<suffix>` where one order has several events of a type; `<sku>:<EventType>[:<suffix>]` for the catalog events). Also the `Nats-Msg-Id`, so a retried or redone publish is stored once.",
   type: "The event type: one of the catalog's.",
-  version: "Schema version of `data` for this type; a consumer refuses a version it does not know.",
+  version:
+    "Schema version of `data` for this type. Consumers read the current and the previous versions (upcast to the current one); a newer one is kept for a replica that reads it, then dead-lettered (see Versions).",
   aggregate_id:
     "The order the event is about (`data.orderId` must be the same); for the catalog events (ProductAdded, PriceChanged, StockAdjusted) the SKU (`data.sku`).",
   data: "The type's payload (see each event).",
@@ -148,6 +150,7 @@ export const EXAMPLES: { [T in EventType]: EventData<T> } = {
     ],
     total: 2899,
     currency: "EUR",
+    expiresAt: "2025-06-02T09:31:00.000Z",
   },
   StockRejected: { orderId: EXAMPLE_ORDER, reason: "out_of_stock", skus: ["SKU-B"] },
   PaymentCaptured: { orderId: EXAMPLE_ORDER, paymentId: "ch_7f3a9c", amount: 2899, currency: "EUR" },
@@ -392,6 +395,12 @@ export function buildAsyncApi(topology: Topology): Record<string, unknown> {
   for (const type of eventTypes) {
     const def = catalog[type];
     schemas[`${type}Data`] = jsonSchema(def.data);
+    const previous = previousVersions[type] ?? [];
+    for (const p of previous) schemas[`${type}DataV${p.version}`] = jsonSchema(p.data);
+    const versionShape = (version: number, ref: string) => ({
+      type: "object",
+      properties: { type: { const: type }, version: { const: version }, data: { $ref: ref } },
+    });
     const example = exampleEvent(type, topology.publisher[type]);
     messages[type] = {
       name: type,
@@ -413,14 +422,16 @@ export function buildAsyncApi(topology: Topology): Record<string, unknown> {
       payload: {
         allOf: [
           { $ref: "#/components/schemas/Envelope" },
-          {
-            type: "object",
-            properties: {
-              type: { const: type },
-              version: { const: def.version },
-              data: { $ref: `#/components/schemas/${type}Data` },
-            },
-          },
+          previous.length === 0
+            ? versionShape(def.version, `#/components/schemas/${type}Data`)
+            : {
+                oneOf: [
+                  versionShape(def.version, `#/components/schemas/${type}Data`),
+                  ...previous.map((p) =>
+                    versionShape(p.version, `#/components/schemas/${type}DataV${p.version}`),
+                  ),
+                ],
+              },
         ],
       },
       examples: [
@@ -430,7 +441,21 @@ export function buildAsyncApi(topology: Topology): Record<string, unknown> {
           payload: example,
         },
       ],
-      "x-shopstream": { stream: def.stream, version: def.version, publisher: topology.publisher[type] },
+      "x-shopstream": {
+        stream: def.stream,
+        version: def.version,
+        publisher: topology.publisher[type],
+        ...(previous.length > 0
+          ? {
+              previousVersions: previous.map((p) => ({
+                version: p.version,
+                summary: p.description,
+                upcast: p.upcast.toString(),
+                downcast: p.downcast.toString(),
+              })),
+            }
+          : {}),
+      },
     };
   }
   messages["DeadLetter"] = {
@@ -653,10 +678,11 @@ export function buildMarkdown(topology: Topology): string {
     "",
     "## The envelope",
     "",
-    "Every event is one JSON object; `data` is checked against its type's schema when it is published and " +
-      "when it is consumed. An event that fails (not JSON, not UTF-8, wrong shape, unknown type, unknown " +
-      "version, `data.orderId` not the `aggregate_id`) is never retried: each consumer copies it to the DLQ " +
-      "with a code and moves on.",
+    "Every event is one JSON object; `data` is checked against the schema of its type and version when it is " +
+      "published and when it is consumed. An event that fails (not JSON, not UTF-8, wrong shape, unknown type, " +
+      "a version no longer read, `data.orderId` not the `aggregate_id`) is never retried: each consumer copies " +
+      "it to the DLQ with a code and moves on. An event of a version newer than the consumer reads is not a " +
+      "failure but a rollout in progress: see [Versions](#versions).",
     "",
     table(
       ["field", "type", "required", "constraints", "meaning"],
@@ -706,6 +732,40 @@ export function buildMarkdown(topology: Topology): string {
       }),
     ),
     "",
+    "## Versions",
+    "",
+    "Every event carries the schema version of its `data` (`version`). The catalog holds, per type, the current " +
+      "schema and the previous ones with their upcasts (version N − 1 → N) and downcasts (N → N − 1), in one place " +
+      "(`previousVersions` in `src/lib/events/catalog.ts`; `src/lib/events/versions.ts`):",
+    "",
+    "- **Consumers** read every kept version: an older event is checked against its own version's schema, then " +
+      "upcast step by step to the current one, so handlers only see current data. The audit records events as " +
+      "published, not upcast.",
+    "- **Producers** write the current version, unless told otherwise during a rollout: `EVENT_VERSIONS` " +
+      '(`"Type=version,…"`, e.g. `StockReserved=1`) makes a process write that older version — the event is ' +
+      "built at the current version, downcast, and checked against the older schema before it leaves.",
+    "- **A newer version than a consumer reads** (`EVENT_VERSION_AHEAD`: a newer release wrote it) is neither " +
+      "handled nor dead-lettered at once: the runner keeps it (heartbeats, no delivery attempt used) and hands " +
+      "it back when it stops — in a rolling deploy, to a replica of the new release — and dead-letters it only " +
+      "`FUTURE_VERSION_WAIT_MS` (10 min) after its publication, to be redriven once a release that reads it " +
+      "runs. `EVENT_READ_VERSIONS` lowers the newest version a process reads, to rehearse a rollout with one " +
+      "build (the chaos scenario `rolling-upgrade`).",
+    "- **A version older than any kept** is dead-lettered at once (`EVENT_VERSION_UNSUPPORTED`): a version is " +
+      "dropped from `previousVersions` only once none can be in flight or redriven.",
+    "",
+    "A rollout that changes a type: (1) deploy the release that reads the new version everywhere with its " +
+      "producers pinned to the old one (`EVENT_VERSIONS=Type=<old>`); (2) once no replica of the old release " +
+      "runs, remove the pin (a rolling restart). Rolling back step 2 first pins the producers again.",
+    "",
+    table(
+      ["type", "current version", "previous versions read"],
+      eventTypes.map((t) => [
+        t,
+        String(catalog[t].version),
+        (previousVersions[t] ?? []).map((p) => String(p.version)).join(", ") || "—",
+      ]),
+    ),
+    "",
     "## Events",
     "",
   );
@@ -719,7 +779,10 @@ export function buildMarkdown(topology: Topology): string {
       `${def.description}`,
       "",
       `- Stream: **${def.stream}**, subject ${code(addressOf(type).replace("{orderId}", aggregatePlaceholder(type)))}`,
-      `- Published by: **${topology.publisher[type]}**; schema version ${def.version}`,
+      `- Published by: **${topology.publisher[type]}**; schema version ${def.version}` +
+        ((previousVersions[type] ?? []).length > 0
+          ? ` (previous versions read: ${(previousVersions[type] ?? []).map((p) => p.version).join(", ")}; see below)`
+          : ""),
       `- Event id: ${code(example.id.replace(EXAMPLE_ORDER, "<orderId>").replace(`${EXAMPLE_SKU}:`, "<sku>:"))}`,
       "",
       "Delivered to (the consumers whose filter takes the subject; one without a handler for this type " +
@@ -748,6 +811,33 @@ export function buildMarkdown(topology: Topology): string {
       "```",
       "",
     );
+    for (const p of [...(previousVersions[type] ?? [])].reverse()) {
+      out.push(
+        `#### ${type} version ${p.version}`,
+        "",
+        `${p.description} Read and upcast to version ${p.version + 1}; written when \`EVENT_VERSIONS\` says ` +
+          `\`${type}=${p.version}\` (downcast from version ${p.version + 1}).`,
+        "",
+        table(
+          ["field", "type", "required", "constraints", "notes"],
+          fieldsOf(jsonSchema(p.data)).map((r) => [
+            code(r.field),
+            r.type,
+            r.required ? "yes" : "no",
+            r.constraints,
+            r.notes,
+          ]),
+        ),
+        "",
+        "Upcast to the next version, and downcast from it:",
+        "",
+        "```ts",
+        `upcast: ${p.upcast.toString()}`,
+        `downcast: ${p.downcast.toString()}`,
+        "```",
+        "",
+      );
+    }
   }
   out.push(
     "## Dead letters",

@@ -45,6 +45,8 @@ export interface RunOptions {
   orderTimeoutMs?: number;
   /** `LOG_LEVEL` of the processes (default warn). */
   logLevel?: string;
+  /** How long a process may take to become ready (default 60 s; more on a machine shared with other work). */
+  readyTimeoutMs?: number;
   /**
    * NATS authentication, one user per service, provisioning as admin (default true; {@link natsAuthFromChaosEnv}
    * reads `CHAOS_NATS_AUTH=false`); see ChaosSystemOptions.natsAuth.
@@ -196,6 +198,7 @@ async function runPhase(
     scarceStock: o.scale === "ci" ? 40 : 400,
     env: { ORDER_TIMEOUT_MS: String(o.orderTimeoutMs ?? 60_000) },
     logLevel: o.logLevel ?? "warn",
+    ...(o.readyTimeoutMs ? { readyTimeoutMs: o.readyTimeoutMs } : {}),
     natsAuth: o.natsAuth ?? true,
     log,
   });

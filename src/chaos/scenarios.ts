@@ -2,6 +2,8 @@
  * The chaos scenarios, by name (the names `npm run chaos` takes). Each injects one kind of fault under steady
  * load and heals it; the runner reconciles every accepted order afterwards.
  */
+import { readFile, readdir } from "node:fs/promises";
+import { join } from "node:path";
 import { jetstream, type JetStreamManager, type StoredMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
 import { Streams } from "../lib/events/catalog.js";
@@ -58,6 +60,105 @@ const rollingRestart: Scenario = {
       await ctx.sys.rollingRestart(name, { surge });
     }
     ctx.healed("deploy done");
+  },
+};
+
+/** `EVENT_VERSIONS` of a producer pinned to StockReserved version 1 (the first step of a rollout, or of a rollback). */
+const WRITE_V1 = { EVENT_VERSIONS: "StockReserved=1" };
+/** A replica of the release before StockReserved version 2: it reads version 1 only. */
+const RELEASE_BEFORE = { EVENT_READ_VERSIONS: "StockReserved=1" };
+
+/** StockReserved events on INVENTORY from stream sequence `from` on, by schema version as published. */
+async function stockReservedVersions(jsm: JetStreamManager, from: number): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (let seq = from; ;) {
+    const m = await jsm.direct
+      .getMessage(Streams.INVENTORY, { seq, next_by_subj: "inventory.*.StockReserved" })
+      .catch(() => null);
+    if (!m) break;
+    const version = String(m.json<{ version?: unknown }>().version);
+    counts[version] = (counts[version] ?? 0) + 1;
+    seq = m.seq + 1;
+  }
+  return counts;
+}
+
+/** Lines of the instance logs of `name` (every replica this run started) that contain `text`. */
+async function logLinesWith(logDir: string, name: string, text: string): Promise<number> {
+  let n = 0;
+  for (const f of await readdir(logDir).catch(() => [] as string[])) {
+    if (!f.startsWith(`${name}-`) || !f.endsWith(".log")) continue;
+    for (const line of (await readFile(join(logDir, f), "utf8")).split("\n")) if (line.includes(text)) n++;
+  }
+  return n;
+}
+
+const rollingUpgrade: Scenario = {
+  name: "rolling-upgrade",
+  summary:
+    "an event that changes in a rolling deploy: v1 producers beside v2 consumers, then v2 producers beside v1 consumers",
+  description:
+    "StockReserved gained a field in version 2 (`expiresAt`, which payments uses). Inventory (its producer) and " +
+    "two replicas of payments (its consumer) are replaced one replica at a time like a Kubernetes rolling update " +
+    "(maxSurge 1), under load, in four rollouts: (1) inventory pinned to write version 1 (`EVENT_VERSIONS`): " +
+    "version 1 producers beside version 2 consumers, which upcast; (2) payments back to the release before " +
+    "(`EVENT_READ_VERSIONS=StockReserved=1`): version 1 consumers; (3) inventory unpinned, writing version 2 beside " +
+    "those version 1 consumers, which keep what they cannot read (no attempt used, nothing dead-lettered); (4) " +
+    "payments to the current release, the old replicas handing back what they kept on their way out. Checked " +
+    "besides the reconciliation: both versions were written, the version 1 consumers met version 2 events, and the " +
+    "DLQ is empty.",
+  replicas: { inventory: 1, payments: 2 },
+  // The CI scale's 400 orders must outlast four rollouts on a loaded machine.
+  rate: { ci: 4, full: 40 },
+  async fault(ctx) {
+    const jsm = await ctx.sys.jsm();
+    const from = (await jsm.streams.info(Streams.INVENTORY)).state.last_seq + 1;
+    const logDir = ctx.sys.opts.logDir;
+    const aheadBefore = await logLinesWith(logDir, "payments", "newer than this release reads");
+    ctx.faultStart("rollout begins");
+    ctx.note("1: inventory writes StockReserved version 1 (v1 producers beside v2 consumers)");
+    await ctx.sys.rollingRestart("inventory", { surge: true, env: WRITE_V1 });
+    await ctx.sleep(ctx.dur(1_000, 10_000));
+    ctx.note("2: payments back to the release before version 2 (reads version 1 only)");
+    await ctx.sys.rollingRestart("payments", { surge: true, env: RELEASE_BEFORE });
+    await ctx.sleep(ctx.dur(1_000, 10_000));
+    ctx.note("3: inventory writes version 2 beside version 1 consumers");
+    await ctx.sys.rollingRestart("inventory", { surge: true });
+    // Until the version 1 consumers have met version 2 (bounded: the check below reports it if they never did).
+    const until = Date.now() + 30_000;
+    while (
+      Date.now() < until &&
+      (await logLinesWith(logDir, "payments", "newer than this release reads")) <= aheadBefore
+    )
+      await ctx.sleep(500);
+    await ctx.sleep(ctx.dur(2_000, 10_000));
+    ctx.note("4: payments to the current release; the old replicas hand back what they kept");
+    await ctx.sys.rollingRestart("payments", { surge: true });
+    ctx.healed("rollout done");
+    ctx.verifyLater(async () => {
+      const versions = await stockReservedVersions(await ctx.sys.jsm(), from);
+      const kept = (await logLinesWith(logDir, "payments", "newer than this release reads")) - aheadBefore;
+      const dead = await listDeadLetters(await ctx.sys.jsm(), { limit: 1_000_000 });
+      ctx.extra["stock_reserved_versions"] = versions;
+      ctx.extra["version_2_kept_by_version_1_consumers"] = kept;
+      return [
+        {
+          name: "StockReserved written at version 1 and at version 2",
+          ok: (versions["1"] ?? 0) > 0 && (versions["2"] ?? 0) > 0,
+          detail: JSON.stringify(versions),
+        },
+        {
+          name: "version 1 consumers met version 2 events and kept them",
+          ok: kept > 0,
+          detail: `${kept} kept (log lines of payments replicas)`,
+        },
+        {
+          name: "nothing dead-lettered",
+          ok: dead.length === 0,
+          detail: dead.length === 0 ? "DLQ empty" : dead.map((d) => `${d.consumer}: ${d.code}`).join(", "),
+        },
+      ];
+    });
   },
 };
 
@@ -398,6 +499,7 @@ async function publishDuplicates(ctx: FaultContext, jsm: JetStreamManager, ids: 
 export const scenarios: Scenario[] = [
   ...SERVICES.map(killService).sort((a, b) => order(a.name) - order(b.name)),
   rollingRestart,
+  rollingUpgrade,
   outage("payment-gateway", "gateway-outage", "payment gateway"),
   outage("mail-provider", "mail-outage", "mail provider"),
   gatewaySlow,

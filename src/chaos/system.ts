@@ -119,6 +119,8 @@ export class Instance {
    * before the process could listen on it); afterwards others may know its URL, so it keeps its port.
    */
   wasReady = false;
+  /** Environment of this replica on top of the system's (a rollout's settings: see {@link ChaosSystem.rollingRestart}). */
+  env: Record<string, string> = {};
 
   constructor(
     readonly proc: StackProcess,
@@ -406,7 +408,7 @@ export class ChaosSystem {
     if (this.natsSecrets && isServiceUser(inst.name)) Object.assign(env, this.natsSecrets.env(inst.name));
     if (this.opts.databaseUrl) env["DATABASE_URL"] = this.opts.databaseUrl;
     if (this.opts.auditSchema) env["AUDIT_SCHEMA"] = this.opts.auditSchema;
-    Object.assign(env, this.opts.env ?? {});
+    Object.assign(env, this.opts.env ?? {}, inst.env);
     return env;
   }
 
@@ -589,13 +591,19 @@ export class ChaosSystem {
    * A deploy of `name`: each replica in turn is replaced. With `surge` a new replica is started first and, once
    * it is ready, the old one gets SIGTERM (like a Kubernetes rolling update with maxSurge 1, maxUnavailable 0);
    * without it the old one is stopped first. Resolves when every old replica has exited and every new one is ready.
+   * `env`: the new replicas' environment on top of the system's (a new release's settings, e.g. `EVENT_VERSIONS`);
+   * without it they get none, whatever the old ones had.
    */
-  async rollingRestart(name: ServiceName, opts: { surge: boolean; stopTimeoutMs?: number }): Promise<void> {
+  async rollingRestart(
+    name: ServiceName,
+    opts: { surge: boolean; stopTimeoutMs?: number; env?: Record<string, string> },
+  ): Promise<void> {
     const olds = [...(this.instances.get(name) ?? [])];
     for (const old of olds) {
       const r = this.#nextReplica.get(name) ?? olds.length + 1;
       this.#nextReplica.set(name, r + 1);
       const fresh = new Instance(processNamed(name), r, await this.#pickPort());
+      if (opts.env) fresh.env = { ...opts.env };
       const list = this.instances.get(name)!;
       if (opts.surge) {
         list.push(fresh);

@@ -13,6 +13,7 @@ import { PROVISION_COMMAND, setProvisioningMode, type ProvisioningMode } from ".
 import { ConsumerRunner, type HandlerMap, type RawHandler } from "./messaging/consumer.js";
 import { dlqStreamSpec } from "./messaging/dlq.js";
 import { Publisher } from "./messaging/publisher.js";
+import { EventVersions } from "./events/versions.js";
 import { ensureConsumer, ensureStream, type ConsumerSpec, type StreamSpec } from "./messaging/topology.js";
 import type { BackoffOptions } from "./messaging/backoff.js";
 import { createLogger, type Logger } from "./telemetry/logger.js";
@@ -67,6 +68,22 @@ export const CommonConfig = Type.Composite([
     }),
     RETRY_INITIAL_MS: Env.ms(250, "first redelivery delay"),
     RETRY_MAX_MS: Env.ms(30_000, "longest redelivery delay"),
+    EVENT_VERSIONS: Type.Optional(
+      Type.String({
+        description:
+          'schema version each event type is written at, "Type=version,…" (e.g. StockReserved=1 while a rollout puts in the release that reads version 2); unnamed types: the current version (docs/events.md#versions)',
+      }),
+    ),
+    EVENT_READ_VERSIONS: Type.Optional(
+      Type.String({
+        description:
+          'newest schema version read per event type, "Type=version,…"; a newer one is kept and handed back like a release that predates it would (rollout rehearsals); unnamed types: the current version',
+      }),
+    ),
+    FUTURE_VERSION_WAIT_MS: Env.ms(
+      600_000,
+      "how long after its publication an event of a version newer than this process reads is kept (and handed back on stop) before it is dead-lettered as EVENT_VERSION_AHEAD",
+    ),
     CONSUMER_RECREATE_MS: Env.ms(
       10_000,
       "a durable consumer deleted on the server is provisioned again from its declaration after this long (/ready is 503 meanwhile)",
@@ -159,11 +176,14 @@ export async function startService<S extends TObject>(
   type C = Static<S> & CommonConfig;
   const schema = Type.Composite([CommonConfig, def.config]);
   const config = parseConfig(schema, env) as unknown as C;
+  const versions = EventVersions.parse(config.EVENT_VERSIONS, config.EVENT_READ_VERSIONS);
   const verifier = await TokenVerifier.fromConfig(config);
   const logger = createLogger({ service: def.name, level: config.LOG_LEVEL as never });
   const tracing = initTracing({ service: def.name, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const metrics = new Metrics(def.name);
   logger.info({ source: verifier.source }, "bearer tokens verified");
+  if (!versions.isCurrent)
+    logger.warn(versions.describe(), "event versions pinned (EVENT_VERSIONS / EVENT_READ_VERSIONS)");
   const auth = natsAuthFromEnv(config);
   // A restricted user may not administer JetStream: it verifies what provisioning created (docs/security-nats.md).
   const mode: ProvisioningMode = auth ? "verify" : "create";
@@ -186,7 +206,7 @@ export async function startService<S extends TObject>(
     for (const s of streamSpecs)
       if (!used || used.has(s.name))
         await ensureStream(jsm, s, { replicas: config.STREAM_REPLICAS, mode }, logger);
-    const publisher = new Publisher(js, { metrics });
+    const publisher = new Publisher(js, { metrics, versions });
     const readiness: Record<string, ReadinessCheck> = { nats: () => natsUnavailable(nc) ?? true };
     ops = createOpsServer({
       service: def.name,
@@ -230,6 +250,8 @@ export async function startService<S extends TObject>(
           maxAttempts: c.maxAttempts ?? config.MAX_ATTEMPTS,
           backoff: { initialMs: config.RETRY_INITIAL_MS, maxMs: config.RETRY_MAX_MS, ...c.backoff },
           onConsumerMissing: reprovision.schedule,
+          versions,
+          futureVersionWaitMs: config.FUTURE_VERSION_WAIT_MS,
         }),
       );
     }

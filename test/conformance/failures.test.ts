@@ -8,7 +8,13 @@ import { describe, it } from "node:test";
 import { jetstream } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { NonRetryableError, RetryableError } from "../../src/lib/errors.js";
-import { DecodeErrorCode, makeEvent } from "../../src/lib/events/mod.js";
+import {
+  DecodeErrorCode,
+  EventVersions,
+  encodeEvent,
+  makeEvent,
+  type EventType,
+} from "../../src/lib/events/mod.js";
 import { RedeliverLaterError } from "../../src/lib/messaging/consumer.js";
 import { inspectDeadLetter, redriveDeadLetter } from "../../src/lib/messaging/dlq.js";
 import { Hdr } from "../../src/lib/messaging/headers.js";
@@ -305,10 +311,10 @@ void describe("messaging conformance: failures", () => {
         code: DecodeErrorCode.UnknownType,
       },
       {
-        name: "unsupported version",
+        name: "version 0 (no version)",
         subject: "orders.bad-3",
-        body: enc.encode(JSON.stringify({ ...base, id: "bad-3:OrderPlaced", version: 99 })),
-        code: DecodeErrorCode.UnsupportedVersion,
+        body: enc.encode(JSON.stringify({ ...base, id: "bad-3:OrderPlaced", version: 0 })),
+        code: DecodeErrorCode.SchemaInvalid,
         type: "OrderPlaced",
       },
       {
@@ -350,6 +356,106 @@ void describe("messaging conformance: failures", () => {
     assert.equal(rec.calls.length, 20, "the handler never saw a bad message");
     const ci = await f.settled(spec);
     assert.equal(ci.num_redelivered, 0, "none was retried");
+  });
+
+  void it("a version newer than read is kept (no attempt used) and handed back on stop to a runner that reads it", async (t) => {
+    const f = await startMessaging();
+    t.after(() => f.close());
+    const spec = await f.consumer("versions", {
+      stream: "INVENTORY",
+      filterSubject: "inventory.*.StockReserved",
+    });
+    const rec = new Recorder();
+    const types: EventType[] = ["StockReserved"];
+    // A replica of the release before StockReserved version 2: it reads version 1 only.
+    const v1Reader = EventVersions.parse(undefined, "StockReserved=1");
+    const old = await f.startRunner(spec, {
+      handlers: rec.handlers(undefined, "old", types),
+      versions: v1Reader,
+      futureVersionWaitMs: 60_000,
+    });
+    const reserved = (id: string, version: 1 | 2) =>
+      encodeEvent(
+        makeEvent(
+          "StockReserved",
+          {
+            orderId: id,
+            customerId: "c-1",
+            items: [{ sku: "SKU-1", quantity: 1 }],
+            total: 100,
+            currency: "EUR",
+            expiresAt: "2030-01-01T00:00:00.000Z",
+          },
+          { aggregateId: id, source: SOURCE },
+        ),
+        version === 1 ? EventVersions.parse("StockReserved=1", undefined) : EventVersions.CURRENT,
+      );
+    const put = (id: string, body: Uint8Array) =>
+      f.js.publish(`inventory.${id}.StockReserved`, body, { msgID: `${id}:StockReserved` });
+    await put("v1-a", reserved("v1-a", 1));
+    await put("v2-a", reserved("v2-a", 2));
+    await put("v1-b", reserved("v1-b", 1));
+    // The old replica handles version 1 and keeps version 2, past its ack wait (2 s), without using a delivery.
+    await rec.untilCompleted([`v1-a:StockReserved`, `v1-b:StockReserved`], 10_000);
+    // Past the ack wait (2 s): a message that was not kept alive would be redelivered meanwhile.
+    await sleep(3_000);
+    assert.equal(rec.calls.filter((c) => c.id === "v2-a:StockReserved").length, 0, "version 2 not handled");
+    const kept = await f.info(spec);
+    assert.equal(kept.num_ack_pending, 1, "version 2 kept by the old replica");
+    assert.equal(kept.num_redelivered, 0, "kept, not redelivered");
+    // A replica of the new release starts, the old one stops (a rolling deploy): version 2 is handed over.
+    await f.startRunner(spec, {
+      handlers: rec.handlers(undefined, "new", types),
+      futureVersionWaitMs: 60_000,
+    });
+    await old.stop();
+    await rec.untilCompleted([`v2-a:StockReserved`], 20_000);
+    const call = rec.calls.find((c) => c.id === "v2-a:StockReserved")!;
+    assert.equal(call.runner, "new");
+    assert.equal(call.attempt, 2, "one delivery to the old replica, then the new one");
+    assert.equal((call.event.data as { expiresAt: string | null }).expiresAt, "2030-01-01T00:00:00.000Z");
+    assert.equal(rec.calls.find((c) => c.id === "v1-a:StockReserved")!.runner, "old");
+    assert.deepEqual(await f.deadLetters(spec.durable), []);
+  });
+
+  void it("a version newer than read, with no replica that reads it, is dead-lettered as EVENT_VERSION_AHEAD once its wait is over", async (t) => {
+    const f = await startMessaging();
+    t.after(() => f.close());
+    const spec = await f.consumer("versions-alone", {
+      stream: "INVENTORY",
+      filterSubject: "inventory.*.StockReserved",
+    });
+    const rec = new Recorder();
+    await f.startRunner(spec, {
+      handlers: rec.handlers(undefined, "old", ["StockReserved"]),
+      versions: EventVersions.parse(undefined, "StockReserved=1"),
+      futureVersionWaitMs: 2_500,
+    });
+    const body = encodeEvent(
+      makeEvent(
+        "StockReserved",
+        {
+          orderId: "v2-x",
+          customerId: "c-1",
+          items: [{ sku: "SKU-1", quantity: 1 }],
+          total: 100,
+          currency: "EUR",
+          expiresAt: null,
+        },
+        { aggregateId: "v2-x", source: SOURCE },
+      ),
+    );
+    const ack = await f.js.publish("inventory.v2-x.StockReserved", body, { msgID: "v2-x:StockReserved" });
+    const [dl] = await eventually(async () => {
+      const all = await f.deadLetters(spec.durable);
+      assert.equal(all.length, 1);
+      return all;
+    });
+    assert.equal(dl!.code, DecodeErrorCode.VersionAhead);
+    assert.equal(dl!.sequence, ack.seq);
+    assert.equal(dl!.attempts, 1, "kept on its first delivery until the wait was over");
+    assert.match(dl!.error, /StockReserved version 2 is newer than this release reads \(up to 1\).*redrive/);
+    assert.equal(rec.calls.length, 0);
   });
 
   void it("a schema-invalid message near max_msg_size is dead-lettered at once too, and redrive republishes it whole", async (t) => {

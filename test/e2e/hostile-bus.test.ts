@@ -3,7 +3,9 @@
  * as a buggy or compromised producer would, while real orders go through the saga.
  *
  * Poison — malformed JSON, bytes that are not UTF-8, valid JSON of the wrong shape, an unknown event type,
- * an unsupported version, a payload near the stream's size limit, an event naming another order than its
+ * a version no release reads yet (kept for FUTURE_VERSION_WAIT_MS first, then `EVENT_VERSION_AHEAD`), a
+ * malformed StockReserved of the previous version (checked against that version's schema), a payload near the
+ * stream's size limit, an event naming another order than its
  * aggregate, garbage on a real order's subject — must end in the DLQ once per durable consumer of its subject,
  * with the right code, and in the audit log once as a raw `Undecodable` row (the audit reads every stream whole
  * and skips nothing). Events that are valid but about an order that does not exist (StockReserved,
@@ -34,6 +36,8 @@ import { operatorFetch } from "../helpers/auth.js";
 
 const ORDER_TIMEOUT_MS = 15_000;
 const MAX_ATTEMPTS = 5; // the services' default
+/** FUTURE_VERSION_WAIT_MS of the services here (10 min by default: longer than a rollout). */
+const FUTURE_VERSION_WAIT_MS = 3_000;
 const catalog = [
   { sku: "SKU-A", name: "Widget A", price: 1250, currency: "EUR", stock: 1_000 },
   { sku: "SKU-B", name: "Widget B", price: 399, currency: "EUR", stock: 1_000 },
@@ -315,6 +319,8 @@ describe("hostile input on the bus", () => {
       catalog,
       orderTimeoutMs: ORDER_TIMEOUT_MS,
       // VERIFY_ORDER_PLACED is on by default: a StockReserved for no order is not charged.
+      // An event of a future version is kept this long for a replica that reads it, then dead-lettered.
+      env: { FUTURE_VERSION_WAIT_MS: String(FUTURE_VERSION_WAIT_MS) },
     });
     js = jetstream(sys.nc);
     jsm = await jetstreamManager(sys.nc);
@@ -383,12 +389,14 @@ describe("hostile input on the bus", () => {
       envelope("OrderPlaced", placedData(ut), (e) => (e["type"] = "OrderTeleported")).bytes,
       { code: "EVENT_UNKNOWN_TYPE" },
     );
+    // A version no release reads yet: kept by each consumer for FUTURE_VERSION_WAIT_MS (no delivery used), then
+    // dead-lettered with the reason.
     const uv = ghost("uv");
     await poison(
-      "unsupported-version",
+      "future-version",
       `orders.${uv}`,
       envelope("OrderPlaced", placedData(uv), (e) => (e["version"] = 2)).bytes,
-      { code: "EVENT_VERSION_UNSUPPORTED" },
+      { code: "EVENT_VERSION_AHEAD" },
     );
     const mm = ghost("mm");
     await poison(
@@ -427,6 +435,44 @@ describe("hostile input on the bus", () => {
     await poison("inventory-other-type", `inventory.${ghost("io")}.StockCommitted`, enc("null"), {
       code: "EVENT_SCHEMA_INVALID",
     });
+    // StockReserved is at version 2; version 1 is still read (upcast), so a malformed version 1 is checked against
+    // the version 1 schema and refused at once: here with version 2's field, which version 1 does not allow.
+    const ov = ghost("ov");
+    await poison(
+      "stock-reserved-v1-malformed",
+      `inventory.${ov}.StockReserved`,
+      envelope(
+        "StockReserved",
+        {
+          orderId: ov,
+          customerId: "nobody",
+          items: [{ sku: "SKU-A", quantity: 1 }],
+          total: 1250,
+          currency: "EUR",
+          expiresAt: null,
+        },
+        (e) => (e["version"] = 1),
+      ).bytes,
+      { code: "EVENT_SCHEMA_INVALID" },
+    );
+    const fv = ghost("fv");
+    await poison(
+      "stock-reserved-future-version",
+      `inventory.${fv}.StockReserved`,
+      envelope(
+        "StockReserved",
+        {
+          orderId: fv,
+          customerId: "nobody",
+          items: [{ sku: "SKU-A", quantity: 1 }],
+          total: 1250,
+          currency: "EUR",
+          expiresAt: null,
+        },
+        (e) => ((e["version"] = 3), (e["data"].carrier = "pigeon")),
+      ).bytes,
+      { code: "EVENT_VERSION_AHEAD" },
+    );
     // Valid events about orders that do not exist: whoever would act on them gives up (after its retries:
     // a lagging replica may not show an order yet); the audit records them like every published event.
     const nr = ghost("nr");
@@ -438,6 +484,7 @@ describe("hostile input on the bus", () => {
         items: [{ sku: "SKU-A", quantity: 1 }],
         total: 1250,
         currency: "EUR",
+        expiresAt: null,
       },
       { aggregateId: nr, source: "inventory" },
     );
@@ -466,14 +513,14 @@ describe("hostile input on the bus", () => {
     // PAYMENTS
     const pv = ghost("pv");
     await poison(
-      "payments-unsupported-version",
+      "payments-future-version",
       `payments.${pv}.PaymentCaptured`,
       envelope(
         "PaymentCaptured",
         { orderId: pv, paymentId: "p", amount: 1, currency: "EUR" },
         (e) => (e["version"] = 9),
       ).bytes,
-      { code: "EVENT_VERSION_UNSUPPORTED" },
+      { code: "EVENT_VERSION_AHEAD" },
     );
     const nc = ghost("nc");
     const captured = makeEvent(

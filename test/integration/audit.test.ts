@@ -187,7 +187,7 @@ function saga(orderId: string, variant: Variant): AnyEnvelope[] {
   }
   const reserved = makeEvent(
     "StockReserved",
-    { orderId, customerId: "c1", items, total: 1000, currency },
+    { orderId, customerId: "c1", items, total: 1000, currency, expiresAt: null },
     opts("inventory", placed, 10),
   );
   if (variant === "declined") {

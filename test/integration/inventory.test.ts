@@ -298,7 +298,10 @@ void describe("inventory service", () => {
       ],
       total: 6000,
       currency: "EUR",
+      // Version 2: the reservation lapses at the order's deadline.
+      expiresAt: ev.data.timeoutAt,
     });
+    assert.equal(reserved.version, 2);
     assert.equal(reserved.id, "o-res-1:StockReserved");
     assert.equal(reserved.causation_id, ev.id);
     assert.equal(reserved.trace_id, ev.trace_id);

@@ -15,6 +15,7 @@ import type { EventType } from "../../src/lib/events/catalog.js";
 import type { BreakerState } from "../../src/lib/http-client.js";
 import { openBucket } from "../../src/lib/kv.js";
 import { Publisher } from "../../src/lib/messaging/publisher.js";
+import { EventVersions } from "../../src/lib/events/versions.js";
 import { startService, type CommonConfig, type RunningService } from "../../src/lib/service.js";
 import type { PaymentsConfig } from "../../src/services/payments/config.js";
 import {
@@ -125,6 +126,8 @@ void describe("payments service", () => {
   let nc: NatsConnection;
   let jsm: JetStreamManager;
   let publisher: Publisher;
+  /** Writes StockReserved at version 1, like an inventory pinned with EVENT_VERSIONS=StockReserved=1. */
+  let v1Publisher: Publisher;
   let payments: EventLog;
 
   before(async () => {
@@ -154,6 +157,7 @@ void describe("payments service", () => {
     const js = jetstream(nc);
     jsm = await jetstreamManager(nc);
     publisher = new Publisher(js);
+    v1Publisher = new Publisher(js, { versions: EventVersions.parse("StockReserved=1", undefined) });
     payments = await EventLog.open(js, "PAYMENTS");
   });
 
@@ -171,7 +175,16 @@ void describe("payments service", () => {
   });
 
   /** The order's OrderPlaced (payments charges only orders that exist), then its StockReserved. */
-  const reserve = async (orderId: string, o: { customerId?: string; total?: number; copy?: string } = {}) => {
+  const reserve = async (
+    orderId: string,
+    o: {
+      customerId?: string;
+      total?: number;
+      copy?: string;
+      expiresAt?: string | null;
+      writeVersion1?: boolean;
+    } = {},
+  ) => {
     await publisher.publish(
       makeEvent(
         "OrderPlaced",
@@ -184,7 +197,7 @@ void describe("payments service", () => {
         { aggregateId: orderId, source: "orders" },
       ),
     );
-    return publisher.publish(
+    return (o.writeVersion1 ? v1Publisher : publisher).publish(
       makeEvent(
         "StockReserved",
         {
@@ -193,6 +206,7 @@ void describe("payments service", () => {
           items: [{ sku: "sku-1", quantity: 2 }],
           total: o.total ?? 1250,
           currency: "EUR",
+          expiresAt: o.expiresAt ?? null,
         },
         { aggregateId: orderId, source: "inventory", idSuffix: o.copy },
       ),
@@ -351,6 +365,35 @@ void describe("payments service", () => {
     assert.equal(payments.of("PaymentCaptured", orderId).length, 0);
     assert.equal(payments.of("PaymentDeclined", orderId).length, 0);
     assert.equal((await state(orderId)).body.status, "cancelled");
+  });
+
+  void it("charges nothing for a reservation that lapsed (StockReserved expiresAt in the past); charges one written at version 1 (no expiry)", async () => {
+    const lapsed = newOrderId("lapsed");
+    await reserve(lapsed, { expiresAt: new Date(Date.now() - 1_000).toISOString() });
+    await eventually(async () => assert.equal((await state(lapsed)).body.status, "cancelled"), {
+      what: `payment of ${lapsed} cancelled`,
+    });
+    await drained("INVENTORY", INVENTORY_CONSUMER);
+    assert.deepEqual(await ledger(lapsed), []);
+    assert.equal(payments.of("PaymentCaptured", lapsed).length, 0);
+    assert.equal(payments.of("PaymentDeclined", lapsed).length, 0);
+    // A future expiry is charged as usual.
+    const open = newOrderId("open");
+    await reserve(open, { expiresAt: new Date(Date.now() + 60_000).toISOString() });
+    await payments.one("PaymentCaptured", open);
+    assert.equal((await ledger(open)).length, 1);
+    // Version 1 (as a producer pinned with EVENT_VERSIONS=StockReserved=1 writes it): no expiresAt on the wire;
+    // upcast to expiresAt null, charged.
+    const v1 = newOrderId("v1");
+    await reserve(v1, { expiresAt: new Date(Date.now() - 1_000).toISOString(), writeVersion1: true });
+    const stored = await jsm.streams.getMessage("INVENTORY", {
+      last_by_subj: `inventory.${v1}.StockReserved`,
+    });
+    const wire = stored!.json<{ version: number; data: Record<string, unknown> }>();
+    assert.equal(wire.version, 1);
+    assert.equal("expiresAt" in wire.data, false);
+    await payments.one("PaymentCaptured", v1);
+    assert.equal((await ledger(v1)).length, 1);
   });
 
   void it("pauses both consumers during a gateway outage and completes every order after it", async () => {

@@ -130,7 +130,7 @@ test("events: deterministic ids, subjects, and typed non-retryable decode errors
     [new TextEncoder().encode("{nope"), DecodeErrorCode.Malformed],
     [new Uint8Array([0xff, 0xfe]), DecodeErrorCode.Malformed],
     [new TextEncoder().encode(JSON.stringify({ ...e, type: "Nope" })), DecodeErrorCode.UnknownType],
-    [new TextEncoder().encode(JSON.stringify({ ...e, version: 9 })), DecodeErrorCode.UnsupportedVersion],
+    [new TextEncoder().encode(JSON.stringify({ ...e, version: 9 })), DecodeErrorCode.VersionAhead],
     [
       new TextEncoder().encode(JSON.stringify({ ...e, data: { orderId: "o-1", reason: "bored" } })),
       DecodeErrorCode.SchemaInvalid,

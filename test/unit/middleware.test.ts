@@ -8,7 +8,13 @@ import { Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { headers as natsHeaders, errors as natsErrors, type MsgHdrs } from "@nats-io/transport-node";
 import { NonRetryableError, RetryableError } from "../../src/lib/errors.js";
-import { DecodeErrorCode, encodeEvent, makeEvent, type AnyEnvelope } from "../../src/lib/events/mod.js";
+import {
+  DecodeErrorCode,
+  EventVersions,
+  encodeEvent,
+  makeEvent,
+  type AnyEnvelope,
+} from "../../src/lib/events/mod.js";
 import { defaultBackoff } from "../../src/lib/messaging/backoff.js";
 import { DeadLetterCode, type DeadLetterReason } from "../../src/lib/messaging/dlq.js";
 import {
@@ -54,7 +60,9 @@ class FakeMsg implements Message {
   readonly headers: MsgHdrs | undefined;
   readonly info: Message["info"];
 
-  constructor(o: { data?: Uint8Array; type?: string; deliveryCount?: number; seq?: number } = {}) {
+  constructor(
+    o: { data?: Uint8Array; type?: string; deliveryCount?: number; seq?: number; storedAtMs?: number } = {},
+  ) {
     this.subject = "orders.o-1";
     this.seq = o.seq ?? 7;
     this.data = o.data ?? new Uint8Array(0);
@@ -71,7 +79,7 @@ class FakeMsg implements Message {
       redelivered: deliveryCount > 1,
       streamSequence: this.seq,
       deliverySequence: this.seq,
-      timestampNanos: 1_700_000_000_000_000_000,
+      timestampNanos: (o.storedAtMs ?? 1_700_000_000_000) * 1e6,
       pending: 0,
     };
   }
@@ -338,7 +346,7 @@ void describe("middleware: decode", () => {
     const e = event();
     const d = delivery({ data: encodeEvent(e), lines });
     d.logger.info("before");
-    assert.equal(await decode(next)(d), ACK);
+    assert.equal(await decode(new FakeControl())(next)(d), ACK);
     assert.deepEqual(d.event, e);
     assert.equal(d.type, "OrderPlaced");
     d.logger.info("after");
@@ -348,9 +356,73 @@ void describe("middleware: decode", () => {
   });
 
   void it("bytes that do not decode are to be dead-lettered, with the decode error", async () => {
-    const o = await decode(next)(delivery({ data: new TextEncoder().encode("{not json") }));
+    const o = await decode(new FakeControl())(next)(
+      delivery({ data: new TextEncoder().encode("{not json") }),
+    );
     assert.equal(o.outcome, "dead-letter");
     assert.equal((o as { error: { code: string } }).error.code, DecodeErrorCode.Malformed);
+  });
+
+  /** A StockReserved written at version 2 (the current one). */
+  const reservedV2 = () =>
+    encodeEvent(
+      makeEvent(
+        "StockReserved",
+        {
+          orderId: "o-1",
+          customerId: "c-1",
+          items: [{ sku: "SKU-1", quantity: 1 }],
+          total: 100,
+          currency: "EUR",
+          expiresAt: "2030-01-01T00:00:00.000Z",
+        },
+        { aggregateId: "o-1", source: "unit" },
+      ),
+    );
+  /** Reads StockReserved up to version 1, as the release before version 2 did. */
+  const v1Reader = EventVersions.parse(undefined, "StockReserved=1");
+
+  void it("a version newer than read is kept until the runner stops, then handed back: no attempt, no DLQ", async () => {
+    const control = new FakeControl();
+    let ran = 0;
+    const counting: Handle = () => (ran++, Promise.resolve(ACK));
+    // The runner stops while the message is kept (the fake's delay resolves at once: the stop came first).
+    control.delay = (ms) => (control.delays.push(ms), (control.stopping = true), Promise.resolve());
+    const d = delivery({ data: reservedV2(), storedAtMs: Date.now() });
+    const o = await decode(control, { versions: v1Reader, futureVersionWaitMs: 60_000 })(counting)(d);
+    assert.equal(o.outcome, "hand-back");
+    assert.equal(ran, 0);
+    assert.equal(control.delays.length, 1);
+    assert.ok(
+      control.delays[0]! > 50_000 && control.delays[0]! <= 60_000,
+      `kept for ${control.delays[0]} ms`,
+    );
+    // The same bytes are read by a process at the current versions, upcast-free (version 2 is current).
+    const current = delivery({ data: reservedV2() });
+    assert.equal(await decode(new FakeControl())(counting)(current), ACK);
+    assert.equal(current.event?.version, 2);
+  });
+
+  void it("a version newer than read, past its wait, is to be dead-lettered as EVENT_VERSION_AHEAD with the reason", async () => {
+    const control = new FakeControl();
+    const old = delivery({ data: reservedV2(), storedAtMs: Date.now() - 61_000 });
+    const o = await decode(control, { versions: v1Reader, futureVersionWaitMs: 60_000 })(next)(old);
+    assert.equal(o.outcome, "dead-letter");
+    const err = (o as { error: { code: string; message: string } }).error;
+    assert.equal(err.code, DecodeErrorCode.VersionAhead);
+    assert.match(err.message, /StockReserved version 2 is newer than this release reads \(up to 1\)/);
+    assert.match(err.message, /redrive/);
+    assert.deepEqual(control.delays, [], "not kept");
+    // Kept, and the wait runs out while kept (the runner did not stop): dead-lettered then.
+    const young = delivery({ data: reservedV2(), storedAtMs: Date.now() - 59_800 });
+    const slow = new FakeControl();
+    slow.delay = async (ms) => {
+      slow.delays.push(ms);
+      await new Promise((r) => setTimeout(r, ms + 5));
+    };
+    const later = await decode(slow, { versions: v1Reader, futureVersionWaitMs: 60_000 })(next)(young);
+    assert.equal(later.outcome, "dead-letter");
+    assert.equal(slow.delays.length, 1);
   });
 });
 
@@ -692,7 +764,7 @@ void describe("middleware: the runner's pipeline", () => {
         deadLetter(async (_d, r) => void dlq.push(r), backoff),
         skipUnhandled((t) => handlers[t] !== undefined),
         maxDeliveries(2 * maxAttempts),
-        decode,
+        decode(control),
         retry({ maxAttempts, backoff }),
         park(control),
         keepInPlace(backoff),

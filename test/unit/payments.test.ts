@@ -153,7 +153,14 @@ void describe("payments handlers: only orders that exist are charged", () => {
   const reserved = (orderId: string) =>
     makeEvent(
       "StockReserved",
-      { orderId, customerId: "cus_1", items: [{ sku: "SKU-1", quantity: 1 }], total: 1250, currency: "EUR" },
+      {
+        orderId,
+        customerId: "cus_1",
+        items: [{ sku: "SKU-1", quantity: 1 }],
+        total: 1250,
+        currency: "EUR",
+        expiresAt: null,
+      },
       { aggregateId: orderId, source: "inventory" },
     );
   const placed = (orderId: string) =>

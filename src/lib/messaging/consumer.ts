@@ -10,6 +10,7 @@ import { deadLetter as sendToDlq } from "./dlq.js";
 import type { HandlerMap, RawHandler } from "./handler.js";
 import { deadLetter } from "./middleware/dead-letter.js";
 import { decode, skipUnhandled } from "./middleware/decode.js";
+import type { EventVersions } from "../events/versions.js";
 import { Delivery } from "./middleware/delivery.js";
 import { dispatchEvents, dispatchRaw } from "./middleware/dispatch.js";
 import { keepInPlace } from "./middleware/keep-in-place.js";
@@ -82,6 +83,13 @@ export interface ConsumerRunnerOptions {
    */
   handlerTimeoutMs?: number;
   backoff?: Partial<BackoffOptions>;
+  /** The event versions this process reads at most (default: every known one; see `EVENT_READ_VERSIONS`). */
+  versions?: EventVersions | undefined;
+  /**
+   * How long after it was stored an event of a version newer than this process reads is kept (then handed back on
+   * stop, for a replica of a newer release) before it is dead-lettered as `EVENT_VERSION_AHEAD` (default 10 min).
+   */
+  futureVersionWaitMs?: number | undefined;
   /** Longest a pull request waits for messages (default and minimum 1 s). Bounds stop latency. */
   fetchExpiresMs?: number;
   /** Interval of automatic `working()` while a handler runs or a message is parked (default ack wait / 3). */
@@ -237,7 +245,12 @@ export class ConsumerRunner {
         retry({ maxAttempts, backoff: this.#backoff }),
         ...(opts.raw ? [] : [skipUnhandled((type: EventType) => handlers[type] !== undefined)]),
         maxDeliveries(limit),
-        ...(opts.raw ? [traceRaw] : [decode, traceEvents]),
+        ...(opts.raw
+          ? [traceRaw]
+          : [
+              decode(control, { versions: opts.versions, futureVersionWaitMs: opts.futureVersionWaitMs }),
+              traceEvents,
+            ]),
         hold(control),
         park(control),
         keepInPlace(this.#backoff),

@@ -12,6 +12,7 @@ import { context, trace } from "@opentelemetry/api";
 import { RetryableError } from "../errors.js";
 import { KeyedQueue } from "../keyed-queue.js";
 import { encodeEvent } from "../events/codec.js";
+import { EventVersions } from "../events/versions.js";
 import { streamOf, subjectOf, type Envelope } from "../events/envelope.js";
 import type { CounterCell, HistogramCell, Metrics } from "../telemetry/metrics.js";
 import {
@@ -59,6 +60,11 @@ export interface PublisherOptions {
   maxAttempts?: number;
   /** First retry delay; doubles per attempt (default 100 ms, capped at 2 s). */
   retryDelayMs?: number;
+  /**
+   * The schema version each event type is written at (default: the current ones). During a rollout producers
+   * keep writing the previous version (`EVENT_VERSIONS`): events are built at the current version and downcast.
+   */
+  versions?: EventVersions;
 }
 
 /** Options of one publish. */
@@ -95,7 +101,8 @@ export function isTransientNatsError(err: unknown): boolean {
  *
  * Contract: `Nats-Msg-Id` is the event id, so a publish retried after a timeout or no-responders
  * (retried here with the same id and backoff), or redone after a crash, is stored once within the
- * stream's duplicate window. The event is validated against its schema before it leaves. Its W3C trace context
+ * stream's duplicate window. The event is validated against its schema before it leaves, at the version
+ * {@link PublisherOptions.versions} writes for its type (downcast when that is older than the current one). Its W3C trace context
  * travels in the message headers: with spans exported, a span (kind PRODUCER) wraps each publish; without, the
  * `traceparent` names the event's trace directly (no span is made).
  *
@@ -106,6 +113,7 @@ export class Publisher {
   readonly #acks: PubAcks | undefined;
   readonly #conditional = new KeyedQueue();
   readonly #opts: Required<Omit<PublisherOptions, "metrics">> & { metrics?: Metrics | undefined };
+  readonly #versions: EventVersions;
   /** One retry policy per stream label, made once (not per publish: that was measurable garbage). */
   readonly #policies = new Map<string, ReturnType<typeof retry>>();
   /** The metric cells of each event type (published count, and its stream's publish duration). */
@@ -120,7 +128,9 @@ export class Publisher {
       timeoutMs: opts.timeoutMs ?? 5_000,
       maxAttempts: opts.maxAttempts ?? 6,
       retryDelayMs: opts.retryDelayMs ?? 100,
+      versions: opts.versions ?? EventVersions.CURRENT,
     };
+    this.#versions = this.#opts.versions;
   }
 
   /**
@@ -132,7 +142,7 @@ export class Publisher {
    */
   async publish(event: Envelope, opts: PublishOptions = {}): Promise<PubAck> {
     const subject = subjectOf(event);
-    const data = encodeEvent(event);
+    const data = encodeEvent(event, this.#versions);
     const stream = streamOf(event.type);
     const cells = this.#cellsOf(event.type, stream);
     const started = performance.now();

@@ -16,7 +16,7 @@
 import { createHash } from "node:crypto";
 import { canonicalJson, canonicalJsonOf } from "../../lib/canonical.js";
 import { isSkuEventType } from "../../lib/events/catalog.js";
-import type { AnyEnvelope } from "../../lib/events/envelope.js";
+import type { EnvelopeShape } from "../../lib/events/envelope.js";
 import { ORDER_ID_UNANCHORED } from "../../lib/ids.js";
 import { Hdr } from "../../lib/messaging/headers.js";
 
@@ -223,9 +223,9 @@ export class ChainVerifier {
 // entries from events and dead letters
 // ---------------------------------------------------------------------------------------------------
 
-/** The entry recording an event delivered on `stream`. */
+/** The entry recording an event delivered on `stream`, as it was published (any version its type has had). */
 export function entryFromEvent(
-  event: AnyEnvelope,
+  event: EnvelopeShape,
   at: { stream: string; subject: string; streamSeq: number },
 ): AuditEntry {
   return {

@@ -5,7 +5,7 @@
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import { Streams } from "../../lib/events/catalog.js";
-import { decodeEvent, isEventDecodeError } from "../../lib/events/codec.js";
+import { decodePublished, isEventDecodeError } from "../../lib/events/codec.js";
 import { describeError } from "../../lib/errors.js";
 import { entryFromDeadLetter, entryFromEvent, entryFromUndecodable, type AuditEntry } from "./audit.js";
 
@@ -35,7 +35,8 @@ export function entryFromMessage(stream: string, msg: JsMsg): AuditEntry {
   if (stream === Streams.DLQ)
     return entryFromDeadLetter({ ...at, headers: headersOf(msg), storedAt: msg.time });
   try {
-    const event = decodeEvent(msg.data);
+    // As published (its own version's schema, not upcast): the log keeps what was on the stream.
+    const event = decodePublished(msg.data);
     return entryFromEvent(event, { stream, subject: msg.subject, streamSeq: msg.seq });
   } catch (err) {
     const error = isEventDecodeError(err)

@@ -189,10 +189,11 @@ export class InventoryHandlers {
     if (holdsForbidden(record.status)) await this.#giveBackAll(orderId, unionLines(record.items, held));
     switch (record.status) {
       case "reserved": {
-        const { customerId, total, currency } = event.data;
+        const { customerId, total, currency, timeoutAt } = event.data;
+        // The reservation lapses at the order's deadline: orders cancels it then unless it was paid.
         await this.#publish(
           "StockReserved",
-          { orderId, customerId, items: record.items, total, currency },
+          { orderId, customerId, items: record.items, total, currency, expiresAt: timeoutAt },
           event,
           republish,
         );

@@ -61,6 +61,10 @@ export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; or
   };
   const orderExists = deps.orderExists;
 
+  /** Has a reservation lapsed? `null`: no expiry known (an event written at StockReserved version 1). */
+  const lapsed = (expiresAt: string | null): boolean =>
+    expiresAt !== null && Date.parse(expiresAt) <= now().getTime();
+
   const publishOutcome = async (p: Payment, orderId: string, cause: Envelope) => {
     const opts = { aggregateId: orderId, source: deps.source, cause };
     if (p.status === "declined") {
@@ -107,6 +111,16 @@ export function paymentHandlers(deps: PaymentsDeps): { inventory: HandlerMap; or
           if (orderExists && !placed.has(orderId) && !(await orderExists(orderId)))
             throw new RetryableError("ORDER_NOT_FOUND", `order ${orderId} has no OrderPlaced; not charged`);
           placed.delete(orderId);
+          if (lapsed(event.data.expiresAt)) {
+            // Past the order's deadline orders cancels it: a charge now would only be refunded. Recorded as
+            // cancelled before any charge, like an OrderCancelled that came first; the timeout does the rest.
+            await store.update(orderId, (cur) => cancelBeforeCharge(cur, now()));
+            h.logger.info(
+              { expires_at: event.data.expiresAt },
+              "reservation lapsed before the charge; not charged",
+            );
+            return;
+          }
           p = (
             await store.update(orderId, (cur) =>
               startCharge(cur, { amount: total, currency, customerId }, now()),
