@@ -11,13 +11,13 @@
  *   really follows;
  * - stream and consumer administration (create, update, delete, purge) is denied to it: provisioning runs with the
  *   `admin` user (`npm run provision`);
- * - `operator` (DLQ tool, checker, bench and chaos reads) reads everything, redrives dead letters, and administers
- *   nothing.
+ * - `operator` (DLQ tool, console, checker, bench and chaos reads) reads everything, redrives and discards dead
+ *   letters, and administers nothing.
  */
 import { catalog, eventTypes, Streams, type StreamName } from "../events/catalog.js";
 import { Durables } from "../events/consumers.js";
 import { subjectOf } from "../events/envelope.js";
-import { DLQ_SUBJECT_PREFIX } from "./dlq.js";
+import { DISCARD_SUBJECT_PREFIX, DLQ_SUBJECT_PREFIX } from "./dlq.js";
 
 /** The five services, each its own NATS user. */
 export const SERVICE_USERS = ["orders", "inventory", "payments", "notifications", "audit"] as const;
@@ -302,6 +302,8 @@ export function operatorPermissions(): Permissions {
       `${API}.CONSUMER.DELETE.${s}.*`,
       `${API}.CONSUMER.MSG.NEXT.${s}.*`,
     ]),
+    // Discarding a dead letter writes a discard record (the reason) to the DLQ stream, for the audit trail.
+    `${DISCARD_SUBJECT_PREFIX}.>`,
     // DLQ redrive publishes the original event on its own subject.
     ...[Streams.ORDERS, Streams.INVENTORY, Streams.PAYMENTS, Streams.NOTIFICATIONS].flatMap(eventSubjectsOf),
   ];
