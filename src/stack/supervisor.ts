@@ -353,8 +353,8 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
             name: p.proc.name,
             port: p.port,
             ...(secrets && isServiceUser(p.proc.name) ? { nats: secrets.env(p.proc.name) } : {}),
-            // The console reads JetStream and redrives dead letters as the NATS `operator` (docs/security-nats.md).
-            ...(secrets && p.proc.name === "console" ? { nats: secrets.env("operator") } : {}),
+            // The console has the operator's rights on its own NATS user (docs/security-nats.md).
+            ...(secrets && p.proc.name === "console" ? { nats: secrets.env("console") } : {}),
           }),
           cwd: ROOT,
           printer,

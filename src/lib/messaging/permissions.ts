@@ -22,8 +22,11 @@ import { DISCARD_SUBJECT_PREFIX, DLQ_SUBJECT_PREFIX } from "./dlq.js";
 /** The five services, each its own NATS user. */
 export const SERVICE_USERS = ["orders", "inventory", "payments", "notifications", "audit"] as const;
 export type ServiceUser = (typeof SERVICE_USERS)[number];
-/** Every NATS user ShopStream uses. */
-export const NATS_USERS = [...SERVICE_USERS, "admin", "operator"] as const;
+/**
+ * Every NATS user ShopStream uses: the services, `admin` (provisioning), `operator` (tools) and `console` (the
+ * operations console: the operator's rights on its own user, so its connections and inbox are told apart).
+ */
+export const NATS_USERS = [...SERVICE_USERS, "admin", "operator", "console"] as const;
 export type NatsUser = (typeof NATS_USERS)[number];
 
 /** A durable consumer a service pulls from. */
@@ -284,7 +287,7 @@ export function servicePermissions(service: ServiceUser): Permissions {
  * dead letters (publishes the original event again, deletes the DLQ entry); creates, changes and deletes no stream
  * and touches no service's durable.
  */
-export function operatorPermissions(): Permissions {
+export function operatorPermissions(user: "operator" | "console" = "operator"): Permissions {
   const allow = [
     `${API}.INFO`,
     `${API}.STREAM.INFO.>`,
@@ -312,14 +315,14 @@ export function operatorPermissions(): Permissions {
     for (const x of namedConsumer(d.stream, d.durable)) if (!x.includes(".INFO.")) deny.push(x);
   return {
     publish: { allow, deny },
-    subscribe: { allow: [`${inboxPrefixOf("operator")}.>`], deny: [] },
+    subscribe: { allow: [`${inboxPrefixOf(user)}.>`], deny: [] },
   };
 }
 
 /** The permissions of every user; `admin` has none listed (everything is allowed). */
 export function permissionsOf(user: NatsUser): Permissions | undefined {
   if (user === "admin") return undefined;
-  if (user === "operator") return operatorPermissions();
+  if (user === "operator" || user === "console") return operatorPermissions(user);
   return servicePermissions(user);
 }
 

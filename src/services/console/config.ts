@@ -43,7 +43,7 @@ export const ConsoleConfig = Type.Object({
     Type.String({
       minLength: 1,
       description:
-        "directory of the built web UI (default: dist/console-ui, else bundled from web/console at start)",
+        "directory of the built web UI (default: dist/console-ui when compiled, else bundled from web/console at start)",
     }),
   ),
 });
