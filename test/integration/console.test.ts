@@ -43,7 +43,7 @@ describe("console API", () => {
       expires: 5_000,
     });
     assert.equal(m?.seq, stored.seq);
-    return m!;
+    return m;
   }
 
   /** Places an OrderPlaced (as orders) and dead-letters it as payments-orders would; returns its DLQ sequence. */
