@@ -304,4 +304,24 @@ describe("console in a browser", { skip: !existsSync(CHROMIUM) && `no chromium a
     });
     await page.context().close();
   });
+  test("a durable paused by hand on the Consumers page stops pulling on every replica, and resumes", async () => {
+    const page = await signedInPage("/consumers");
+    page.on("dialog", (d) => void d.accept());
+    const durable = "inventory-orders";
+    try {
+      await page.getByTestId(`pause-${durable}`).click();
+      await page.getByTestId(`paused-${durable}`).filter({ hasText: "paused" }).waitFor();
+      const orderId = await placeOrder("cus_paused");
+      await waitForNumber(page, `lag-${durable}`, (n) => n >= 1, "the paused durable's lag");
+      assert.equal((await getJson(`${sys.urls.orders}/orders/${orderId}`)).status, "PENDING", "not reserved");
+      await shot(page, "consumers");
+      await page.getByTestId(`resume-${durable}`).click();
+      await page.getByTestId(`paused-${durable}`).filter({ hasText: "running" }).waitFor();
+      assert.equal((await sys.waitForTerminal(orderId)).status, "CONFIRMED");
+      await waitForNumber(page, `lag-${durable}`, (n) => n === 0, "the backlog cleared");
+    } finally {
+      await operatorFetch(`${consoleSvc.url}/api/consumers/ORDERS/${durable}/resume`, { method: "POST" });
+      await page.context().close();
+    }
+  });
 });

@@ -271,8 +271,31 @@ function consumerTable(s: OverviewSample, controls: boolean): TemplateResult {
           <td>${c.redelivered}</td>
           ${
             controls
-              ? html`<td data-testid="paused-${c.durable}">${c.paused ? "paused" : "running"}</td>
-                  <td></td>`
+              ? html`<td data-testid="paused-${c.durable}">
+                    ${
+                      c.paused
+                        ? html`<span class="warn">paused</span> <span class="muted">by ${c.paused.by}</span>`
+                        : "running"
+                    }
+                  </td>
+                  <td>
+                    ${
+                      c.paused
+                        ? html`<button
+                            data-testid="resume-${c.durable}"
+                            @click=${() => void setPaused(c.stream, c.durable, false)}
+                          >
+                            Resume
+                          </button>`
+                        : html`<button
+                            class="secondary"
+                            data-testid="pause-${c.durable}"
+                            @click=${() => void setPaused(c.stream, c.durable, true)}
+                          >
+                            Pause
+                          </button>`
+                    }
+                  </td>`
               : nothing
           }
         </tr>`,
@@ -700,6 +723,16 @@ ${inspected.event !== undefined ? JSON.stringify(inspected.event, null, 2) : (in
 
 // ---------------------------------------------------------------------------------------------------------------
 // consumers, faults
+
+async function setPaused(stream: string, durable: string, paused: boolean): Promise<void> {
+  if (paused && !confirm(`Pause ${durable}? Every replica stops pulling; its messages wait in ${stream}.`))
+    return;
+  try {
+    await api(`/api/consumers/${stream}/${durable}/${paused ? "pause" : "resume"}`, { method: "POST" });
+  } catch (err) {
+    alert(String(err instanceof Error ? err.message : err));
+  }
+}
 
 const consumersPage = {
   render(): TemplateResult {

@@ -16,7 +16,7 @@ export interface ConsumerRow {
   redelivered: number;
   ackRate: number;
   etaSeconds: number | null;
-  paused: boolean;
+  paused: { by: string; at: string } | null;
 }
 
 export interface OverviewSample {

@@ -18,6 +18,7 @@ import { catalog, eventTypes, Streams, type StreamName } from "../events/catalog
 import { Durables } from "../events/consumers.js";
 import { subjectOf } from "../events/envelope.js";
 import { DISCARD_SUBJECT_PREFIX, DLQ_SUBJECT_PREFIX } from "./dlq.js";
+import { CONSUMER_CONTROL_BUCKET } from "./consumer-control.js";
 
 /** The five services, each its own NATS user. */
 export const SERVICE_USERS = ["orders", "inventory", "payments", "notifications", "audit"] as const;
@@ -67,6 +68,9 @@ export const ALL_STREAMS: StreamName[] = [
   Streams.DLQ,
 ];
 
+/** Every service with a durable follows the manual pauses of the consumer-control bucket (consumer-control.ts). */
+const CONTROL_READ: BucketUse = { bucket: CONSUMER_CONTROL_BUCKET, write: false };
+
 /**
  * The declared access of each service. Durables must match each service's consumer specs (a unit test checks it);
  * buckets and reads match what each service's code opens and reads.
@@ -86,6 +90,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
       { bucket: "catalog", write: false },
       { bucket: "order-requests", write: true },
       { bucket: "orders-by-customer", write: true },
+      CONTROL_READ,
     ],
     // Admission control follows the terminal events of its orders (src/services/orders/admission.ts).
     subscribes: ["orders.>"],
@@ -100,6 +105,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
       { bucket: "catalog", write: true },
       { bucket: "stock", write: true },
       { bucket: "reservations", write: true },
+      CONTROL_READ,
     ],
     subscribes: [],
   },
@@ -112,7 +118,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
     orderedReads: [],
     directGets: [Streams.ORDERS],
     msgGets: [],
-    buckets: [{ bucket: "payments", write: true }],
+    buckets: [{ bucket: "payments", write: true }, CONTROL_READ],
     subscribes: [],
   },
   notifications: {
@@ -121,7 +127,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
     orderedReads: [],
     directGets: [Streams.NOTIFICATIONS, Streams.ORDERS],
     msgGets: [],
-    buckets: [],
+    buckets: [CONTROL_READ],
     subscribes: [],
   },
   audit: {
@@ -305,6 +311,8 @@ export function operatorPermissions(user: "operator" | "console" = "operator"): 
       `${API}.CONSUMER.DELETE.${s}.*`,
       `${API}.CONSUMER.MSG.NEXT.${s}.*`,
     ]),
+    // Pausing and resuming durables by hand (the console): the consumer-control bucket.
+    ...bucketPermissions({ bucket: CONSUMER_CONTROL_BUCKET, write: true }),
     // Discarding a dead letter writes a discard record (the reason) to the DLQ stream, for the audit trail.
     `${DISCARD_SUBJECT_PREFIX}.>`,
     // DLQ redrive publishes the original event on its own subject.

@@ -25,8 +25,8 @@ export interface ConsumerRow {
   ackRate: number;
   /** lag / ack rate, in seconds; null when nothing is being acknowledged (or nothing to clear: 0). */
   etaSeconds: number | null;
-  /** Paused by an operator (the consumer-control bucket), when known. */
-  paused: boolean;
+  /** Paused by an operator (the consumer-control bucket): who and when; null when it is not. */
+  paused: { by: string; at: string } | null;
 }
 
 /** A breaker of an external dependency: 0 closed, 1 open, 2 half-open; null when its service did not answer. */
@@ -167,7 +167,7 @@ export class OverviewSampler {
     private readonly jsm: JetStreamManager,
     private readonly flow: OrderFlow,
     private readonly metricsUrls: Record<string, string>,
-    private readonly pausedOf: (durable: string) => boolean = () => false,
+    private readonly pausedOf: (durable: string) => { by: string; at: string } | undefined = () => undefined,
   ) {}
 
   async consumers(): Promise<ConsumerRow[]> {
@@ -200,7 +200,7 @@ export class OverviewSampler {
           redelivered: info.num_redelivered,
           ackRate: Math.round(rate * 10) / 10,
           etaSeconds: lag === 0 ? 0 : rate > 0.05 ? Math.round(lag / rate) : null,
-          paused: this.pausedOf(durable),
+          paused: this.pausedOf(durable) ?? null,
         });
       }
     }

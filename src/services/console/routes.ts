@@ -3,6 +3,8 @@
  * (Server-Sent Events over a fetch, so the token travels in the Authorization header, never in a URL).
  */
 import type { FastifyInstance } from "fastify";
+import type { KV } from "@nats-io/kv";
+import { setConsumerPaused } from "../../lib/messaging/consumer-control.js";
 import { Type, type Static } from "@sinclair/typebox";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { bearerSecurity, principalOf } from "../../lib/http/auth.js";
@@ -33,6 +35,8 @@ export interface ConsoleRouteDeps {
   /** The samples kept for charts, oldest first, and a way to follow new ones. */
   history: () => readonly OverviewSample[];
   onSample: (fn: (s: OverviewSample) => void) => () => void;
+  /** The consumer-control bucket (manual pauses). */
+  control: KV;
 }
 
 const authResponses = {
@@ -184,6 +188,42 @@ export function registerConsoleRoutes(app: FastifyInstance, d: ConsoleRouteDeps)
       consumers: await d.sampler.consumers(),
     }),
   );
+
+  const ConsumerParams = Type.Object({
+    stream: Type.String({ pattern: "^[A-Z][A-Z_]{0,31}$" }),
+    durable: Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" }),
+  });
+  for (const action of ["pause", "resume"] as const) {
+    app.post<{ Params: Static<typeof ConsumerParams> }>(
+      `/api/consumers/:stream/:durable/${action}`,
+      {
+        schema: {
+          ...common,
+          params: ConsumerParams,
+          summary:
+            action === "pause"
+              ? "Pause a durable by hand: every replica of its service stops pulling (messages wait in the stream)"
+              : "Resume a durable paused by hand",
+          response: { 404: problemResponse("No such durable consumer"), ...authResponses },
+        },
+      },
+      async (req) => {
+        const { stream, durable } = req.params;
+        const info = await d.jsm.consumers.info(stream, durable).catch(() => undefined);
+        if (!info?.config.durable_name)
+          throw new ProblemError(
+            404,
+            "not-found",
+            "Not Found",
+            `no durable consumer ${durable} on ${stream}`,
+          );
+        const by = principalOf(req).sub;
+        await setConsumerPaused(d.control, durable, action === "pause", by);
+        req.log.warn({ stream, consumer: durable, by }, `consumer ${action}d by hand`);
+        return { stream, durable, paused: action === "pause" };
+      },
+    );
+  }
 
   const OrdersQuery = Type.Object(
     { customerId: Type.String({ minLength: 1, maxLength: 128, pattern: "^[^\\u0000-\\u001f]+$" }) },

@@ -11,6 +11,9 @@ import { ConsoleConfig } from "./config.js";
 import { OrderFlow, OverviewSampler, type OverviewSample } from "./overview.js";
 import { registerConsoleRoutes } from "./routes.js";
 import { loadUi } from "./ui.js";
+import { openBucket } from "../../lib/kv.js";
+import { CONSUMER_CONTROL_BUCKET, type ConsumerControl } from "../../lib/messaging/consumer-control.js";
+import { CONSUMER_CONTROL_DESCRIPTION } from "../../lib/service.js";
 
 /** Samples kept for the overview's charts (at one a second: five minutes). */
 const HISTORY = 300;
@@ -23,10 +26,31 @@ export const definition: ServiceDefinition<typeof ConsoleConfig> = {
     const ui = await loadUi(c.CONSOLE_ASSETS_DIR);
     const flow = new OrderFlow(ctx.js, ctx.logger);
     flow.start();
-    const sampler = new OverviewSampler(ctx.jsm, flow, {
-      payments: c.PAYMENTS_URL,
-      notifications: c.NOTIFICATIONS_URL,
+    // Manual pauses: written here, followed by every service's runners (src/lib/messaging/consumer-control.ts).
+    const control = await openBucket(ctx.nc, CONSUMER_CONTROL_BUCKET, {
+      replicas: c.STREAM_REPLICAS,
+      description: CONSUMER_CONTROL_DESCRIPTION,
     });
+    const paused = new Map<string, ConsumerControl>();
+    const watch = await control.watch();
+    void (async () => {
+      for await (const e of watch) {
+        let v: ConsumerControl | undefined;
+        try {
+          v = e.operation === "PUT" ? e.json<ConsumerControl>() : undefined;
+        } catch {
+          v = undefined;
+        }
+        if (v?.paused) paused.set(e.key, v);
+        else paused.delete(e.key);
+      }
+    })().catch((err: unknown) => ctx.logger.error({ err }, "console: consumer-control watch ended"));
+    const sampler = new OverviewSampler(
+      ctx.jsm,
+      flow,
+      { payments: c.PAYMENTS_URL, notifications: c.NOTIFICATIONS_URL },
+      (durable) => paused.get(durable),
+    );
     const history: OverviewSample[] = [];
     const listeners = new Set<(s: OverviewSample) => void>();
     let sampling = false;
@@ -82,6 +106,7 @@ export const definition: ServiceDefinition<typeof ConsoleConfig> = {
       publisher: ctx.publisher,
       sampler,
       history: () => history,
+      control,
       onSample: (fn) => {
         listeners.add(fn);
         return () => listeners.delete(fn);
@@ -93,6 +118,7 @@ export const definition: ServiceDefinition<typeof ConsoleConfig> = {
     return {
       close: async () => {
         clearInterval(timer);
+        watch.stop();
         flow.stop();
       },
     };
