@@ -7,7 +7,7 @@
 import { installNatsTuning } from "../src/lib/messaging/nats-tuning.js";
 import { randomBytes } from "node:crypto";
 import { AckPolicy, jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
-import { connect, headers as natsHeaders } from "@nats-io/transport-node";
+import { connect, headers as natsHeaders, type ConnectionOptions } from "@nats-io/transport-node";
 
 export interface Ceiling {
   /** PubAcks per second with `window` publishes in flight. */
@@ -50,10 +50,15 @@ function body(i: number, bytes: number): Uint8Array {
  * Measures the ceiling on `natsUrl` in a stream of its own (`BENCH_CEILING`, subjects `bench.ceiling.>`), deleted
  * afterwards. `seconds` bounds each part.
  */
-export async function measureCeiling(natsUrl: string, seconds = 4, window = 512): Promise<Ceiling> {
+export async function measureCeiling(
+  natsUrl: string,
+  auth: Omit<ConnectionOptions, "servers" | "name"> = {},
+  seconds = 4,
+  window = 512,
+): Promise<Ceiling> {
   // The services' client: their connection options and the nats.js tuning (src/lib/messaging/connection.ts).
   installNatsTuning();
-  const nc = await connect({ servers: natsUrl, name: "bench-ceiling", noAsyncTraces: true });
+  const nc = await connect({ ...auth, servers: natsUrl, name: "bench-ceiling", noAsyncTraces: true });
   const jsm = await jetstreamManager(nc);
   const js = jetstream(nc);
   const stream = "BENCH_CEILING";

@@ -440,12 +440,20 @@ async function runScenario(
   const pidNames = new Map<number, string>();
   try {
     for (const [n, pid] of stack.processes()) pidNames.set(pid, n);
-    say(`   up: ${[...pidNames.values()].join(", ")} (data ${stack.dataDir})`);
-    const ceiling = await measureCeiling(stack.natsUrl);
+    say(
+      `   up: ${[...pidNames.values()].join(", ")} (data ${stack.dataDir}; NATS ${stack.natsAuth ? "with authentication, one user per service" : "without authentication"})`,
+    );
+    const ceiling = await measureCeiling(stack.natsUrl, stack.natsConnectOptions("admin"));
     say(
       `   JetStream ceiling: publish ${ceiling.publish_msgs_per_s} msg/s (window ${ceiling.window}), one-at-a-time ${ceiling.sync_publish_msgs_per_s} msg/s, consume+ack ${ceiling.consume_ack_msgs_per_s} msg/s (${ceiling.message_bytes} B)`,
     );
-    const nc = await connect({ servers: stack.natsUrl, name: "bench" });
+    // The harness's watcher as admin (it subscribes to `orders.*`), the checker as operator (as `npm run check`).
+    const nc = await connect({ servers: stack.natsUrl, name: "bench", ...stack.natsConnectOptions("admin") });
+    const checkerNc = await connect({
+      servers: stack.natsUrl,
+      name: "bench-checker",
+      ...stack.natsConnectOptions("operator"),
+    });
     const jsm = await jetstreamManager(nc);
     const tracker = new TerminalTracker(nc);
     await tracker.start();
@@ -643,7 +651,7 @@ async function runScenario(
     // The invariant checker, with this run's accepted order ids (warm-up included).
     say(`   ${quiet ? "quiet" : "NOT quiet after 60 s"}; running the invariant checker ...`);
     const report = await checkInvariants({
-      nc,
+      nc: checkerNc,
       inventoryUrl: stack.urls.inventory,
       auditUrl: stack.urls.audit,
       gatewayUrl: stack.urls["payment-gateway"],
@@ -661,6 +669,7 @@ async function runScenario(
     );
     tracker.stop();
     await nc.close();
+    await checkerNc.close();
 
     const sent = records.length;
     const shed = shedCount(records);

@@ -21,6 +21,9 @@ import {
 } from "../src/stack/nats-server.js";
 import { READY_MESSAGE } from "../src/stack/supervisor.js";
 import { childEnv, processNamed, stackProcesses } from "../src/stack/processes.js";
+import { ensureNatsSecrets, type NatsSecrets } from "../src/stack/nats-auth.js";
+import { isServiceUser, type NatsUser } from "../src/lib/messaging/permissions.js";
+import { authOptions } from "../src/lib/messaging/connection.js";
 import type { ProcessName } from "../src/lib/ports.js";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -36,6 +39,14 @@ export interface Stack {
   /** pid of `node dist/stack/main.js` (the front process). */
   pid: number;
   natsUrl: string;
+  /**
+   * Whether nats-server runs with authentication (one user per service, as `npm start`): then the bench's own
+   * connections pick a user with {@link natsConnectOptions} — `admin` for the ceiling's stream and the harness's
+   * watcher (it subscribes to `orders.*`), `operator` for the checker, as `npm run check` does.
+   */
+  natsAuth: boolean;
+  /** Connection options for `user` on this stack's NATS (empty without authentication). */
+  natsConnectOptions(user: NatsUser): ReturnType<typeof authOptions>;
   /** nats-server's HTTP monitoring base URL (varz, connz, jsz). */
   monitorUrl: string | undefined;
   /** Go pprof base URL of nats-server when started with {@link StackOptions.natsPprof}. */
@@ -99,6 +110,18 @@ export interface StackOptions {
   natsPprof?: boolean;
 }
 
+/**
+ * Whether the bench's stack runs NATS with authentication: yes, as `npm start` does, unless the caller says
+ * `STACK_NATS_AUTH=false` — or asks for nats-server's profiler ({@link StackOptions.natsPprof}): that server is
+ * started here and reached through NATS_URL, and the stack provisions and hands out credentials only for a
+ * nats-server of its own.
+ */
+export function benchNatsAuth(o: Pick<StackOptions, "natsPprof" | "env">, env = process.env): boolean {
+  if (o.natsPprof) return false;
+  const v = (o.env?.["STACK_NATS_AUTH"] ?? env["STACK_NATS_AUTH"] ?? "").trim().toLowerCase();
+  return !["false", "0", "no", "off"].includes(v);
+}
+
 /** Runs SQL on DATABASE_URL with psql-free `pg`. */
 async function sql(url: string, text: string): Promise<void> {
   const pg = (await import("pg")).default;
@@ -135,12 +158,11 @@ export async function startStack(o: StackOptions): Promise<Stack> {
   const auditSchema = databaseUrl
     ? `bench_${Date.now().toString(36)}_${o.label.replace(/\W/g, "_")}`
     : undefined;
+  const natsAuth = benchNatsAuth(o);
   const baseEnv: NodeJS.ProcessEnv = {
-    // The bench reads NATS anonymously (load generator, ceiling, checker): the stack without NATS authentication
-    // unless the caller asks for it (docs/security-nats.md).
-    STACK_NATS_AUTH: "false",
     ...process.env,
     ...o.env,
+    STACK_NATS_AUTH: String(natsAuth),
     STACK_MODE: "production",
     STACK_LOG_FORMAT: "raw",
     NO_COLOR: "1",
@@ -227,6 +249,8 @@ export async function startStack(o: StackOptions): Promise<Stack> {
   const monitorUrl = monitorOverride ?? /(http:\/\/[\d.]+:\d+)\/varz/.exec(log)?.[1];
   // Extra replicas: the same compiled entry point with the environment the supervisor gives its own child, on a
   // port of their own; they join the service's durable consumers.
+  // The stack created the NATS credentials under its DATA_DIR (kept on a second read).
+  const secrets: NatsSecrets | undefined = natsAuth ? await ensureNatsSecrets(dataDir) : undefined;
   const extras: { name: string; child: ChildProcess; exited: Promise<void> }[] = [];
   for (const [name, count] of Object.entries(o.extraReplicas ?? {}) as [ProcessName, number][]) {
     const proc = processNamed(name);
@@ -243,6 +267,7 @@ export async function startStack(o: StackOptions): Promise<Stack> {
             dataDir,
             paymentGatewayUrl: urls["payment-gateway"],
             mailProviderUrl: urls["mail-provider"],
+            ...(secrets && isServiceUser(name) ? { nats: secrets.env(name) } : {}),
           });
           // Each replica keeps its own local files (PGlite cannot be shared; KV state lives in NATS anyway).
           cenv.DATA_DIR = join(dataDir, `${name}-replica${r}`);
@@ -289,6 +314,8 @@ export async function startStack(o: StackOptions): Promise<Stack> {
   const stack: Stack = {
     pid,
     natsUrl: `nats://127.0.0.1:${natsPort}`,
+    natsAuth,
+    natsConnectOptions: (user) => authOptions(secrets?.auth(user)),
     monitorUrl,
     natsPprofUrl,
     urls,

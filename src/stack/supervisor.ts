@@ -572,10 +572,11 @@ function printSummary(
   if (orders !== undefined) {
     printer.plain(
       [
-        "Try:",
-        `  curl -s -X POST ${orders.url}/orders -H 'content-type: application/json' \\`,
-        `    -d '{"customerId":"cus_1","email":"ada@example.com","items":[{"sku":"SKU-MUG","quantity":1}]}'`,
-        `  curl -s ${orders.url}/orders/<orderId>`,
+        "Try (every call carries a bearer token; `npm run token` signs one with this stack's development secret):",
+        "  ADA=$(npm run -s token -- cus_1)",
+        `  curl -s -X POST ${orders.url}/orders -H "authorization: Bearer $ADA" -H 'content-type: application/json' \\`,
+        `    -d '{"email":"ada@example.com","items":[{"sku":"SKU-MUG","quantity":1}]}'`,
+        `  curl -s ${orders.url}/orders/<orderId> -H "authorization: Bearer $ADA"`,
         "",
       ].join("\n"),
     );

@@ -22,6 +22,10 @@ import { after, describe, it } from "node:test";
 import { type TObject, Type } from "@sinclair/typebox";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { ScaledObject } from "@kubernetes-models/keda/keda.sh/v1alpha1";
+import {
+  PrometheusRule,
+  ServiceMonitor,
+} from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import { Deployment, StatefulSet } from "kubernetes-models/apps/v1";
 import { Job } from "kubernetes-models/batch/v1";
 import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2";
@@ -178,6 +182,9 @@ const MODELS: Record<string, Model> = {
   "networking.k8s.io/v1/NetworkPolicy": NetworkPolicy,
   "autoscaling/v2/HorizontalPodAutoscaler": HorizontalPodAutoscaler,
   "keda.sh/v1alpha1/ScaledObject": ScaledObject,
+  // components/monitoring (test/unit/observability.test.ts renders it), for an overlay that adds it.
+  "monitoring.coreos.com/v1/ServiceMonitor": ServiceMonitor,
+  "monitoring.coreos.com/v1/PrometheusRule": PrometheusRule,
 };
 
 function schemaErrors(objects: readonly K8sObject[]): string[] {

@@ -196,7 +196,7 @@ async function startOnFreePorts(
 
 const run = promisify(execFile);
 
-void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
+void describe("npm start (src/stack/main.ts)", { timeout: 300_000 }, () => {
   let dataDir: string;
   const running: RunningStack[] = [];
   before(async () => {
@@ -213,7 +213,7 @@ void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
   void it("starts every process, each answers /health (services /ready), and SIGTERM stops all with exit 0", async () => {
     // Every process of the table, none left out.
     const { stack, env } = await startOnFreePorts(running, { DATA_DIR: join(dataDir, "full") }, (s) =>
-      s.waitForOutput(new RegExp(`${READY_MESSAGE}: ${stackProcesses.length} processes`), 45_000),
+      s.waitForOutput(new RegExp(`${READY_MESSAGE}: ${stackProcesses.length} processes`), 120_000),
     );
     // The table is written after the ready line, possibly in a later chunk: wait for it, not 1 ms.
     const monitor = await stack.waitForOutput(
@@ -222,6 +222,13 @@ void describe("npm start (src/stack/main.ts)", { timeout: 120_000 }, () => {
     );
     assert.equal(monitor[1], env["NATS_PORT"], "nats-server on NATS_PORT");
     const monitorPort = Number(monitor[2]);
+    // The printed hint signs its requests: a curl without a token would only ever get 401.
+    const hint = await stack.waitForOutput(
+      /Try[^\n]*\n {2}ADA=\$\(npm run -s token -- cus_1\)\n.*\n.*\n.*\n/,
+      5_000,
+    );
+    for (const curl of hint[0].split("\n").filter((l) => l.includes("curl ")))
+      assert.match(curl, /-H "authorization: Bearer \$ADA"/, curl);
 
     assert.equal((await fetch(`http://127.0.0.1:${monitorPort}/healthz`)).status, 200);
     for (const p of stackProcesses) {

@@ -172,6 +172,23 @@ function toDeadLetter(m: StoredMsg): DeadLetter {
   };
 }
 
+/**
+ * Entries in the DLQ per consumer (the counts of the subjects `dlq.<consumer>`), from the DLQ stream's info: what
+ * `shopstream_dlq_messages{consumer}` reports. Every consumer of `known` is in the answer, with 0 when it has none.
+ */
+export async function deadLettersByConsumer(
+  jsm: JetStreamManager,
+  known: Iterable<string> = [],
+): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const c of known) out.set(c, 0);
+  const info = await jsm.streams.info(Streams.DLQ, { subjects_filter: `${DLQ_SUBJECT_PREFIX}.>` });
+  for (const [subject, n] of Object.entries(info.state.subjects ?? {}))
+    if (!subject.startsWith(`${DISCARD_SUBJECT_PREFIX}.`))
+      out.set(subject.slice(DLQ_SUBJECT_PREFIX.length + 1), n);
+  return out;
+}
+
 /** Lists DLQ entries (oldest first), optionally only those of one consumer; discard records are not entries. */
 export async function listDeadLetters(
   jsm: JetStreamManager,

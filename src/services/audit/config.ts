@@ -55,6 +55,10 @@ export const AuditConfig = Type.Object({
     3_000,
     "how often a standby audit replica tries to take the projector lock, and the active one checks its lock connection",
   ),
+  AUDIT_VERIFY_INTERVAL_MS: Env.ms(
+    900_000,
+    "how often each audit replica verifies the whole hash chain (metrics shopstream_audit_chain_*; the first 30 s after start, or after the interval if shorter); 0: never",
+  ),
   DATABASE_POOL_MAX: Type.Integer({
     minimum: 1,
     maximum: 100,

@@ -13,11 +13,22 @@
  * connection (or its ping failing) stops the readers. With PGlite (one process) the projector is always active.
  */
 import { nuid } from "@nats-io/nats-core";
-import type { ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import { Gauge, type Registry } from "prom-client";
 import { describeError } from "../../lib/errors.js";
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "../../lib/messaging/backoff.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
+import { Hdr } from "../../lib/messaging/headers.js";
+import {
+  SpanKind,
+  SpanStatusCode,
+  contextFromTraceId,
+  extractTraceContext,
+  isTracingExported,
+  tracer,
+  type Span,
+} from "../../lib/telemetry/tracing.js";
+import type { AuditEntry } from "./audit.js";
 import { LEGACY_AUDIT_DURABLES, PROJECTED_STREAMS, entryFromMessage } from "./handlers.js";
 import type { AuditStore } from "./store.js";
 import type { LockSession } from "./store-sql.js";
@@ -76,6 +87,36 @@ const sleep = (ms: number, signal: AbortSignal) =>
     }
     signal.addEventListener("abort", done, { once: true });
   });
+
+/**
+ * The audit's hop of an order's trace, when spans are exported: a CONSUMER span `record <stream>` per message, a child
+ * of the publish span that sent it (its `traceparent` header; else the entry's trace id), from the message's arrival
+ * until its row is committed.
+ */
+function recordSpan(stream: string, m: JsMsg, entry: AuditEntry): Span | undefined {
+  if (!isTracingExported()) return undefined;
+  const parent = m.headers?.get(Hdr.TraceParent)
+    ? extractTraceContext(m.headers)
+    : entry.traceId
+      ? contextFromTraceId(entry.traceId)
+      : undefined;
+  return tracer().startSpan(
+    `record ${stream}`,
+    {
+      kind: SpanKind.CONSUMER,
+      attributes: {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": m.subject,
+        "messaging.nats.stream.sequence": m.seq,
+        "messaging.message.id": entry.eventId,
+        "shopstream.event.type": entry.eventType,
+        ...(entry.orderId ? { "shopstream.order.id": entry.orderId } : {}),
+      },
+    },
+    parent,
+  );
+}
 
 /** Reads one stream into the log, from the committed position, restarting from it after any failure. */
 class StreamReader {
@@ -185,11 +226,21 @@ class StreamReader {
         receivedAt = Date.now();
         readTo = m.seq;
         writing++;
+        const entry = entryFromMessage(this.stream, m);
+        const span = recordSpan(this.stream, m, entry);
         const p = writer
-          .append(entryFromMessage(this.stream, m), { seq: m.seq, session })
-          .then(() => {
-            this.failures = 0;
-          }, fail)
+          .append(entry, { seq: m.seq, session })
+          .then(
+            () => {
+              this.failures = 0;
+              span?.end();
+            },
+            (err: unknown) => {
+              span?.setStatus({ code: SpanStatusCode.ERROR, message: describeError(err) });
+              span?.end();
+              fail(err);
+            },
+          )
           .finally(() => {
             writing--;
             receivedAt = Date.now();

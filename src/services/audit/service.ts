@@ -15,6 +15,10 @@ import { defaultBackoff } from "../../lib/messaging/backoff.js";
 import type { SqlDb } from "./store-sql.js";
 import { AuditStore, openDb } from "./store.js";
 import { AuditWriter } from "./writer.js";
+import { ChainMonitor } from "./chain-monitor.js";
+import { Gauge } from "prom-client";
+import { Durables } from "../../lib/events/consumers.js";
+import { deadLettersByConsumer } from "../../lib/messaging/dlq.js";
 
 type Config = Static<typeof AuditConfig> & CommonConfig;
 type Ctx = ServiceContext<Config>;
@@ -108,6 +112,29 @@ async function openStore(
   }
 }
 
+/**
+ * `shopstream_dlq_messages{consumer}`: entries in the DLQ per consumer, read from the DLQ stream at scrape time (the
+ * audit reads every stream, the DLQ included, so its NATS user may ask for the DLQ's info). Every durable is reported,
+ * with 0 when it has none.
+ */
+function registerDlqGauge(ctx: Ctx): void {
+  const gauge: Gauge<"consumer"> = new Gauge({
+    name: "shopstream_dlq_messages",
+    help: "Entries in the DLQ stream per consumer (subject dlq.<consumer>), read from the server at scrape time.",
+    labelNames: ["consumer"],
+    registers: [ctx.metrics.registry],
+    collect: async () => {
+      try {
+        const counts = await deadLettersByConsumer(ctx.jsm, Object.values(Durables));
+        gauge.reset();
+        for (const [consumer, n] of counts) gauge.set({ consumer }, n);
+      } catch {
+        /* NATS not answering: keep the last values */
+      }
+    },
+  });
+}
+
 /** The audit service's definition; `opts.db` injects a shared database handle. */
 export function createAuditDefinition(
   opts: AuditDefinitionOptions = {},
@@ -139,11 +166,23 @@ export function createAuditDefinition(
       });
       states.set(ctx, { store, writer, projector });
       registerAuditRoutes(ctx.app, store, projector);
+      // The hash chain verified periodically, for the alerts (deploy/observability/alerts.rules.yml).
+      const chain = new ChainMonitor({
+        store,
+        registry: ctx.metrics.registry,
+        logger: ctx.logger,
+        intervalMs: c.AUDIT_VERIFY_INTERVAL_MS,
+      });
+      registerDlqGauge(ctx);
       ctx.logger.info({ storage: store.db.kind, table: store.qualified }, "audit log ready");
       return {
-        started: () => projector.start(),
+        started: async () => {
+          await projector.start();
+          chain.start();
+        },
         close: async () => {
           // Stop reading (the readers wait for their entries), write what is queued, let go of the database.
+          await chain.stop();
           await projector.stop();
           await writer.close();
           if (owned) await store.db.close();

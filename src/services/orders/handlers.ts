@@ -35,6 +35,7 @@ export async function applyDecision(
     const event = makeEvent(out.type, out.data as never, { aggregateId: orderId, source: SOURCE, cause });
     try {
       await store.append(event, version);
+      store.onDecided?.(order, event);
       // Confirmations (the happy path) at debug; cancellations stay at info.
       ctx.logger[out.type === "OrderConfirmed" ? "debug" : "info"](
         {

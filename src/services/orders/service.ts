@@ -3,7 +3,8 @@ import swagger from "@fastify/swagger";
 import { bearerSecurityScheme } from "../../lib/http/auth.js";
 import type { Static } from "@sinclair/typebox";
 import { Durables } from "../../lib/events/consumers.js";
-import { Streams } from "../../lib/events/mod.js";
+import { Streams, type Envelope } from "../../lib/events/mod.js";
+import { Histogram, type Registry } from "prom-client";
 import { openBucket } from "../../lib/kv.js";
 import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ServiceDefinition } from "../../lib/service.js";
@@ -14,6 +15,7 @@ import { SkuQuota } from "./limits.js";
 import { sagaHandlers, timeoutHandlers } from "./handlers.js";
 import { registerOrderRoutes } from "./routes.js";
 import { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
+import type { Order } from "./order.js";
 
 /** The orders service's durable consumers as declared (provisioning creates them from here too). */
 export function ordersConsumerSpecs(
@@ -47,6 +49,27 @@ export function ordersConsumerSpecs(
 }
 
 /**
+ * `shopstream_order_completion_seconds{status}`: the time from an order's placement (its `placedAt`) to the terminal
+ * event this process appended, by status (CONFIRMED, CANCELLED). Its p99 for CONFIRMED is the order latency objective
+ * (ShopStreamOrderLatencyHigh in deploy/observability/alerts.rules.yml). Returns the store's `onDecided` hook.
+ */
+export function orderCompletionMetric(registry: Registry): (order: Order, event: Envelope) => void {
+  const histogram = new Histogram({
+    name: "shopstream_order_completion_seconds",
+    help: "Time from an order's placement to its terminal event (OrderConfirmed, OrderCancelled), by status.",
+    labelNames: ["status"],
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60, 120],
+    registers: [registry],
+  });
+  return (order, event) => {
+    const seconds = (Date.parse(event.timestamp) - Date.parse(order.createdAt)) / 1000;
+    if (!Number.isFinite(seconds)) return;
+    const status = event.type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED";
+    histogram.observe({ status }, Math.max(0, seconds));
+  };
+}
+
+/**
  * The orders service: the public order API, the event-sourced Order aggregate, the saga's decisions
  * on inventory and payment outcomes, and order timeouts. Each call makes an independent instance.
  */
@@ -71,6 +94,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
       const inFlight = new OrdersInFlight(ctx.config.MAX_ORDERS_IN_FLIGHT);
       inFlight.registerMetrics(ctx.metrics.registry);
       store.onClosed = (orderId) => inFlight.closed(orderId);
+      store.onDecided = orderCompletionMetric(ctx.metrics.registry);
       await inFlight.watch(
         ctx.nc,
         async (orderId) => ((await orderStore.load(orderId)).order?.status ?? "PENDING") !== "PENDING",

@@ -39,6 +39,12 @@ export class OrderStore {
   /** Called after this process appended an order's terminal event (OrderConfirmed or OrderCancelled). */
   onClosed: ((orderId: string) => void) | undefined;
 
+  /**
+   * Called by {@link applyDecision} after it appended a decision (`event`, OrderConfirmed or OrderCancelled) to
+   * `order` (the order before it): once per order, a redelivered outcome decides nothing.
+   */
+  onDecided: ((order: Order, event: Envelope) => void) | undefined;
+
   constructor(
     private readonly jsm: JetStreamManager,
     private readonly publisher: Publisher,
