@@ -8,6 +8,7 @@ export const defaultPorts = {
   payments: 8082,
   notifications: 8083,
   audit: 8084,
+  console: 8085,
   "payment-gateway": 9090,
   "mail-provider": 9091,
 } as const;

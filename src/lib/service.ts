@@ -11,6 +11,8 @@ import { connectNats, natsAuthFromEnv, natsUnavailable } from "./messaging/conne
 import { streamsUsedBy, isServiceUser } from "./messaging/permissions.js";
 import { PROVISION_COMMAND, setProvisioningMode, type ProvisioningMode } from "./messaging/provisioning.js";
 import { ConsumerRunner, type HandlerMap, type RawHandler } from "./messaging/consumer.js";
+import { CONSUMER_CONTROL_BUCKET, followConsumerControl } from "./messaging/consumer-control.js";
+import { openBucket } from "./kv.js";
 import { dlqStreamSpec } from "./messaging/dlq.js";
 import { Publisher } from "./messaging/publisher.js";
 import { EventVersions } from "./events/versions.js";
@@ -105,6 +107,9 @@ export const streamSpecs: StreamSpec[] = [
   dlqStreamSpec,
 ];
 
+/** The description of the consumer-control bucket (one place, for the services and provisioning). */
+export const CONSUMER_CONTROL_DESCRIPTION = "Durable consumers paused by hand: durable → {paused, by, at}";
+
 /** A consumer of a service: its declared spec and handlers. */
 export interface ConsumerDefinition {
   spec: ConsumerSpec;
@@ -195,6 +200,7 @@ export async function startService<S extends TObject>(
   let hooks: ServiceHooks = {};
   const runners = new Map<string, ConsumerRunner>();
   const reprovisions: Reprovisioner[] = [];
+  let unfollowControl: (() => void) | undefined;
   let address: string;
   let ctx: ServiceContext<C>;
   try {
@@ -264,12 +270,21 @@ export async function startService<S extends TObject>(
       jsm,
       consumers.map((c) => c.spec),
     );
+    // Manual pauses (docs/console.md): applied before the runners pull, followed while they run.
+    if (runners.size > 0) {
+      const control = await openBucket(nc, CONSUMER_CONTROL_BUCKET, {
+        replicas: config.STREAM_REPLICAS,
+        description: CONSUMER_CONTROL_DESCRIPTION,
+      });
+      unfollowControl = await followConsumerControl(control, runners, logger);
+    }
     const port = (config as unknown as { PORT: number }).PORT;
     address = await ops.app.listen({ host: config.HOST, port });
     for (const r of runners.values()) await r.start();
     await hooks.started?.();
     logger.info({ url: address, consumers: [...runners.keys()] }, `${def.name} started`);
   } catch (err) {
+    unfollowControl?.();
     for (const r of reprovisions) r.cancel();
     await Promise.all([...runners.values()].map((r) => r.stop(0))).catch(() => undefined);
     await ops?.app.close().catch(() => undefined);
@@ -291,6 +306,7 @@ export async function startService<S extends TObject>(
             name: "readiness false",
             run: () => {
               app.setDraining();
+              unfollowControl?.();
               for (const r of reprovisions) r.cancel();
             },
           },

@@ -125,6 +125,18 @@ export const stackProcesses: readonly StackProcess[] = [
     readyPath: "/ready",
     metrics: true,
   },
+  {
+    name: "console",
+    kind: "service",
+    tier: 2,
+    role: "operations console (web UI)",
+    source: "src/services/console/main.ts",
+    compiled: "dist/services/console/main.js",
+    portEnv: "CONSOLE_PORT",
+    defaultPort: defaultPorts.console,
+    readyPath: "/ready",
+    metrics: true,
+  },
 ];
 
 /** The row of {@link stackProcesses} named `name`. */
@@ -191,6 +203,8 @@ export interface ChildEnvInput {
   dataDir: string;
   paymentGatewayUrl: string;
   mailProviderUrl: string;
+  /** Base URLs of the services, for the console (`ORDERS_URL`, `AUDIT_URL`, …). */
+  serviceUrls?: Partial<Record<ProcessName, string>>;
   /** The process's NATS credential variables (`NATS_USER`, `NATS_PASSWORD_FILE`) when NATS authentication is on. */
   nats?: Record<string, string>;
 }
@@ -199,9 +213,19 @@ export interface ChildEnvInput {
  * The environment of one child: everything in the stack's environment, overridden by what the stack decides
  * (`PORT`, `NATS_URL`, `LOG_LEVEL`, the simulator URLs and files, and `DATA_DIR` = `<stack data dir>/<name>`, so no
  * two processes share a folder), and with NATS authentication the service's own `NATS_USER` and
- * `NATS_PASSWORD_FILE`. `DATABASE_URL` passes through when set.
+ * `NATS_PASSWORD_FILE`. `DATABASE_URL` passes through when set. The console also gets the services' URLs
+ * (`ORDERS_URL`, `PAYMENTS_URL`, `NOTIFICATIONS_URL`, `AUDIT_URL`) and its development fault switches.
  */
 export function childEnv(input: ChildEnvInput): NodeJS.ProcessEnv {
+  const urls = input.serviceUrls ?? {};
+  const consoleEnv: Record<string, string> = {};
+  if (input.name === "console") {
+    for (const name of ["orders", "payments", "notifications", "audit"] as const) {
+      const url = urls[name];
+      if (url !== undefined) consoleEnv[`${name.toUpperCase()}_URL`] = url;
+    }
+    consoleEnv["CONSOLE_DEV_CONTROLS"] = input.parent["CONSOLE_DEV_CONTROLS"] ?? "true";
+  }
   return {
     ...input.parent,
     PORT: String(input.port),
@@ -215,6 +239,7 @@ export function childEnv(input: ChildEnvInput): NodeJS.ProcessEnv {
     // The development token secret, shared by every process (created by the stack first: ensureDevSecret). A
     // configured AUTH_JWKS_URL or AUTH_PUBLIC_KEY takes precedence over it (src/lib/http/auth.ts).
     AUTH_HS256_SECRET_FILE: input.parent["AUTH_HS256_SECRET_FILE"] ?? devSecretPath(input.dataDir),
+    ...consoleEnv,
     ...input.nats,
   };
 }

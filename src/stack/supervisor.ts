@@ -6,7 +6,7 @@
  * {@link runStack} is called by `main.ts` in a process of its own session, so a Ctrl-C in the terminal reaches
  * only `main.ts`, which forwards it here once: the children never see the terminal's SIGINT and stop in order.
  */
-import { devSecretPath, ensureDevSecret } from "../lib/http/dev-token.js";
+import { devSecretFromEnv, devSecretPath, ensureDevSecret, signDevToken } from "../lib/http/dev-token.js";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
@@ -337,6 +337,7 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
       dataDir,
       paymentGatewayUrl: urlOf(processNamed("payment-gateway")),
       mailProviderUrl: urlOf(processNamed("mail-provider")),
+      serviceUrls: Object.fromEntries(stackProcesses.map((p) => [p.name, urlOf(p)])),
     };
     const tsxLoader = () => import.meta.resolve("tsx");
     for (const tier of [0, 1, 2] as const) {
@@ -352,6 +353,8 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
             name: p.proc.name,
             port: p.port,
             ...(secrets && isServiceUser(p.proc.name) ? { nats: secrets.env(p.proc.name) } : {}),
+            // The console has the operator's rights on its own NATS user (docs/security-nats.md).
+            ...(secrets && p.proc.name === "console" ? { nats: secrets.env("console") } : {}),
           }),
           cwd: ROOT,
           printer,
@@ -403,6 +406,7 @@ export async function runStack(env: NodeJS.ProcessEnv = process.env): Promise<nu
       natsUrl,
       planned,
       dataDir,
+      consoleSignIn: await consoleSignInUrl(planned, env, dataDir),
     });
     await stopRequested;
     return 0;
@@ -502,6 +506,30 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/** How long the console link `npm start` prints stays valid. */
+export const CONSOLE_LINK_TTL_S = 12 * 3600;
+
+/**
+ * The console URL that signs in: a short-lived operator token (12 h) signed with the development secret, in the URL
+ * fragment (never sent to a server, removed from the address bar by the page). Undefined without a console, or when
+ * tokens come from elsewhere (a JWKS URL or public key: then paste one).
+ */
+async function consoleSignInUrl(
+  planned: readonly Planned[],
+  env: NodeJS.ProcessEnv,
+  dataDir: string,
+): Promise<string | undefined> {
+  const consoleProc = planned.find((p) => p.proc.name === "console");
+  if (!consoleProc || env["AUTH_JWKS_URL"] || env["AUTH_PUBLIC_KEY"]) return undefined;
+  try {
+    const secret = await devSecretFromEnv({ ...env, DATA_DIR: dataDir });
+    const token = await signDevToken(secret, { sub: "console", operator: true, ttlS: CONSOLE_LINK_TTL_S });
+    return `${consoleProc.url}/#token=${token}`;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The table printed once everything is ready. */
 function printSummary(
   printer: Printer,
@@ -511,6 +539,7 @@ function printSummary(
     natsUrl: string;
     planned: readonly Planned[];
     dataDir: string;
+    consoleSignIn?: string | undefined;
   },
 ): void {
   const rows: string[][] = [["process", "url", "health", "metrics"]];
@@ -548,6 +577,15 @@ function printSummary(
         `  curl -s -X POST ${orders.url}/orders -H "authorization: Bearer $ADA" -H 'content-type: application/json' \\`,
         `    -d '{"email":"ada@example.com","items":[{"sku":"SKU-MUG","quantity":1}]}'`,
         `  curl -s ${orders.url}/orders/<orderId> -H "authorization: Bearer $ADA"`,
+        "",
+      ].join("\n"),
+    );
+  }
+  if (s.consoleSignIn !== undefined) {
+    printer.plain(
+      [
+        "Operations console (signed in as an operator for 12 hours; docs/console.md):",
+        `  ${s.consoleSignIn}`,
         "",
       ].join("\n"),
     );

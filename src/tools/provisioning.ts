@@ -11,7 +11,8 @@ import { parseConfig } from "../lib/config.js";
 import { openBucket } from "../lib/kv.js";
 import { CUSTOMER_KEYS_BUCKET, CUSTOMER_KEYS_DESCRIPTION } from "../lib/pii/keys.js";
 import { ensureConsumer, ensureStream, type ConsumerSpec } from "../lib/messaging/topology.js";
-import { CommonConfig, streamSpecs } from "../lib/service.js";
+import { CONSUMER_CONTROL_DESCRIPTION, CommonConfig, streamSpecs } from "../lib/service.js";
+import { CONSUMER_CONTROL_BUCKET } from "../lib/messaging/consumer-control.js";
 import type { Logger } from "../lib/telemetry/logger.js";
 import { inventoryConsumerSpecs } from "../services/inventory/service.js";
 import { notificationsConsumerSpecs } from "../services/notifications/service.js";
@@ -28,6 +29,7 @@ export const bucketSpecs: { name: string; description: string }[] = [
   { name: "orders-by-customer", description: "Order ids by customer" },
   { name: "payments", description: "Payment state per order (payments service)" },
   { name: CUSTOMER_KEYS_BUCKET, description: CUSTOMER_KEYS_DESCRIPTION },
+  { name: CONSUMER_CONTROL_BUCKET, description: CONSUMER_CONTROL_DESCRIPTION },
 ];
 
 /** The settings provisioning reads: those the declarations depend on (the same variables the services read). */

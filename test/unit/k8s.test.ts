@@ -66,9 +66,10 @@ const SERVICES = readdirSync(join(ROOT, "src/services")).filter((d) =>
 );
 /**
  * Services that are not autoscaled: the audit is a projector with one active replica (elected) and a standby, so
- * more replicas add no throughput, and it has no durable consumer whose lag KEDA could read. Fixed at 2 replicas.
+ * more replicas add no throughput, and it has no durable consumer whose lag KEDA could read; the console serves a few
+ * operators and has no durable either. Fixed at 2 replicas.
  */
-const FIXED_SERVICES = ["audit"];
+const FIXED_SERVICES = ["audit", "console"];
 const SCALED_SERVICES = SERVICES.filter((s) => !FIXED_SERVICES.includes(s));
 
 // ---------------------------------------------------------------------------------------------------------

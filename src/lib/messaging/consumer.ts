@@ -165,6 +165,8 @@ export class ConsumerRunner {
   readonly #waiting: Delivery[] = [];
   #state: State = "idle";
   #paused = false;
+  /** Why it is paused: `breaker` (an open circuit breaker), `operator` (by hand, the consumer-control bucket). */
+  readonly #pauses = new Set<string>();
   #bound = false;
   /** Why the pulls failed, while not bound (for {@link notReadyReason}). */
   #unbound: string | undefined;
@@ -311,22 +313,34 @@ export class ConsumerRunner {
     this.#pump();
   }
 
-  /** Stops pulling new messages (in-flight ones finish). Used by circuit breakers; attempts are not used up. */
-  pause(): void {
+  /**
+   * Stops pulling new messages (in-flight ones finish); attempts are not used up. `reason` says who paused it:
+   * `breaker` (the default: an open circuit breaker) or `operator` (by hand). It pulls again once every reason that
+   * paused it has resumed it, so a breaker closing does not undo an operator's pause.
+   */
+  pause(reason = "breaker"): void {
+    if (this.#pauses.has(reason)) return;
+    this.#pauses.add(reason);
     if (this.#paused) return;
     this.#paused = true;
     this.#metrics?.consumerPaused.set({ consumer: this.name }, 1);
-    this.#logger.warn({ consumer: this.name }, "consumer paused");
+    this.#logger.warn({ consumer: this.name, reason }, "consumer paused");
   }
 
-  /** Resumes pulling and runs parked messages again. */
-  resume(): void {
-    if (!this.#paused) return;
+  /** Withdraws `reason`'s pause; resumes pulling (and runs parked messages again) when no other reason holds it. */
+  resume(reason = "breaker"): void {
+    if (!this.#pauses.delete(reason)) return;
+    if (this.#pauses.size > 0 || !this.#paused) return;
     this.#paused = false;
     this.#metrics?.consumerPaused.set({ consumer: this.name }, 0);
-    this.#logger.info({ consumer: this.name }, "consumer resumed");
+    this.#logger.info({ consumer: this.name, reason }, "consumer resumed");
     this.#wakeResumed();
     this.#pump();
+  }
+
+  /** The reasons it is paused for (empty when it pulls). */
+  get pausedBy(): string[] {
+    return [...this.#pauses];
   }
 
   /**

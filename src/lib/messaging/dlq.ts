@@ -1,11 +1,18 @@
 import { errors as natsErrors, headers as natsHeaders } from "@nats-io/transport-node";
 import { JetStreamApiError, type JetStreamManager, type JsMsg, type StoredMsg } from "@nats-io/jetstream";
 import { Streams } from "../events/catalog.js";
+import { NonRetryableError } from "../errors.js";
 import { Hdr } from "./headers.js";
 import { PublishError, type Publisher } from "./publisher.js";
 
 /** Subject prefix of the DLQ stream; a dead letter of consumer C lands on `dlq.C`. */
 export const DLQ_SUBJECT_PREFIX = "dlq";
+/**
+ * Subject prefix of discard records in the DLQ stream: discarding the entry of consumer C writes a record on
+ * `dlq._discarded.C` (the reason, who, and the entry's DLQ headers, no body), which the audit projector records like
+ * every DLQ message; then the entry is deleted. Not a dead letter: {@link listDeadLetters} skips them.
+ */
+export const DISCARD_SUBJECT_PREFIX = `${DLQ_SUBJECT_PREFIX}._discarded`;
 
 /** The DLQ stream: every message a consumer gave up on, with why. */
 export const dlqStreamSpec = {
@@ -105,10 +112,47 @@ export interface DeadLetter {
   data: Uint8Array;
   /** True when the entry was stored without the body because the copy would have been too large. */
   bodyOmitted: boolean;
+  /** How often this message had been redriven before it landed here again (0: never). */
+  redrives: number;
+  /** Its earlier dead-letterings, oldest first (one per redrive); this entry itself is not in it. */
+  history: AttemptRecord[];
+  /** Every header of the entry, first value each (the event's own ones and the DLQ's). */
+  headers: Record<string, string>;
+}
+
+/** One dead-lettering of a message: when, by which consumer, why, after how many attempts. */
+export interface AttemptRecord {
+  at: string;
+  consumer: string;
+  code: string;
+  attempts: number;
+  error: string;
+}
+
+function parseHistory(values: string[]): AttemptRecord[] {
+  const out: AttemptRecord[] = [];
+  for (const v of values) {
+    try {
+      const r = JSON.parse(v) as Partial<AttemptRecord>;
+      out.push({
+        at: String(r.at ?? ""),
+        consumer: String(r.consumer ?? ""),
+        code: String(r.code ?? ""),
+        attempts: Number(r.attempts ?? 0),
+        error: String(r.error ?? ""),
+      });
+    } catch {
+      /* a malformed value is not history */
+    }
+  }
+  return out;
 }
 
 function toDeadLetter(m: StoredMsg): DeadLetter {
   const g = (k: string) => m.header.get(k);
+  const headers: Record<string, string> = {};
+  for (const k of m.header.keys()) headers[k] = m.header.get(k);
+  const redrives = Number(g(Hdr.RedriveCount));
   return {
     dlqSequence: m.seq,
     consumer: g(Hdr.DlqConsumer),
@@ -122,6 +166,9 @@ function toDeadLetter(m: StoredMsg): DeadLetter {
     type: g(Hdr.Type) || undefined,
     data: m.data,
     bodyOmitted: m.header.has(Hdr.DlqBodyOmitted),
+    redrives: Number.isInteger(redrives) && redrives > 0 ? redrives : 0,
+    history: m.header.has(Hdr.RedriveHistory) ? parseHistory(m.header.values(Hdr.RedriveHistory)) : [],
+    headers,
   };
 }
 
@@ -137,11 +184,12 @@ export async function deadLettersByConsumer(
   for (const c of known) out.set(c, 0);
   const info = await jsm.streams.info(Streams.DLQ, { subjects_filter: `${DLQ_SUBJECT_PREFIX}.>` });
   for (const [subject, n] of Object.entries(info.state.subjects ?? {}))
-    out.set(subject.slice(DLQ_SUBJECT_PREFIX.length + 1), n);
+    if (!subject.startsWith(`${DISCARD_SUBJECT_PREFIX}.`))
+      out.set(subject.slice(DLQ_SUBJECT_PREFIX.length + 1), n);
   return out;
 }
 
-/** Lists DLQ entries (oldest first), optionally only those of one consumer. */
+/** Lists DLQ entries (oldest first), optionally only those of one consumer; discard records are not entries. */
 export async function listDeadLetters(
   jsm: JetStreamManager,
   opts: { consumer?: string; limit?: number } = {},
@@ -158,19 +206,88 @@ export async function listDeadLetters(
       break;
     }
     if (!m) break;
-    out.push(toDeadLetter(m));
     seq = m.seq + 1;
+    if (m.subject.startsWith(`${DISCARD_SUBJECT_PREFIX}.`)) continue;
+    out.push(toDeadLetter(m));
   }
   return out;
 }
 
-/** Reads one DLQ entry by its DLQ sequence. */
+/** Reads one DLQ entry by its DLQ sequence (null when there is none, or it is a discard record). */
 export async function inspectDeadLetter(
   jsm: JetStreamManager,
   dlqSequence: number,
 ): Promise<DeadLetter | null> {
   const m = await jsm.streams.getMessage(Streams.DLQ, { seq: dlqSequence }).catch(() => null);
-  return m ? toDeadLetter(m) : null;
+  return m && !m.subject.startsWith(`${DISCARD_SUBJECT_PREFIX}.`) ? toDeadLetter(m) : null;
+}
+
+/** There is no DLQ entry with that sequence (code `DLQ_ENTRY_NOT_FOUND`, HTTP 404). */
+export class DeadLetterNotFoundError extends NonRetryableError {
+  override readonly name = "DeadLetterNotFoundError";
+  constructor(readonly dlqSequence: number) {
+    super("DLQ_ENTRY_NOT_FOUND", `no DLQ entry ${dlqSequence}`, { status: 404 });
+  }
+}
+
+/**
+ * The message of a DLQ entry has been redriven as often as allowed already (code `REDRIVE_LIMIT`, HTTP 409):
+ * it keeps failing, so redriving it again would only loop. Discard it with a reason, or fix the cause and raise
+ * the cap.
+ */
+export class RedriveLimitError extends NonRetryableError {
+  override readonly name = "RedriveLimitError";
+  constructor(
+    readonly dlqSequence: number,
+    readonly redrives: number,
+  ) {
+    super(
+      "REDRIVE_LIMIT",
+      `DLQ entry ${dlqSequence} has been redriven ${redrives} times already, the most allowed: discard it with a reason instead`,
+      { status: 409 },
+    );
+  }
+}
+
+async function getEntry(jsm: JetStreamManager, dlqSequence: number): Promise<StoredMsg> {
+  const m = await jsm.streams.getMessage(Streams.DLQ, { seq: dlqSequence }).catch((err: unknown) => {
+    if (err instanceof JetStreamApiError && err.code === 404) return null;
+    throw err;
+  });
+  if (!m || m.subject.startsWith(`${DISCARD_SUBJECT_PREFIX}.`))
+    throw new DeadLetterNotFoundError(dlqSequence);
+  return m;
+}
+
+/**
+ * Discards a DLQ entry with a reason: writes a discard record on `dlq._discarded.<consumer>` (message id
+ * `discard:<dlqSequence>`, so doing it twice records it once) carrying the entry's DLQ headers, the reason and who,
+ * without the body — the audit projector records it on the order's trail — then deletes the entry. Nothing is
+ * republished.
+ */
+export async function discardDeadLetter(
+  jsm: JetStreamManager,
+  publisher: Publisher,
+  dlqSequence: number,
+  opts: { reason: string; by: string },
+): Promise<{ recordSeq: number }> {
+  const m = await getEntry(jsm, dlqSequence);
+  const dl = toDeadLetter(m);
+  const h = natsHeaders();
+  for (const k of m.header.keys()) {
+    if (k.startsWith("Nats-")) continue;
+    for (const v of m.header.values(k)) h.append(k, v);
+  }
+  h.set(Hdr.DlqDiscarded, String(dlqSequence));
+  h.set(Hdr.DlqDiscardReason, opts.reason.replace(/[\r\n]+/g, " ").slice(0, 1024));
+  h.set(Hdr.DlqDiscardedBy, opts.by.replace(/[\r\n]+/g, " ").slice(0, 128));
+  const ack = await publisher.publishRaw(`${DISCARD_SUBJECT_PREFIX}.${dl.consumer}`, new Uint8Array(0), {
+    msgID: `discard:${dlqSequence}`,
+    headers: h,
+    stream: Streams.DLQ,
+  });
+  await jsm.streams.deleteMessage(Streams.DLQ, dlqSequence, false);
+  return { recordSeq: ack.seq };
 }
 
 /**
@@ -179,21 +296,36 @@ export async function inspectDeadLetter(
  * `Shopstream-Redrive` header), then removes the entry from the DLQ. Every consumer of that subject
  * sees the event again; handlers are idempotent, so only the one that failed has work to do. An entry
  * stored without its body (too large to copy) is redriven with the body read from the original stream.
+ *
+ * The republished message counts its redrives (`Shopstream-Redrive-Count`) and carries this entry's attempt record
+ * in `Shopstream-Redrive-History`, so a message that fails again arrives in the DLQ with its history; with
+ * `maxRedrives`, an entry whose message has been redriven that often already is refused ({@link RedriveLimitError}).
  */
 export async function redriveDeadLetter(
   jsm: JetStreamManager,
   publisher: Publisher,
   dlqSequence: number,
-): Promise<{ subject: string; seq: number }> {
-  const m = await jsm.streams.getMessage(Streams.DLQ, { seq: dlqSequence });
-  if (!m) throw new Error(`no DLQ entry ${dlqSequence}`);
+  opts: { maxRedrives?: number } = {},
+): Promise<{ subject: string; seq: number; redrives: number }> {
+  const m = await getEntry(jsm, dlqSequence);
   const dl = toDeadLetter(m);
+  if (opts.maxRedrives !== undefined && dl.redrives >= opts.maxRedrives)
+    throw new RedriveLimitError(dlqSequence, dl.redrives);
   const h = natsHeaders();
   for (const k of m.header.keys()) {
-    if (k.startsWith("Nats-") || k.startsWith("Shopstream-Dlq-")) continue;
+    if (k.startsWith("Nats-") || k.startsWith("Shopstream-Dlq-") || k === Hdr.RedriveCount) continue;
     for (const v of m.header.values(k)) h.append(k, v);
   }
   h.set(Hdr.Redrive, String(dlqSequence));
+  h.set(Hdr.RedriveCount, String(dl.redrives + 1));
+  const record: AttemptRecord = {
+    at: dl.at,
+    consumer: dl.consumer,
+    code: dl.code,
+    attempts: dl.attempts,
+    error: dl.error.slice(0, 256),
+  };
+  h.append(Hdr.RedriveHistory, JSON.stringify(record));
   let data = m.data;
   if (dl.bodyOmitted) {
     const original = await jsm.streams.getMessage(dl.stream, { seq: dl.sequence }).catch(() => null);
@@ -210,5 +342,5 @@ export async function redriveDeadLetter(
     stream: dl.stream,
   });
   await jsm.streams.deleteMessage(Streams.DLQ, dlqSequence, false);
-  return { subject: dl.subject, seq: ack.seq };
+  return { subject: dl.subject, seq: ack.seq, redrives: dl.redrives + 1 };
 }

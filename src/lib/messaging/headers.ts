@@ -6,6 +6,13 @@ export const Hdr = {
   TraceParent: "traceparent",
   /** Set on a message republished from the DLQ: the DLQ sequence it came from. */
   Redrive: "Shopstream-Redrive",
+  /** Set on a message republished from the DLQ: how often this message has been redriven so far (1, 2, …). */
+  RedriveCount: "Shopstream-Redrive-Count",
+  /**
+   * Set on a message republished from the DLQ, one value per earlier dead-lettering (JSON: at, consumer, code,
+   * attempts, error): the message's attempt history across redrives, carried into its next DLQ entry.
+   */
+  RedriveHistory: "Shopstream-Redrive-History",
   DlqError: "Shopstream-Dlq-Error",
   DlqCode: "Shopstream-Dlq-Code",
   DlqAttempts: "Shopstream-Dlq-Attempts",
@@ -16,4 +23,10 @@ export const Hdr = {
   DlqAt: "Shopstream-Dlq-At",
   /** Set on a DLQ entry stored without the body because the copy would not fit: the body's size in bytes. */
   DlqBodyOmitted: "Shopstream-Dlq-Body-Omitted",
+  /** On a discard record (subject `dlq._discarded.<consumer>`): the DLQ sequence of the entry discarded. */
+  DlqDiscarded: "Shopstream-Dlq-Discarded",
+  /** On a discard record: the operator's reason. */
+  DlqDiscardReason: "Shopstream-Dlq-Discard-Reason",
+  /** On a discard record: who discarded it (the operator token's `sub`). */
+  DlqDiscardedBy: "Shopstream-Dlq-Discarded-By",
 } as const;

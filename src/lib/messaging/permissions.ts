@@ -11,19 +11,23 @@
  *   really follows;
  * - stream and consumer administration (create, update, delete, purge) is denied to it: provisioning runs with the
  *   `admin` user (`npm run provision`);
- * - `operator` (DLQ tool, checker, bench and chaos reads) reads everything, redrives dead letters, and administers
- *   nothing.
+ * - `operator` (DLQ tool, console, checker, bench and chaos reads) reads everything, redrives and discards dead
+ *   letters, and administers nothing.
  */
 import { catalog, eventTypes, Streams, type StreamName } from "../events/catalog.js";
 import { Durables } from "../events/consumers.js";
 import { subjectOf } from "../events/envelope.js";
-import { DLQ_SUBJECT_PREFIX } from "./dlq.js";
+import { DISCARD_SUBJECT_PREFIX, DLQ_SUBJECT_PREFIX } from "./dlq.js";
+import { CONSUMER_CONTROL_BUCKET } from "./consumer-control.js";
 
 /** The five services, each its own NATS user. */
 export const SERVICE_USERS = ["orders", "inventory", "payments", "notifications", "audit"] as const;
 export type ServiceUser = (typeof SERVICE_USERS)[number];
-/** Every NATS user ShopStream uses. */
-export const NATS_USERS = [...SERVICE_USERS, "admin", "operator"] as const;
+/**
+ * Every NATS user ShopStream uses: the services, `admin` (provisioning), `operator` (tools) and `console` (the
+ * operations console: the operator's rights on its own user, so its connections and inbox are told apart).
+ */
+export const NATS_USERS = [...SERVICE_USERS, "admin", "operator", "console"] as const;
 export type NatsUser = (typeof NATS_USERS)[number];
 
 /** A durable consumer a service pulls from. */
@@ -64,6 +68,9 @@ export const ALL_STREAMS: StreamName[] = [
   Streams.DLQ,
 ];
 
+/** Every service with a durable follows the manual pauses of the consumer-control bucket (consumer-control.ts). */
+const CONTROL_READ: BucketUse = { bucket: CONSUMER_CONTROL_BUCKET, write: false };
+
 /**
  * The declared access of each service. Durables must match each service's consumer specs (a unit test checks it);
  * buckets and reads match what each service's code opens and reads.
@@ -85,6 +92,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
       { bucket: "orders-by-customer", write: true },
       // Customers' data keys (src/lib/pii): made on a first order, purged by an erasure.
       { bucket: "customer-keys", write: true },
+      CONTROL_READ,
     ],
     // Admission control follows the terminal events of its orders (src/services/orders/admission.ts).
     subscribes: ["orders.>"],
@@ -99,6 +107,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
       { bucket: "catalog", write: true },
       { bucket: "stock", write: true },
       { bucket: "reservations", write: true },
+      CONTROL_READ,
     ],
     subscribes: [],
   },
@@ -111,7 +120,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
     orderedReads: [],
     directGets: [Streams.ORDERS],
     msgGets: [],
-    buckets: [{ bucket: "payments", write: true }],
+    buckets: [{ bucket: "payments", write: true }, CONTROL_READ],
     subscribes: [],
   },
   notifications: {
@@ -121,7 +130,7 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
     directGets: [Streams.NOTIFICATIONS, Streams.ORDERS],
     msgGets: [],
     // Reads customers' data keys to open the sealed e-mail address (src/lib/pii); never writes them.
-    buckets: [{ bucket: "customer-keys", write: false }],
+    buckets: [{ bucket: "customer-keys", write: false }, CONTROL_READ],
     subscribes: [],
   },
   audit: {
@@ -287,7 +296,7 @@ export function servicePermissions(service: ServiceUser): Permissions {
  * dead letters (publishes the original event again, deletes the DLQ entry); creates, changes and deletes no stream
  * and touches no service's durable.
  */
-export function operatorPermissions(): Permissions {
+export function operatorPermissions(user: "operator" | "console" = "operator"): Permissions {
   const allow = [
     `${API}.INFO`,
     `${API}.STREAM.INFO.>`,
@@ -305,6 +314,10 @@ export function operatorPermissions(): Permissions {
       `${API}.CONSUMER.DELETE.${s}.*`,
       `${API}.CONSUMER.MSG.NEXT.${s}.*`,
     ]),
+    // Pausing and resuming durables by hand (the console): the consumer-control bucket.
+    ...bucketPermissions({ bucket: CONSUMER_CONTROL_BUCKET, write: true }),
+    // Discarding a dead letter writes a discard record (the reason) to the DLQ stream, for the audit trail.
+    `${DISCARD_SUBJECT_PREFIX}.>`,
     // DLQ redrive publishes the original event on its own subject.
     ...[Streams.ORDERS, Streams.INVENTORY, Streams.PAYMENTS, Streams.NOTIFICATIONS].flatMap(eventSubjectsOf),
   ];
@@ -313,14 +326,14 @@ export function operatorPermissions(): Permissions {
     for (const x of namedConsumer(d.stream, d.durable)) if (!x.includes(".INFO.")) deny.push(x);
   return {
     publish: { allow, deny },
-    subscribe: { allow: [`${inboxPrefixOf("operator")}.>`], deny: [] },
+    subscribe: { allow: [`${inboxPrefixOf(user)}.>`], deny: [] },
   };
 }
 
 /** The permissions of every user; `admin` has none listed (everything is allowed). */
 export function permissionsOf(user: NatsUser): Permissions | undefined {
   if (user === "admin") return undefined;
-  if (user === "operator") return operatorPermissions();
+  if (user === "operator" || user === "console") return operatorPermissions(user);
   return servicePermissions(user);
 }
 

@@ -1,0 +1,4 @@
+import { runService } from "../../lib/service.js";
+import { definition } from "./service.js";
+
+runService(definition);
