@@ -11,7 +11,6 @@ import {
   kindOf,
   type NotificationKind,
   type NotifiedEvent,
-  type SentNotification,
 } from "./notification.js";
 import { readOrderPlaced, type NotificationStore } from "./store.js";
 
@@ -28,7 +27,10 @@ export interface NotificationsDeps {
   maxRemembered?: number;
 }
 
-/** An order's subject on NOTIFICATIONS records an e-mail of another kind than its outcome: two outcomes, a bug. */
+/**
+ * An order's subject on NOTIFICATIONS cannot take the e-mail: it holds a message that is no NotificationSent, or
+ * more records than an order can have. A breach no retry fixes (dead-lettered).
+ */
 export class NotificationKindConflictError extends NonRetryableError {
   override readonly name = "NotificationKindConflictError";
   constructor(orderId: string, recorded: NotificationKind, wanted: NotificationKind) {
@@ -39,27 +41,27 @@ export class NotificationKindConflictError extends NonRetryableError {
   }
 }
 
+/** Conditional appends tried before an e-mail's record gives up (retryably): each loss means another kind landed. */
+const MAX_APPEND_TRIES = 3;
+
 /**
  * The notifications handlers: e-mail the customer on OrderConfirmed and OrderCancelled, then publish
  * NotificationSent. The address is read from the order's OrderPlaced and never logged.
  *
  * NotificationSent is the record of the e-mail (no KV write): it is a conditional append to the order's own
- * subject `notifications.<orderId>.NotificationSent` (`Nats-Expected-Last-Subject-Sequence: 0`), id
- * `<orderId>:NotificationSent:<kind>`. An order has one outcome, so the subject holds at most one message.
- * Idempotent under every redelivery and crash point:
+ * subject `notifications.<orderId>.NotificationSent`, id `<orderId>:NotificationSent:<kind>`, expecting the
+ * subject's last sequence as last seen (0 on a first delivery: an order's first e-mail goes to an empty subject).
+ * The subject holds at most one message per kind: one for an order's outcome, two for an order cancelled after its
+ * confirmation (`order_confirmed`, then `order_cancelled`; in the other order if the two events were handled the
+ * other way round). Idempotent under every redelivery and crash point:
  * - crash before the provider call, or between the call and the append: the redelivery calls the provider
  *   again with the same idempotency key `<orderId>:<kind>`; the provider replays the same message id, so no
  *   second e-mail and the same event;
  * - crash after the append, before the ack: the redelivery (attempt > 1) reads the subject first and finds
  *   the record: nothing sent, nothing appended. A first delivery does not look (it has not been handled
- *   before); if another copy of the event was (a reset consumer, two replicas), the append is refused
- *   (ConcurrencyError) or de-duplicated by its id, and the record is read back: the same kind means done;
- * - another kind recorded: the order would have two outcomes, an invariant breach that no retry fixes:
- *   {@link NotificationKindConflictError}, dead-lettered.
- *
- * Round trips saved: the OrderPlaced that the consumer receives anyway (it reads the whole ORDERS stream) is
- * remembered in memory until the order's e-mail, so the address is read back from the stream only when this
- * process did not see it (a restart, another replica).
+ *   before); if another copy of the event was (a reset consumer, two replicas), or the other kind was recorded
+ *   first, the append is refused (ConcurrencyError) and the subject read back: this kind there means done;
+ *   otherwise the append is tried again at the subject's last sequence.
  */
 export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
   const placed = new RecentMap<string, Envelope<"OrderPlaced">["data"]>(deps.maxRemembered ?? 50_000);
@@ -69,19 +71,17 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
     return Promise.resolve();
   };
 
-  /** Is the e-mail of `kind` recorded? Throws when another kind is. */
-  const recorded = async (orderId: string, kind: NotificationKind): Promise<SentNotification | null> => {
-    const sent = await deps.store.sent(orderId);
-    if (sent && sent.kind !== kind) throw new NotificationKindConflictError(orderId, sent.kind, kind);
-    return sent;
-  };
-
   const notify = async (event: Envelope<NotifiedEvent>, h: HandlerContext) => {
     const orderId = event.data.orderId;
     const kind = kindOf(event.type);
-    if (h.attempt > 1 && (await recorded(orderId, kind))) {
-      placed.delete(orderId);
-      return;
+    let expected = 0;
+    if (h.attempt > 1) {
+      const record = await deps.store.sent(orderId);
+      if (record.sent.some((n) => n.kind === kind)) {
+        placed.delete(orderId);
+        return;
+      }
+      expected = record.lastSeq;
     }
     const order = placed.get(orderId) ?? (await readOrderPlaced(deps.jsm, orderId));
     const mail =
@@ -89,21 +89,31 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
         ? confirmedMail(order, (event as Envelope<"OrderConfirmed">).data)
         : cancelledMail(order, (event as Envelope<"OrderCancelled">).data);
     const messageId = await deps.mailer.send(order.email, orderId, kind, mail);
-    try {
-      await deps.publisher.publish(
-        makeEvent(
-          "NotificationSent",
-          { orderId, kind, messageId },
-          { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
-        ),
-        { expectLastSubjectSequence: 0 },
-      );
-      h.logger.debug({ kind, message_id: messageId }, "customer notified");
-    } catch (err) {
-      if (!(err instanceof ConcurrencyError)) throw err;
-      // Already recorded by another delivery of this outcome; a conflict with nothing there is retried.
-      if (!(await recorded(orderId, kind))) throw err;
-      h.logger.debug({ kind }, "e-mail already recorded");
+    const sentEvent = makeEvent(
+      "NotificationSent",
+      { orderId, kind, messageId },
+      { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
+    );
+    for (let i = 0; ; i++) {
+      try {
+        await deps.publisher.publish(sentEvent, { expectLastSubjectSequence: expected });
+        h.logger.debug({ kind, message_id: messageId }, "customer notified");
+        break;
+      } catch (err) {
+        if (!(err instanceof ConcurrencyError)) throw err;
+        // Already recorded by another delivery of this outcome, or the order's other e-mail landed first.
+        const record = await deps.store.sent(orderId);
+        const same = record.sent.find((n) => n.kind === kind);
+        if (same) {
+          h.logger.debug({ kind }, "e-mail already recorded");
+          break;
+        }
+        if (record.sent.length >= 2) {
+          throw new NotificationKindConflictError(orderId, record.sent[record.sent.length - 1]!.kind, kind);
+        }
+        if (i + 1 >= MAX_APPEND_TRIES) throw err;
+        expected = record.lastSeq;
+      }
     }
     placed.delete(orderId);
   };

@@ -54,7 +54,8 @@ export function placeOrderBody(maxLines: number, maxLineQuantity = 1000) {
 }
 type PlaceOrderBody = Static<ReturnType<typeof placeOrderBody>>;
 
-const OrderView = Type.Object({
+/** An order as the API shows it. */
+export const OrderView = Type.Object({
   orderId: Type.String(),
   status: Type.Union([Type.Literal("PENDING"), Type.Literal("CONFIRMED"), Type.Literal("CANCELLED")]),
   reason: Type.Optional(Type.String()),
@@ -65,14 +66,15 @@ const OrderView = Type.Object({
   createdAt: Type.String({ format: "date-time" }),
   updatedAt: Type.String({ format: "date-time" }),
 });
-const OrderIdParam = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN }) });
+export const OrderIdParam = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN }) });
 
 /** A new order id: time-ordered (sorts by creation) and random, subject-token safe. */
 export function newOrderId(now = Date.now()): string {
   return `ord_${now.toString(36).padStart(9, "0")}${randomBytes(8).toString("hex")}`;
 }
 
-function view(o: Order) {
+/** The API's view of an order. */
+export function view(o: Order) {
   return {
     orderId: o.orderId,
     status: o.status,
@@ -87,7 +89,7 @@ function view(o: Order) {
 }
 
 /** The 401 and 403 answers of an authenticated route. */
-const authResponses = {
+export const authResponses = {
   401: {
     ...problemResponse(
       "No bearer token, or one that is not valid (expired, wrong audience or signature, `alg: none`)",
@@ -112,7 +114,7 @@ function customerMismatch(): ProblemError {
 }
 
 /** 404 for an order that does not exist or is not the caller's: the two are answered alike (no existence oracle). */
-function orderNotFound(orderId: string): ProblemError {
+export function orderNotFound(orderId: string): ProblemError {
   return new ProblemError(404, "order-not-found", "Not Found", `no order ${orderId}`);
 }
 

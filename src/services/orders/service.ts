@@ -12,6 +12,7 @@ import { CatalogView } from "./catalog.js";
 import { OrdersConfig } from "./config.js";
 import { SkuQuota } from "./limits.js";
 import { sagaHandlers, timeoutHandlers } from "./handlers.js";
+import { registerCancelRoute } from "./cancel-route.js";
 import { registerOrderRoutes } from "./routes.js";
 import { CustomerIndex, IdempotencyKeys, OrderStore } from "./store.js";
 
@@ -83,7 +84,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
             title: "ShopStream orders API",
             version: "1.0.0",
             description:
-              "Place and read orders. Every call carries `Authorization: Bearer <JWT>` (docs/security.md). Errors are application/problem+json (RFC 9457).",
+              "Place, read and cancel orders. Every call carries `Authorization: Bearer <JWT>` (docs/security.md). Errors are application/problem+json (RFC 9457).",
           },
           components: { securitySchemes: bearerSecurityScheme },
         },
@@ -107,6 +108,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
           skuQuota: new SkuQuota(ctx.config.SKU_UNITS_PER_CUSTOMER, ctx.config.SKU_QUOTA_WINDOW_MS),
         },
       });
+      registerCancelRoute(ctx.app, { store, logger: ctx.logger, windowMs: ctx.config.CANCEL_WINDOW_MS });
       ctx.app.get("/openapi.json", { schema: { hide: true }, config: { auth: "none" } }, async () =>
         ctx.app.swagger(),
       );
