@@ -75,7 +75,7 @@ describe("orders OpenAPI document", () => {
   test("the served document passes @apidevtools/swagger-parser's validation (OpenAPI 3.1)", async () => {
     const doc = served();
     assert.equal(doc.openapi, "3.1.0");
-    assert.deepEqual(Object.keys(doc.paths).sort(), ["/orders", "/orders/{id}"]);
+    assert.deepEqual(Object.keys(doc.paths).sort(), ["/orders", "/orders/{id}", "/orders/{id}/cancel"]);
     assert.equal(await validationError(doc), undefined);
   });
 
@@ -114,6 +114,7 @@ describe("orders OpenAPI document", () => {
       ["/orders", "post"],
       ["/orders", "get"],
       ["/orders/{id}", "get"],
+      ["/orders/{id}/cancel", "post"],
     ];
     for (const [path, method] of operations)
       assert.ok(
@@ -195,6 +196,29 @@ describe("orders OpenAPI document", () => {
         status: 413,
       },
       { what: "an unknown order", path: "/orders/ord_unknown", route: "/orders/{id}", status: 404 },
+      {
+        what: "cancelling an unknown order",
+        path: "/orders/ord_unknown/cancel",
+        route: "/orders/{id}/cancel",
+        init: { method: "POST" },
+        status: 404,
+      },
+      {
+        what: "cancelling with a body",
+        path: "/orders/ord_unknown/cancel",
+        route: "/orders/{id}/cancel",
+        init: { method: "POST", headers: json, body: '{"reason":"x"}' },
+        status: 400,
+        fields: true,
+      },
+      {
+        what: "cancelling a malformed order id",
+        path: "/orders/a.b/cancel",
+        route: "/orders/{id}/cancel",
+        init: { method: "POST" },
+        status: 400,
+        fields: true,
+      },
       { what: "a malformed order id", path: "/orders/a.b", route: "/orders/{id}", status: 400, fields: true },
       {
         what: "an operator's list without customerId",

@@ -19,6 +19,10 @@ export interface CancelRouteDeps {
   now?: () => Date;
 }
 
+function isEmptyObject(v: unknown): boolean {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && Object.keys(v).length === 0;
+}
+
 /** Conditional appends tried before a request that keeps losing to the saga gives up with 409 (retry). */
 const MAX_APPEND_TRIES = 5;
 
@@ -40,12 +44,12 @@ export function registerCancelRoute(app: FastifyInstance, d: CancelRouteDeps): v
       schema: {
         summary: "Cancel an order",
         description:
-          "The order's customer or an operator cancels a PENDING order, or a CONFIRMED one within the cancellation window (`CANCEL_WINDOW_MS` after its confirmation). The answer is the order, CANCELLED; its stock is released (or returned) and any capture refunded asynchronously. Idempotent: cancelling a cancelled order answers it as it is. No body.",
+          "The order's customer or an operator cancels a PENDING order, or a CONFIRMED one within the cancellation window (`CANCEL_WINDOW_MS` after its confirmation). The answer is the order, CANCELLED; its stock is released (or returned) and any capture refunded asynchronously. Idempotent: cancelling a cancelled order answers it as it is. No body (or `{}`).",
         security: bearerSecurity,
         params: OrderIdParam,
         response: {
           200: OrderView,
-          400: problemResponse("The order id is malformed"),
+          400: problemResponse("The order id is malformed, or a body other than `{}` was sent"),
           ...authResponses,
           404: problemResponse("No such order, or not the caller's"),
           409: problemResponse(
@@ -56,6 +60,13 @@ export function registerCancelRoute(app: FastifyInstance, d: CancelRouteDeps): v
       },
     },
     async (req) => {
+      // No body, or an empty JSON object (what many clients send with a POST); anything else is a mistake.
+      const body: unknown = req.body;
+      if (body !== undefined && body !== null && !isEmptyObject(body)) {
+        throw new ProblemError(400, "validation", "Request validation failed", "this request takes no body", {
+          errors: [{ pointer: "/body", message: "must be absent or {}" }],
+        });
+      }
       const who = principalOf(req);
       const orderId = req.params.id;
       for (let i = 0; i < MAX_APPEND_TRIES; i++) {
