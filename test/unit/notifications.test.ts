@@ -230,6 +230,20 @@ void describe("notifications handler", () => {
     assert.match(cancelledMail(placed, cancelled.data).text, /you asked us to cancel it/);
   });
 
+  void it("a confirmed order cancelled by anything but a request is a breach, not a second e-mail", async () => {
+    const h = harness();
+    await h.handlers.OrderConfirmed!(confirmedO1(), h.ctx);
+    for (const attempt of [1, 2])
+      await assert.rejects(
+        h.handlers.OrderCancelled!(cancelledO1("timeout"), { ...h.ctx, attempt }),
+        NotificationKindConflictError,
+      );
+    assert.deepEqual(
+      h.records.get("o1")!.map((r) => r.e.data.kind),
+      ["order_confirmed"],
+    );
+  });
+
   void it("a subject already holding two records that are not this kind is a breach, not retried", async () => {
     const h = harness();
     // Two cancellation records (a forged or buggy writer): an order has no room for a third e-mail.

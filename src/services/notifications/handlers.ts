@@ -1,4 +1,5 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
+import { isRequestedCancel } from "../../lib/events/catalog.js";
 import { makeEvent, type Envelope } from "../../lib/events/envelope.js";
 import type { HandlerContext, HandlerMap } from "../../lib/messaging/consumer.js";
 import { NonRetryableError } from "../../lib/errors.js";
@@ -61,7 +62,9 @@ const MAX_APPEND_TRIES = 3;
  *   the record: nothing sent, nothing appended. A first delivery does not look (it has not been handled
  *   before); if another copy of the event was (a reset consumer, two replicas), or the other kind was recorded
  *   first, the append is refused (ConcurrencyError) and the subject read back: this kind there means done;
- *   otherwise the append is tried again at the subject's last sequence.
+ *   otherwise the append is tried again at the subject's last sequence — unless this is a cancellation that is not
+ *   a request (only a request may cancel a confirmed order: a forked order, {@link NotificationKindConflictError},
+ *   dead-lettered), or the subject already holds two records.
  */
 export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
   const placed = new RecentMap<string, Envelope<"OrderPlaced">["data"]>(deps.maxRemembered ?? 50_000);
@@ -69,6 +72,16 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
   const remember = (event: Envelope<"OrderPlaced">): Promise<void> => {
     placed.set(event.data.orderId, event.data);
     return Promise.resolve();
+  };
+
+  /** Only a cancellation on request may follow a confirmation (a second e-mail); any other is a forked order. */
+  const refuseForkedCancel = (
+    event: Envelope<NotifiedEvent>,
+    sent: readonly { kind: NotificationKind }[],
+  ) => {
+    if (event.type !== "OrderCancelled" || sent.length === 0) return;
+    if (isRequestedCancel((event as Envelope<"OrderCancelled">).data.reason)) return;
+    throw new NotificationKindConflictError(event.data.orderId, sent[0]!.kind, kindOf(event.type));
   };
 
   const notify = async (event: Envelope<NotifiedEvent>, h: HandlerContext) => {
@@ -81,6 +94,7 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
         placed.delete(orderId);
         return;
       }
+      refuseForkedCancel(event, record.sent);
       expected = record.lastSeq;
     }
     const order = placed.get(orderId) ?? (await readOrderPlaced(deps.jsm, orderId));
@@ -108,6 +122,7 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
           h.logger.debug({ kind }, "e-mail already recorded");
           break;
         }
+        refuseForkedCancel(event, record.sent);
         if (record.sent.length >= 2) {
           throw new NotificationKindConflictError(orderId, record.sent[record.sent.length - 1]!.kind, kind);
         }
