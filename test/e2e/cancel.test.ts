@@ -7,6 +7,7 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { decodeEvent } from "../../src/lib/events/codec.js";
 import { customerAuth, operatorAuth } from "../helpers/auth.js";
 import { getJson, startSystem, type System } from "../helpers/system.js";
 
@@ -176,9 +177,21 @@ describe("order cancellation end to end", () => {
   test("a thousand cancellations racing their captures: one outcome per order, money and stock consistent", async () => {
     const N = 1_000;
     const CUSTOMERS = 20;
-    const CONCURRENCY = 40;
+    const CONCURRENCY = 60;
     // A gateway answering in 30–90 ms puts the capture inside the spread of the cancels' delays below.
     await sys.setGatewayFaults({ latencyMs: 30, latencyJitterMs: 60 });
+    // Which orders were confirmed before their cancellation landed (the capture won) — read off the ORDERS subjects.
+    const confirmedFirst = new Set<string>();
+    const sub = sys.nc.subscribe("orders.*", {
+      callback: (_err, m) => {
+        try {
+          const e = decodeEvent(m.data);
+          if (e.type === "OrderConfirmed") confirmedFirst.add(e.aggregate_id);
+        } catch {
+          /* not an event */
+        }
+      },
+    });
     const t0 = Date.now();
     const outcomes: { id: string; cancel: number; body: any }[] = [];
     let next = 0;
@@ -196,8 +209,8 @@ describe("order cancellation end to end", () => {
         });
         assert.equal(placed.status, 202, JSON.stringify(placed.body));
         const id = placed.body.orderId as string;
-        // Cancel after 0–80 ms: before the reservation, during the charge, or after the confirmation.
-        await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 80)));
+        // Cancel after 0–300 ms: before the reservation, during the charge, or after the confirmation.
+        await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 300)));
         const r = await cancel(sys, id, await customerAuth(customerId));
         outcomes.push({ id, cancel: r.status, body: r.body });
       }
@@ -207,6 +220,7 @@ describe("order cancellation end to end", () => {
     } finally {
       await sys.setGatewayFaults({ latencyMs: 0, latencyJitterMs: 0 });
     }
+    const elapsed = Date.now() - t0;
     // Every cancel is answered CANCELLED (within the window) — none refused, none failed.
     const answers = new Map<number, number>();
     for (const o of outcomes) answers.set(o.cancel, (answers.get(o.cancel) ?? 0) + 1);
@@ -216,6 +230,7 @@ describe("order cancellation end to end", () => {
     // Every invariant, with the window: no cancellation after it.
     const report = await sys.assertInvariants({ cancelWindowMs: WINDOW_MS });
     assert.equal(report.orders.pending, 0);
+    sub.unsubscribe();
 
     // Both sides of the race were hit: orders cancelled before any capture, and captures refunded.
     const ledger = await getJson(`${sys.urls.gateway}/v1/ledger/summary`);
@@ -231,11 +246,12 @@ describe("order cancellation end to end", () => {
       else if (m.refunds === 1) refunded++;
     }
     assert.equal(neverCharged + refunded, N);
-    assert.ok(neverCharged > 0 && refunded > 0, `never charged ${neverCharged}, refunded ${refunded}`);
+    // Both sides of the capture: cancels that found the order PENDING (charged or not) and cancels after it.
+    const afterCapture = outcomes.filter((o) => confirmedFirst.has(o.id)).length;
+    const split = `never charged ${neverCharged}, refunded ${refunded} (${afterCapture} of them cancelled after their confirmation)`;
+    assert.ok(afterCapture > 0 && afterCapture < N, split);
     const stock = await getJson(`${sys.urls.inventory}/inventory/SKU-RACE`);
     assert.deepEqual([stock.available, stock.reserved, stock.committed], [400, 0, 0]);
-    console.log(
-      `# ${N} cancels racing captures in ${Date.now() - t0} ms: ${neverCharged} never charged, ${refunded} refunded`,
-    );
+    console.log(`# ${N} cancels racing captures in ${elapsed} ms (then drained and checked): ${split}`);
   });
 });
