@@ -1,6 +1,6 @@
 import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { decodeEvent, Streams, type AnyEnvelope } from "../lib/events/mod.js";
+import { decodeEvent, isRequestedCancel, Streams, type AnyEnvelope } from "../lib/events/mod.js";
 import { listDeadLetters } from "../lib/messaging/dlq.js";
 
 /** Where the checker reads the system's state. */
@@ -18,6 +18,11 @@ export interface CheckTargets {
   timerConsumers?: string[];
   /** `Authorization` header value for the audit and inventory reads (`Bearer <operator token>`). */
   authorization?: string;
+  /**
+   * The orders service's `CANCEL_WINDOW_MS`: a CONFIRMED order cancelled on request later than this after its
+   * confirmation is a violation (`cancel-after-window`). Unset: not checked.
+   */
+  cancelWindowMs?: number;
 }
 
 /** The invariants of ARCHITECTURE.md. */
@@ -32,8 +37,13 @@ export const VIOLATION_KINDS = {
   lost: "I1",
   /** Placed, and no terminal event (older than the pending grace). */
   "no-terminal": "I1",
-  /** More than one terminal event (CONFIRMED and CANCELLED, or one of them twice). */
+  /**
+   * More than one terminal event (CONFIRMED and CANCELLED, or one of them twice), except the one legitimate pair:
+   * CONFIRMED, then CANCELLED on request (reason `customer_request` or `operator_request`).
+   */
   "two-terminals": "I1",
+  /** CONFIRMED, then cancelled on request later than the cancellation window allows (`cancelWindowMs`). */
+  "cancel-after-window": "I1",
   /** More than one captured charge for one order at the gateway. */
   "double-capture": "I2",
   /** CONFIRMED, and nothing captured (net zero) at the gateway. */
@@ -44,6 +54,10 @@ export const VIOLATION_KINDS = {
   "cancelled-with-net-capture": "I2",
   /** Money captured at the gateway for an order that is not in the ORDERS stream. */
   "capture-without-order": "I2",
+  /** More than one refund for one order at the gateway. */
+  "double-refund": "I2",
+  /** A refund at the gateway without a PaymentRefunded on the PAYMENTS stream (money moved unrecorded), or the reverse. */
+  "refund-unrecorded": "I2",
   /** A SKU with fewer than zero units available: oversold. */
   "negative-available": "I3",
   /** A SKU whose `initial + adjusted` is not `available + reserved + committed`. */
@@ -58,7 +72,10 @@ export const VIOLATION_KINDS = {
   "duplicate-email": "I4",
   /** A terminal order without its e-mail, and its terminal event not dead-lettered by notifications. */
   "missing-email": "I4",
-  /** An e-mail of the other outcome (e.g. "cancelled" for a CONFIRMED order). */
+  /**
+   * An e-mail of the other outcome (e.g. "cancelled" for a CONFIRMED order). An order cancelled on request after
+   * its confirmation legitimately has both.
+   */
   "wrong-kind-email": "I4",
   /** The audit log's hash chain does not verify. */
   "audit-chain-broken": "I5",
@@ -106,6 +123,26 @@ interface OrderFacts {
   total: number;
   items: { sku: string; quantity: number }[];
   terminals: ("CONFIRMED" | "CANCELLED")[];
+  /** Timestamps of the terminal events, in the same order. */
+  terminalAt: number[];
+  /** Whether each terminal event is a cancellation on request, in the same order. */
+  requested: boolean[];
+}
+
+/** CONFIRMED, then CANCELLED on request: the one order with two terminal events that is legitimate. */
+function cancelledAfterConfirmation(o: OrderFacts): boolean {
+  return (
+    o.terminals.length === 2 &&
+    o.terminals[0] === "CONFIRMED" &&
+    o.terminals[1] === "CANCELLED" &&
+    o.requested[1] === true
+  );
+}
+
+/** The state an order ended in: PENDING, its one terminal state, CANCELLED after a confirmation, else its first. */
+function finalStatus(o: OrderFacts): "PENDING" | "CONFIRMED" | "CANCELLED" {
+  if (o.terminals.length === 0) return "PENDING";
+  return cancelledAfterConfirmation(o) ? "CANCELLED" : o.terminals[0]!;
 }
 
 /** Consumers whose backlog is a timer, not lost work: the orders service's order-timeout timer. */
@@ -286,6 +323,8 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   const withheld = new Set<string>();
   /** Units of the StockAdjusted events of each SKU (each event once). */
   const adjustedUnits = new Map<string, number>();
+  /** Orders with a PaymentRefunded on PAYMENTS. */
+  const refundEvents = new Set<string>();
   let events = 0;
   for (const stream of [Streams.ORDERS, Streams.INVENTORY, Streams.PAYMENTS, Streams.NOTIFICATIONS]) {
     const r = await readStream(t.nc, stream, (e, seq) => {
@@ -303,18 +342,26 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
           total: e.data.total,
           items: e.data.items.map((l) => ({ sku: l.sku, quantity: l.quantity })),
           terminals: [],
+          terminalAt: [],
+          requested: [],
         });
       } else if (e.type === "StockAdjusted") {
         adjustedUnits.set(e.data.sku, (adjustedUnits.get(e.data.sku) ?? 0) + e.data.quantity);
       } else if (e.type === "OrderConfirmed" || e.type === "OrderCancelled") {
-        orders.get(e.aggregate_id)?.terminals.push(e.type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED");
+        const o = orders.get(e.aggregate_id);
+        o?.terminals.push(e.type === "OrderConfirmed" ? "CONFIRMED" : "CANCELLED");
+        o?.terminalAt.push(Date.parse(e.timestamp));
+        o?.requested.push(e.type === "OrderCancelled" && isRequestedCancel(e.data.reason));
+      } else if (e.type === "PaymentRefunded" && e.data.amount > 0) {
+        // A free order's "refund" (amount 0) never reaches the gateway.
+        refundEvents.add(e.data.orderId);
       } else if (e.type === "NotificationWithheld") {
         withheld.add(`${e.data.orderId}:${e.data.kind}`);
       }
     });
     events += r.count;
   }
-  const status = (o: OrderFacts) => (o.terminals.length === 0 ? "PENDING" : o.terminals[0]!);
+  const status = finalStatus;
 
   // I1 terminal
   const i1: Violation[] = [];
@@ -327,7 +374,15 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   }
   const grace = t.pendingGraceMs ?? 0;
   for (const o of orders.values()) {
-    if (o.terminals.length > 1)
+    if (cancelledAfterConfirmation(o)) {
+      const after = o.terminalAt[1]! - o.terminalAt[0]!;
+      if (t.cancelWindowMs !== undefined && after > t.cancelWindowMs)
+        i1.push({
+          kind: "cancel-after-window",
+          orderId: o.orderId,
+          detail: `cancelled ${after} ms after its confirmation; the window is ${t.cancelWindowMs} ms`,
+        });
+    } else if (o.terminals.length > 1)
       i1.push({
         kind: "two-terminals",
         orderId: o.orderId,
@@ -340,7 +395,14 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   // I2 money
   const i2: Violation[] = [];
   const summary = await getJson<{
-    orders: { orderId: string; captured: number; refunded: number; net: number; charges: number }[];
+    orders: {
+      orderId: string;
+      captured: number;
+      refunded: number;
+      net: number;
+      charges: number;
+      refunds: number;
+    }[];
   }>(`${t.gatewayUrl}/v1/ledger/summary`, t);
   const ledger = new Map(summary.orders.map((s) => [s.orderId, s]));
   for (const o of orders.values()) {
@@ -353,6 +415,15 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
         kind: "double-capture",
         orderId: o.orderId,
         detail: `${st}, charged ${s.charges} times (captured ${s.captured}, refunded ${s.refunded}, net ${net}; total ${o.total})`,
+      });
+      continue;
+    }
+    if (s && s.refunds > 1) {
+      // One fact, one violation: the net of a double refund is off too.
+      i2.push({
+        kind: "double-refund",
+        orderId: o.orderId,
+        detail: `${st}, refunded ${s.refunds} times (captured ${s.captured}, refunded ${s.refunded}, net ${net}; total ${o.total})`,
       });
       continue;
     }
@@ -373,6 +444,16 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
         kind: "cancelled-with-net-capture",
         orderId: o.orderId,
         detail: `CANCELLED with net ${net} at the gateway, expected 0`,
+      });
+    const refunds = s?.refunds ?? 0;
+    if (refunds > 0 !== refundEvents.has(o.orderId))
+      i2.push({
+        kind: "refund-unrecorded",
+        orderId: o.orderId,
+        detail:
+          refunds > 0
+            ? `${refunds} refund(s) at the gateway and no PaymentRefunded on PAYMENTS`
+            : "a PaymentRefunded on PAYMENTS and no refund at the gateway",
       });
   }
   for (const s of summary.orders) {
@@ -466,6 +547,15 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
   for (const o of orders.values()) {
     const st = status(o);
     if (st === "PENDING") continue;
+    // An order cancelled after its confirmation was told both: its confirmation's e-mail (at most one) stands.
+    const late = cancelledAfterConfirmation(o);
+    const confirmedMails = sent.get(`${o.orderId}:order_confirmed`) ?? 0;
+    if (late && confirmedMails > 1)
+      i4.push({
+        kind: "duplicate-email",
+        orderId: o.orderId,
+        detail: `${confirmedMails} order_confirmed e-mails`,
+      });
     const kind = st === "CONFIRMED" ? "order_confirmed" : "order_cancelled";
     const cause = st === "CONFIRMED" ? "OrderConfirmed" : "OrderCancelled";
     const n = sent.get(`${o.orderId}:${kind}`) ?? 0;
@@ -478,7 +568,7 @@ export async function checkInvariants(t: CheckTargets): Promise<CheckReport> {
         detail: `no ${kind} e-mail, no NotificationWithheld of it, and its ${cause} is not in the DLQ of ${NOTIFICATIONS_CONSUMER}`,
       });
     const other = st === "CONFIRMED" ? "order_cancelled" : "order_confirmed";
-    if ((sent.get(`${o.orderId}:${other}`) ?? 0) > 0)
+    if (!late && (sent.get(`${o.orderId}:${other}`) ?? 0) > 0)
       i4.push({ kind: "wrong-kind-email", orderId: o.orderId, detail: `${st} but got an ${other} e-mail` });
   }
 

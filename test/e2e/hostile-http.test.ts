@@ -15,7 +15,7 @@ import fc from "fast-check";
 import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { decodeEvent } from "../../src/lib/events/codec.js";
 import { createOrdersService } from "../../src/services/orders/service.js";
-import { customerOf, startSystem, type System } from "../helpers/system.js";
+import { customerOf, DEFAULT_TEST_CUSTOMER, startSystem, type System } from "../helpers/system.js";
 import { SignJWT } from "jose";
 import { customerAuth, operatorAuth, operatorFetch, testSecret } from "../helpers/auth.js";
 
@@ -737,6 +737,70 @@ describe("hostile input on the HTTP API", () => {
     });
   });
 
+  test("POST /orders/<garbage>/cancel → 400 (or 404 for a well-formed unknown id); hostile bodies → 400/413/415; nothing cancelled", async () => {
+    const piece = fc.oneof(
+      fc.string({ unit: "binary", minLength: 1, maxLength: 10 }),
+      fc.constantFrom(
+        ...CONTROL,
+        ...LONE_SURROGATES,
+        ...FINE_UNICODE,
+        "/",
+        "..",
+        ".",
+        "%",
+        "?",
+        "#",
+        " ",
+        "\\",
+      ),
+      fc.stringMatching(/^[A-Za-z0-9_-]{1,70}$/),
+    );
+    const id = fc.array(piece, { minLength: 1, maxLength: 5 }).map((p) => p.join(""));
+    // An order of the caller's own, so a refused body is refused for what it is.
+    const placed = await post(JSON.stringify({ ...orderOf(DEFAULT_TEST_CUSTOMER) }));
+    assert.equal(placed.status, 202, placed.text);
+    const own = placed.json.orderId as string;
+    const status0 = (await sys.waitForTerminal(own)).status;
+    await settled();
+    const mine = await customerAuth(DEFAULT_TEST_CUSTOMER);
+    await unchanged(async () => {
+      await prop(id, async (s) => {
+        const r = await send("POST", `/orders/${encodeBytes(s)}/cancel`, undefined, mine);
+        const wellFormed = /^[A-Za-z0-9_-]{1,64}$/.test(s);
+        // A "/" inside the id routes elsewhere (404 route not found); never a cancellation.
+        assertProblem(r, wellFormed ? 404 : [400, 404, 414], JSON.stringify(s));
+        if (wellFormed) assert.equal(r.json.type, "https://shopstream.dev/problems/order-not-found");
+      });
+      const jsonValue = fc
+        .jsonValue()
+        .filter(
+          (v) =>
+            !(typeof v === "object" && v !== null && !Array.isArray(v) && Object.keys(v).length === 0) &&
+            v !== null,
+        );
+      await prop(
+        jsonValue,
+        async (v) => {
+          const r = await send("POST", `/orders/${own}/cancel`, JSON.stringify(v), { ...JSON_CT, ...mine });
+          assertProblem(r, 400, JSON.stringify(v).slice(0, 80));
+        },
+        60,
+      );
+      for (const [body, ct, want] of [
+        ["{", "application/json", 400],
+        ["", "application/json", 400],
+        ["\u0000", "application/json", 400],
+        ["<cancel/>", "application/xml", 415],
+        ["reason=x", "application/x-www-form-urlencoded", 415],
+        [JSON.stringify({ pad: "x".repeat(BODY_LIMIT) }), "application/json", 413],
+      ] as const) {
+        const r = await send("POST", `/orders/${own}/cancel`, body, { "content-type": ct, ...mine });
+        assertProblem(r, want, `${ct} ${body.slice(0, 20)}`);
+      }
+    });
+    assert.equal((await sys.waitForTerminal(own)).status, status0, "the order was not cancelled");
+  });
+
   test("GET /orders?customerId=…&limit=…&after=… with hostile values → 400 problem, or 200 for valid ones", async () => {
     const customerId = fc.oneof(
       forbiddenText,
@@ -1200,6 +1264,7 @@ describe("hostile input on the HTTP API", () => {
   const authenticated = (orderId: string) => [
     { url: `${sys.urls.orders}/orders`, method: "POST", body: JSON.stringify(orderOf("tok")) },
     { url: `${sys.urls.orders}/orders/${orderId}`, method: "GET" },
+    { url: `${sys.urls.orders}/orders/${orderId}/cancel`, method: "POST" },
     { url: `${sys.urls.orders}/orders?limit=5`, method: "GET" },
     { url: `${sys.urls.orders}/orders/${orderId}/events`, method: "GET" },
     ...operations(orderId),
@@ -1344,6 +1409,12 @@ describe("hostile input on the HTTP API", () => {
           asOther.authorization,
         );
         assertProblem(theirs, 404, "another customer's order");
+        const cancelTheirs = await call(
+          { url: `${sys.urls.orders}/orders/${id}/cancel`, method: "POST" },
+          asOther.authorization,
+        );
+        assertProblem(cancelTheirs, 404, "cancelling another customer's order");
+        assert.equal(cancelTheirs.json.type, unknown.json.type, "answered as an unknown order");
         assert.equal(theirs.json.type, unknown.json.type, "answered as an unknown order");
         assert.equal(theirs.json.title, unknown.json.title);
         const own = await call(

@@ -130,9 +130,16 @@ export class Rig {
   }
 
   /** Drains, then runs the checker once. */
-  async check(opts: { accepted?: Iterable<string>; except?: string[] } = {}): Promise<CheckReport> {
+  async check(
+    opts: { accepted?: Iterable<string>; except?: string[]; cancelWindowMs?: number } = {},
+  ): Promise<CheckReport> {
     await this.drain(opts.except);
-    return checkInvariants(this.targets(opts.accepted ? { acceptedOrderIds: opts.accepted } : {}));
+    return checkInvariants(
+      this.targets({
+        ...(opts.accepted ? { acceptedOrderIds: opts.accepted } : {}),
+        ...(opts.cancelWindowMs !== undefined ? { cancelWindowMs: opts.cancelWindowMs } : {}),
+      }),
+    );
   }
 
   /** Drains, then gathers what the chaos reconciliation reads (it runs the checker with `accepted` too). */
@@ -200,9 +207,30 @@ export class Rig {
     return r.id as string;
   }
 
-  /** The gateway only: a refund of `amount` of the order's last capture. */
-  async refund(orderId: string, amount: number, key = `refund:${orderId}`): Promise<void> {
-    await post(`${this.urls.gateway}/v1/refunds`, { orderId, amount }, key);
+  /**
+   * payments: a refund of `amount` of the order's last capture at the gateway, and its PaymentRefunded (with
+   * `event: false`, the gateway only: money moved unrecorded).
+   */
+  async refund(
+    orderId: string,
+    amount: number,
+    key = `refund:${orderId}`,
+    opts: { event?: boolean } = {},
+  ): Promise<void> {
+    const r = await post(`${this.urls.gateway}/v1/refunds`, { orderId, amount }, key);
+    if (opts.event === false) return;
+    await this.#publish(
+      makeEvent(
+        "PaymentRefunded",
+        { orderId, paymentId: `pay-${orderId}`, refundId: r.id as string, amount, currency: "EUR" },
+        {
+          aggregateId: orderId,
+          source: "payments",
+          cause: this.#cause(orderId),
+          idSuffix: key === `refund:${orderId}` ? undefined : key,
+        },
+      ),
+    );
   }
 
   /** payments: charges the order total at the gateway and publishes PaymentCaptured. */
@@ -286,6 +314,23 @@ export class Rig {
     await this.place(orderId, lines);
     await this.cancel(orderId, "payment_declined");
     await this.notify(orderId, "order_cancelled");
+  }
+
+  /**
+   * A whole good saga ending CANCELLED after its confirmation: a {@link confirmedOrder}, then cancelled on request
+   * (inventory returns the sold units), refunded in full, and e-mailed about the cancellation. Waits until
+   * inventory has returned the stock.
+   */
+  async cancelledAfterConfirmation(
+    orderId: string,
+    lines: { sku: Sku; quantity: number }[],
+    opts: { refund?: boolean; notify?: boolean } = {},
+  ): Promise<void> {
+    await this.confirmedOrder(orderId, lines);
+    await this.cancel(orderId, "customer_request");
+    if (opts.refund !== false) await this.refund(orderId, this.totalOf(orderId));
+    if (opts.notify !== false) await this.notify(orderId, "order_cancelled");
+    await this.drain();
   }
 
   /**

@@ -108,14 +108,20 @@ export interface System {
    * runner counts as unbound between a failed pull and the next good one, which a loaded machine can cause.
    */
   untilAllReady(timeoutMs?: number): Promise<void>;
-  setGatewayFaults(f: { outage?: boolean; failureRate?: number; latencyMs?: number }): Promise<void>;
+  setGatewayFaults(f: {
+    outage?: boolean;
+    failureRate?: number;
+    latencyMs?: number;
+    latencyJitterMs?: number;
+  }): Promise<void>;
   setMailFaults(f: { outage?: boolean; failureRate?: number; latencyMs?: number }): Promise<void>;
-  check(): Promise<CheckReport>;
+  /** Runs the checker once (`cancelWindowMs`: the orders service's CANCEL_WINDOW_MS, checked when given). */
+  check(opts?: { cancelWindowMs?: number }): Promise<CheckReport>;
   /**
    * Waits until every durable consumer is drained (nothing pending or unacknowledged, timers aside; at most
    * 30 s), then runs the checker once and throws with the formatted report when an invariant is violated.
    */
-  assertInvariants(): Promise<CheckReport>;
+  assertInvariants(opts?: { cancelWindowMs?: number }): Promise<CheckReport>;
   stop(): Promise<void>;
 }
 
@@ -284,8 +290,9 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
         body: JSON.stringify(f),
       });
     },
-    async check() {
+    async check(opts = {}) {
       return checkInvariants({
+        ...opts,
         nc,
         inventoryUrl: urls.inventory,
         auditUrl: urls.audit,
@@ -295,7 +302,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
         authorization: (await operatorAuth()).authorization,
       });
     },
-    async assertInvariants() {
+    async assertInvariants(opts = {}) {
       // The trailing effects of terminal orders (commits, e-mails) land before their messages are acknowledged, and
       // the audit's position moves with its rows: once every consumer is drained and the audit has caught up with
       // every stream, they are all there, and the checker runs once. A consumer
@@ -305,7 +312,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
         auditUrl: urls.audit,
         authorization: (await operatorAuth()).authorization,
       });
-      const report = await system.check();
+      const report = await system.check(opts);
       if (!report.ok)
         throw new Error(
           `invariants violated${drain.drained ? "" : ` (consumers not drained after ${drain.waitedMs} ms)`}:\n${formatReport(report)}`,

@@ -19,7 +19,7 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { readJson, type KV } from "../../src/lib/kv.js";
+import { casUpdate, readJson, type KV } from "../../src/lib/kv.js";
 import { decodeEvent, encodeEvent } from "../../src/lib/events/codec.js";
 import type { EventData, EventType } from "../../src/lib/events/catalog.js";
 import { makeEvent, subjectOf, type AnyEnvelope, type Envelope } from "../../src/lib/events/envelope.js";
@@ -29,6 +29,8 @@ import { startService, type CommonConfig, type RunningService } from "../../src/
 import type { CatalogEntry } from "../../src/services/inventory/catalog.js";
 import type { InventoryConfig } from "../../src/services/inventory/config.js";
 import {
+  decideReturn,
+  returnSale,
   stockViolations,
   type ReservationRecord,
   type StockRecord,
@@ -107,6 +109,8 @@ const testCatalog = {
     item("T-UNK", 4),
     item("T-COMMIT", 6),
     item("T-REL", 6),
+    item("T-RETURN", 6),
+    item("T-RETURN-B", 4),
     item("T-TOMB", 2),
     item("T-DUP", 5),
     item("T-BREACH", 3),
@@ -464,6 +468,78 @@ void describe("inventory service", () => {
     await processed(await duplicate(ev));
     assert.deepEqual(await figures("T-REL"), { available: 6, reserved: 0, committed: 0 });
     assert.deepEqual(await stored("o-rel-1"), { StockReserved: 1, StockReleased: 1 });
+  });
+
+  void it("returns the sold units of an order cancelled on request after its confirmation, once", async () => {
+    await place("o-ret-1", [
+      ["T-RETURN", 4],
+      ["T-RETURN-B", 1],
+    ]);
+    await outcomes.next("o-ret-1", "StockReserved");
+    const { ev: confirmed } = await confirm("o-ret-1");
+    await outcomes.next("o-ret-1", "StockCommitted");
+    assert.deepEqual(await figures("T-RETURN"), { available: 2, reserved: 0, committed: 4 });
+    const { ev } = await publish("OrderCancelled", { orderId: "o-ret-1", reason: "customer_request" });
+    const released = await outcomes.next("o-ret-1", "StockReleased");
+    assert.deepEqual(released.data, {
+      orderId: "o-ret-1",
+      items: [
+        { sku: "T-RETURN", quantity: 4 },
+        { sku: "T-RETURN-B", quantity: 1 },
+      ],
+    });
+    assert.equal(released.causation_id, ev.id);
+    const after = await stock("T-RETURN");
+    assert.deepEqual(after, {
+      sku: "T-RETURN",
+      initial: 6,
+      available: 6,
+      reserved: 0,
+      committed: 0,
+      holds: {},
+      returns: { "o-ret-1": 4 },
+    });
+    assert.deepEqual(await figures("T-RETURN-B"), { available: 4, reserved: 0, committed: 0 });
+    assert.deepEqual(await reservation("o-ret-1"), {
+      status: "returned",
+      items: [
+        { sku: "T-RETURN", quantity: 4 },
+        { sku: "T-RETURN-B", quantity: 1 },
+      ],
+    });
+
+    // Redelivered cancellation and confirmation: nothing moves twice, nothing is published again.
+    await duplicate(ev);
+    await processed(await duplicate(confirmed));
+    assert.deepEqual(await stock("T-RETURN"), after);
+    assert.deepEqual(await figures("T-RETURN-B"), { available: 4, reserved: 0, committed: 0 });
+    assert.deepEqual(await stored("o-ret-1"), { StockReserved: 1, StockCommitted: 1, StockReleased: 1 });
+    assert.deepEqual(await allStockViolations(), []);
+  });
+
+  void it("finishes a return cut off after some SKUs: no SKU is returned twice", async () => {
+    await place("o-ret-2", [
+      ["T-RETURN", 1],
+      ["T-RETURN-B", 2],
+    ]);
+    await outcomes.next("o-ret-2", "StockReserved");
+    await confirm("o-ret-2");
+    await outcomes.next("o-ret-2", "StockCommitted");
+    // A handler that crashed mid-way: the record says returning and one SKU's units are back already.
+    await casUpdate<ReservationRecord>(reservationsKv, "o-ret-2", (r) => decideReturn(r));
+    await casUpdate<StockRecord>(stockKv, "T-RETURN-B", (s) => {
+      const draft = { ...s!, holds: { ...s!.holds } };
+      returnSale("o-ret-2", 2)(draft);
+      return draft;
+    });
+    const before = await figures("T-RETURN-B");
+    const { seq } = await publish("OrderCancelled", { orderId: "o-ret-2", reason: "operator_request" });
+    await outcomes.next("o-ret-2", "StockReleased");
+    await processed(seq);
+    assert.deepEqual(await figures("T-RETURN-B"), before, "not returned a second time");
+    assert.equal((await stock("T-RETURN")).returns?.["o-ret-2"], 1);
+    assert.equal((await reservation("o-ret-2"))?.status, "returned");
+    assert.deepEqual(await allStockViolations(), []);
   });
 
   void it("leaves a tombstone when cancelled before reserved, so a late OrderPlaced reserves nothing", async () => {

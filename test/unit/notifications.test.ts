@@ -76,12 +76,15 @@ void describe("notifications handler", () => {
       { orderId: "o1", paymentId: "ch_1", total: 1250, currency: "EUR" },
       { aggregateId: "o1", source: "orders" },
     );
-  const cancelledO1 = (reason: "out_of_stock" | "timeout") =>
+  const cancelledO1 = (reason: "out_of_stock" | "timeout" | "customer_request") =>
     makeEvent("OrderCancelled", { orderId: "o1", reason }, { aggregateId: "o1", source: "orders" });
 
   function harness() {
-    // The NOTIFICATIONS stream: one NotificationSent per order subject, appended only to an empty subject.
-    const records = new Map<string, Envelope<"NotificationSent">>();
+    // The NOTIFICATIONS stream: an order subject's NotificationSent records, each with its sequence; an append
+    // succeeds only when it expects the subject's last sequence. At most one NotificationWithheld per order.
+    const records = new Map<string, { seq: number; e: Envelope<"NotificationSent"> }[]>();
+    let seq = 0;
+    const lastSeqOf = (o: string) => records.get(o)?.at(-1)?.seq ?? 0;
     const withheld = new Map<string, Envelope<"NotificationWithheld">>();
     // The customer's data key (the key bucket): the OrderPlaced carries the address sealed under it.
     const keys: { current: DataKey | null } = { current: newDataKey() };
@@ -90,10 +93,10 @@ void describe("notifications handler", () => {
     const conflicts: string[] = [];
     const lines: string[] = [];
     const store = {
-      sent: async (o: string): Promise<SentNotification | null> => {
-        const e = records.get(o);
-        return e ? { ...e.data, sentAt: e.timestamp } : null;
-      },
+      sent: async (o: string): Promise<{ sent: SentNotification[]; lastSeq: number }> => ({
+        sent: (records.get(o) ?? []).map((r) => ({ ...r.e.data, sentAt: r.e.timestamp })),
+        lastSeq: lastSeqOf(o),
+      }),
       withheld: async (o: string) => withheld.get(o)?.data.kind ?? null,
     };
     const personalData = {
@@ -107,9 +110,10 @@ void describe("notifications handler", () => {
     } as unknown as Mailer;
     const publisher = {
       publish: async (e: Envelope, o: { expectLastSubjectSequence?: number } = {}) => {
-        assert.equal(o.expectLastSubjectSequence, 0, `${e.type} is a conditional append`);
+        assert.equal(typeof o.expectLastSubjectSequence, "number", `${e.type} is a conditional append`);
         const subject = `notifications.${e.aggregate_id}.${e.type}`;
         if (e.type === "NotificationWithheld") {
+          assert.equal(o.expectLastSubjectSequence, 0, "NotificationWithheld appends to an empty subject");
           if (withheld.has(e.aggregate_id)) {
             conflicts.push(e.id);
             throw new ConcurrencyError(subject, 0);
@@ -118,11 +122,14 @@ void describe("notifications handler", () => {
           published.push(e);
           return;
         }
-        if (records.has(e.aggregate_id)) {
+        if (lastSeqOf(e.aggregate_id) !== o.expectLastSubjectSequence) {
           conflicts.push(e.id);
-          throw new ConcurrencyError(subject, 0);
+          throw new ConcurrencyError(subject, o.expectLastSubjectSequence!);
         }
-        records.set(e.aggregate_id, e as Envelope<"NotificationSent">);
+        records.set(e.aggregate_id, [
+          ...(records.get(e.aggregate_id) ?? []),
+          { seq: ++seq, e: e as Envelope<"NotificationSent"> },
+        ]);
         published.push(e);
       },
     } as unknown as Publisher;
@@ -224,24 +231,65 @@ void describe("notifications handler", () => {
     assert.equal(h.published.length, 1);
   });
 
-  void it("another kind already recorded for the order is an invariant breach, not retried", async () => {
+  void it("an order cancelled after its confirmation gets both e-mails, each recorded once", async () => {
     const h = harness();
     const confirmed = confirmedO1();
-    const cancelled = cancelledO1("timeout");
+    const cancelled = cancelledO1("customer_request");
     await h.handlers.OrderConfirmed!(confirmed, h.ctx);
-    await assert.rejects(h.handlers.OrderCancelled!(cancelled, h.ctx), (err: unknown) => {
+    // The first delivery expects an empty subject, loses to the confirmation's record, and appends after it.
+    await h.handlers.OrderCancelled!(cancelled, h.ctx);
+    assert.deepEqual(h.conflicts, ["o1:NotificationSent:order_cancelled"]);
+    assert.deepEqual(
+      h.records.get("o1")!.map((r) => r.e.data.kind),
+      ["order_confirmed", "order_cancelled"],
+    );
+    // Redeliveries of either find their record: no provider call, no append.
+    const before = h.sends.length;
+    await h.handlers.OrderCancelled!(cancelled, { ...h.ctx, attempt: 2 });
+    await h.handlers.OrderConfirmed!(confirmed, { ...h.ctx, attempt: 2 });
+    // A first-delivery copy of the cancellation loses its append and finds its kind recorded: nothing appended.
+    await h.handlers.OrderCancelled!(cancelled, h.ctx);
+    assert.equal(h.sends.length, before + 1, "only the first-delivery copy calls the provider (same key)");
+    assert.equal(h.records.get("o1")!.length, 2);
+    assert.deepEqual(
+      h.sends.map((x) => x.key),
+      ["o1:order_confirmed", "o1:order_cancelled", "o1:order_cancelled"],
+    );
+    assert.match(cancelledMail(placed, cancelled.data).text, /you asked us to cancel it/);
+  });
+
+  void it("a confirmed order cancelled by anything but a request is a breach, not a second e-mail", async () => {
+    const h = harness();
+    await h.handlers.OrderConfirmed!(confirmedO1(), h.ctx);
+    for (const attempt of [1, 2])
+      await assert.rejects(
+        h.handlers.OrderCancelled!(cancelledO1("timeout"), { ...h.ctx, attempt }),
+        NotificationKindConflictError,
+      );
+    assert.deepEqual(
+      h.records.get("o1")!.map((r) => r.e.data.kind),
+      ["order_confirmed"],
+    );
+  });
+
+  void it("a subject already holding two records that are not this kind is a breach, not retried", async () => {
+    const h = harness();
+    // Two cancellation records (a forged or buggy writer): an order has no room for a third e-mail.
+    const rec = (seq: number, suffix: string) => ({
+      seq,
+      e: makeEvent(
+        "NotificationSent",
+        { orderId: "o1", kind: "order_cancelled", messageId: `m${seq}` },
+        { aggregateId: "o1", source: "notifications", idSuffix: suffix },
+      ),
+    });
+    h.records.set("o1", [rec(1, "a"), rec(2, "b")]);
+    await assert.rejects(h.handlers.OrderConfirmed!(confirmedO1(), h.ctx), (err: unknown) => {
       assert.ok(err instanceof NotificationKindConflictError);
       assert.equal(err.retryable, false);
       return true;
     });
-    // On a redelivery it is found before the provider is called.
-    const before = h.sends.length;
-    await assert.rejects(
-      h.handlers.OrderCancelled!(cancelled, { ...h.ctx, attempt: 2 }),
-      NotificationKindConflictError,
-    );
-    assert.equal(h.sends.length, before);
-    assert.equal(h.records.get("o1")!.data.kind, "order_confirmed");
+    assert.equal(h.records.get("o1")!.length, 2);
   });
 
   void it("opens the sealed address with the customer's key; the sealed form is what the stream holds", async () => {

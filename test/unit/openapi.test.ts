@@ -80,6 +80,7 @@ describe("orders OpenAPI document", () => {
       "/customers/{id}/personal-data",
       "/orders",
       "/orders/{id}",
+      "/orders/{id}/cancel",
       "/orders/{id}/events",
     ]);
     assert.equal(await validationError(doc), undefined);
@@ -121,6 +122,7 @@ describe("orders OpenAPI document", () => {
       ["/orders", "get"],
       ["/orders/{id}", "get"],
       ["/customers/{id}/personal-data", "delete"],
+      ["/orders/{id}/cancel", "post"],
     ];
     for (const [path, method] of operations)
       assert.ok(
@@ -213,6 +215,29 @@ describe("orders OpenAPI document", () => {
         path: "/orders/ord_unknown/events",
         route: "/orders/{id}/events",
         init: { headers: { "last-event-id": "x" } },
+        status: 400,
+        fields: true,
+      },
+      {
+        what: "cancelling an unknown order",
+        path: "/orders/ord_unknown/cancel",
+        route: "/orders/{id}/cancel",
+        init: { method: "POST" },
+        status: 404,
+      },
+      {
+        what: "cancelling with a body",
+        path: "/orders/ord_unknown/cancel",
+        route: "/orders/{id}/cancel",
+        init: { method: "POST", headers: json, body: '{"reason":"x"}' },
+        status: 400,
+        fields: true,
+      },
+      {
+        what: "cancelling a malformed order id",
+        path: "/orders/a.b/cancel",
+        route: "/orders/{id}/cancel",
+        init: { method: "POST" },
         status: 400,
         fields: true,
       },

@@ -28,8 +28,22 @@ export const CancelReason = Type.Union([
   Type.Literal("payment_declined"),
   Type.Literal("timeout"),
   Type.Literal("invalid_order"),
+  Type.Literal("customer_request"),
+  Type.Literal("operator_request"),
 ]);
 export type CancelReason = Static<typeof CancelReason>;
+
+/**
+ * Reasons of a cancellation asked for through `POST /orders/{id}/cancel` (by the order's customer or an operator):
+ * the only cancellations that may follow an OrderConfirmed (within the cancellation window), with a refund and
+ * the sold stock returned.
+ */
+export const REQUESTED_CANCEL_REASONS: readonly CancelReason[] = ["customer_request", "operator_request"];
+
+/** Is `reason` a requested cancellation (see {@link REQUESTED_CANCEL_REASONS})? */
+export function isRequestedCancel(reason: CancelReason): boolean {
+  return REQUESTED_CANCEL_REASONS.includes(reason);
+}
 
 export const NotificationKind = Type.Union([
   Type.Literal("order_confirmed"),
@@ -101,7 +115,7 @@ export const catalog = {
   OrderCancelled: ev(
     "ORDERS",
     1,
-    "The saga failed or timed out; compensations follow.",
+    "The saga failed or timed out, or the customer or an operator cancelled the order (reason customer_request or operator_request: a PENDING order, or a CONFIRMED one within the cancellation window, which then follows its OrderConfirmed); compensations follow: stock released or returned, a capture refunded.",
     Type.Object(
       { orderId: OrderId, reason: CancelReason, detail: Type.Optional(Type.String({ maxLength: 1000 })) },
       { additionalProperties: false },
@@ -145,7 +159,7 @@ export const catalog = {
   StockReleased: ev(
     "INVENTORY",
     1,
-    "The reservation of a cancelled order was returned to stock (items empty when nothing was held).",
+    "The reservation of a cancelled order was returned to stock, or, for an order cancelled after its confirmation, the units it had bought (items empty when nothing was held).",
     Type.Object({ orderId: OrderId, items: Type.Array(StockLine) }, { additionalProperties: false }),
   ),
   ProductAdded: ev(
@@ -222,7 +236,7 @@ export const catalog = {
   PaymentRefunded: ev(
     "PAYMENTS",
     1,
-    "A capture was refunded because the order was cancelled after it.",
+    "A capture was refunded in full because the order was cancelled after it (a timeout or a cancellation racing the capture, or a CONFIRMED order cancelled within the window).",
     Type.Object(
       { orderId: OrderId, paymentId: Id, refundId: Id, amount: Cents, currency: Currency },
       { additionalProperties: false },

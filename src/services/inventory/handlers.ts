@@ -46,7 +46,7 @@
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { NonRetryableError, RetryableError } from "../../lib/errors.js";
-import { Streams, type EventData } from "../../lib/events/catalog.js";
+import { isRequestedCancel, Streams, type EventData } from "../../lib/events/catalog.js";
 import { decodeEvent } from "../../lib/events/codec.js";
 import { makeEvent, subjectOf, type Envelope } from "../../lib/events/envelope.js";
 import { KeyedQueue } from "../../lib/keyed-queue.js";
@@ -59,11 +59,14 @@ import {
   decideCommit,
   decideRelease,
   decideReserveOnce,
+  decideReturn,
+  finishReturn,
   giveBack,
   hold,
   holdsForbidden,
   mergeLines,
   orderInconsistency,
+  returnSale,
   type RejectReason,
   type ReserveOutcome,
   type ReservationRecord,
@@ -211,6 +214,8 @@ export class InventoryHandlers {
       // the outcome, if any, was published then. Nothing to do.
       case "released":
       case "committed":
+      case "returning":
+      case "returned":
       case "reserving":
         return;
     }
@@ -222,9 +227,18 @@ export class InventoryHandlers {
     const record = await store.getReservation(orderId);
     if (record?.status === "reserving")
       throw new RetryableError("RESERVATION_PENDING", `order ${orderId} is still being reserved`);
-    if (record?.status === "committed") {
+    if (record?.status === "committed" || record?.status === "returning" || record?.status === "returned") {
+      // Committed before (a redelivery), maybe returned since (cancelled after its confirmation): finish the commit.
       await this.#giveBackAll(orderId, record.items);
       await this.#publish("StockCommitted", { orderId, items: record.items }, event, true);
+      return;
+    }
+    if (record?.status === "released") {
+      // Released before this commit ran: the order was cancelled on request right after its confirmation, and that
+      // cancellation was handled first (this OrderConfirmed was being retried). Nothing is sold; the release stands.
+      ctx.logger.warn(
+        "confirmed order already released (cancelled after its confirmation); nothing committed",
+      );
       return;
     }
     if (record?.status !== "reserved") throw this.#breach("confirmed", orderId, record);
@@ -250,7 +264,12 @@ export class InventoryHandlers {
       case "reserving":
         throw new RetryableError("RESERVATION_PENDING", `order ${orderId} is still being reserved`);
       case "committed":
-        throw this.#breach("cancelled", orderId, record);
+      case "returning":
+      case "returned":
+        // Only a cancellation on request may follow a confirmation (within the window); any other is a forked order.
+        if (!isRequestedCancel(event.data.reason)) throw this.#breach("cancelled", orderId, record);
+        await this.#returnSold(event, ctx);
+        return;
       case "reserved":
         throw new RetryableError("RESERVATION_CHANGED", `reservation ${orderId} changed concurrently`);
       case "rejected":
@@ -266,6 +285,28 @@ export class InventoryHandlers {
         return;
       }
     }
+  }
+
+  /**
+   * OrderCancelled of a CONFIRMED order (a cancellation on request within the window): its sold units go back to
+   * available. The record first (`committed` → `returning`), then each SKU's {@link returnSale} (once per order and
+   * SKU: the stock record remembers the return), then `returned`, then StockReleased with the lines returned. A
+   * crash anywhere is finished by the redelivery: `returning` redoes the moves (no change where done).
+   */
+  async #returnSold(event: Envelope<"OrderCancelled">, ctx: HandlerContext): Promise<void> {
+    const { store } = this.#d;
+    const orderId = event.data.orderId;
+    const { value: record, changed } = await store.updateReservation(orderId, decideReturn);
+    if (record?.status === "returning") {
+      await Promise.all(record.items.map((l) => store.moveStock(l.sku, returnSale(orderId, l.quantity))));
+      const { value: done } = await store.updateReservation(orderId, finishReturn);
+      if (done?.status !== "returned") throw this.#breach("cancelled", orderId, done);
+      ctx.logger.info({ items: done.items }, "sold units returned");
+      await this.#publish("StockReleased", { orderId, items: done.items }, event, !changed);
+      return;
+    }
+    if (record?.status !== "returned") throw this.#breach("cancelled", orderId, record);
+    await this.#publish("StockReleased", { orderId, items: record.items }, event, true);
   }
 
   /** The merged lines of the order's OrderPlaced on ORDERS, or none when it is not there. */

@@ -28,6 +28,12 @@ export interface StockRecord {
    * an adjustment retried with the same id is applied once.
    */
   adjustments?: { id: string; quantity: number }[];
+  /**
+   * Units of each order that were sold (committed) and then returned to available because the order was cancelled
+   * after its confirmation: the marker that makes {@link returnSale} idempotent. Absent until the first return; it
+   * grows with returns only (not with sales).
+   */
+  returns?: Record<string, number>;
 }
 
 /** Adjustment ids a stock record remembers, so a retry is not applied twice. */
@@ -67,7 +73,8 @@ export interface StockLine {
   quantity: number;
 }
 
-export type ReservationStatus = "reserving" | "reserved" | "rejected" | "committed" | "released";
+export type ReservationStatus =
+  "reserving" | "reserved" | "rejected" | "committed" | "released" | "returning" | "returned";
 export type RejectReason = "out_of_stock" | "unknown_sku" | "invalid_order";
 
 /** The reservation of one order, stored in the `reservations` bucket under the order id. */
@@ -169,6 +176,30 @@ export function commitHold(orderId: string): StockMove<number> {
   };
 }
 
+/**
+ * Returns the units `orderId` bought to available (committed → available), once: the order's entry in `returns`
+ * records it, so a redo changes nothing. Result: units returned by this move (0 when already returned).
+ */
+export function returnSale(orderId: string, qty: number): StockMove<number> {
+  return (s) => {
+    if (s === null || (s.returns !== undefined && Object.hasOwn(s.returns, orderId)))
+      return { changed: false, result: 0 };
+    // Never below zero: a return larger than what is committed means the record is not what this order left.
+    const units = Math.min(qty, s.committed);
+    s.committed -= units;
+    s.available += units;
+    const returns = { ...s.returns };
+    Object.defineProperty(returns, orderId, {
+      value: units,
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+    s.returns = returns;
+    return { changed: true, result: units };
+  };
+}
+
 /** Violations of I3 in one stock record (empty when it holds). */
 export function stockViolations(s: StockRecord): string[] {
   const out: string[] = [];
@@ -194,6 +225,7 @@ export function stockViolations(s: StockRecord): string[] {
 //                                    │         └─OrderCancelled→ released
 //                                    └→ rejected
 //   (absent) ─OrderCancelled→ released (tombstone, items [])
+//   committed ─OrderCancelled (on request, after the confirmation)→ returning ─(sold units back)→ returned
 //
 // `reserving` was written before the holds by earlier versions; it is no longer written, but a record left
 // in that state is still decided (decideReserveOnce) or released (decideRelease) as before.
@@ -254,7 +286,20 @@ export function decideRelease(r: ReservationRecord | null): ReservationRecord | 
     : Unchanged;
 }
 
+/**
+ * Marks a `committed` record `returning`: the order was cancelled after its confirmation, and its sold units go
+ * back to available (recorded before the stock moves, like a release); any other record is left as it is.
+ */
+export function decideReturn(r: ReservationRecord | null): ReservationRecord | typeof Unchanged {
+  return r?.status === "committed" ? { status: "returning", items: r.items } : Unchanged;
+}
+
+/** Marks a `returning` record `returned`, once every line's sold units are back; any other is left as it is. */
+export function finishReturn(r: ReservationRecord | null): ReservationRecord | typeof Unchanged {
+  return r?.status === "returning" ? { status: "returned", items: r.items } : Unchanged;
+}
+
 /** Statuses in which the order may hold no stock (any hold found is given back). */
 export function holdsForbidden(status: ReservationStatus): boolean {
-  return status === "rejected" || status === "released" || status === "committed";
+  return status !== "reserving" && status !== "reserved";
 }

@@ -1,4 +1,5 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
+import { isRequestedCancel } from "../../lib/events/catalog.js";
 import { makeEvent, type Envelope } from "../../lib/events/envelope.js";
 import type { HandlerContext, HandlerMap } from "../../lib/messaging/consumer.js";
 import { NonRetryableError } from "../../lib/errors.js";
@@ -12,7 +13,6 @@ import {
   kindOf,
   type NotificationKind,
   type NotifiedEvent,
-  type SentNotification,
 } from "./notification.js";
 import { readOrderPlaced, type NotificationStore } from "./store.js";
 
@@ -31,7 +31,10 @@ export interface NotificationsDeps {
   maxRemembered?: number;
 }
 
-/** An order's subject on NOTIFICATIONS records an e-mail of another kind than its outcome: two outcomes, a bug. */
+/**
+ * An order's subject on NOTIFICATIONS cannot take the e-mail: it holds a message that is no NotificationSent, or
+ * more records than an order can have. A breach no retry fixes (dead-lettered).
+ */
 export class NotificationKindConflictError extends NonRetryableError {
   override readonly name = "NotificationKindConflictError";
   constructor(orderId: string, recorded: NotificationKind, wanted: NotificationKind) {
@@ -42,27 +45,29 @@ export class NotificationKindConflictError extends NonRetryableError {
   }
 }
 
+/** Conditional appends tried before an e-mail's record gives up (retryably): each loss means another kind landed. */
+const MAX_APPEND_TRIES = 3;
+
 /**
  * The notifications handlers: e-mail the customer on OrderConfirmed and OrderCancelled, then publish
  * NotificationSent. The address is read from the order's OrderPlaced and never logged.
  *
  * NotificationSent is the record of the e-mail (no KV write): it is a conditional append to the order's own
- * subject `notifications.<orderId>.NotificationSent` (`Nats-Expected-Last-Subject-Sequence: 0`), id
- * `<orderId>:NotificationSent:<kind>`. An order has one outcome, so the subject holds at most one message.
- * Idempotent under every redelivery and crash point:
+ * subject `notifications.<orderId>.NotificationSent`, id `<orderId>:NotificationSent:<kind>`, expecting the
+ * subject's last sequence as last seen (0 on a first delivery: an order's first e-mail goes to an empty subject).
+ * The subject holds at most one message per kind: one for an order's outcome, two for an order cancelled after its
+ * confirmation (`order_confirmed`, then `order_cancelled`; in the other order if the two events were handled the
+ * other way round). Idempotent under every redelivery and crash point:
  * - crash before the provider call, or between the call and the append: the redelivery calls the provider
  *   again with the same idempotency key `<orderId>:<kind>`; the provider replays the same message id, so no
  *   second e-mail and the same event;
  * - crash after the append, before the ack: the redelivery (attempt > 1) reads the subject first and finds
  *   the record: nothing sent, nothing appended. A first delivery does not look (it has not been handled
- *   before); if another copy of the event was (a reset consumer, two replicas), the append is refused
- *   (ConcurrencyError) or de-duplicated by its id, and the record is read back: the same kind means done;
- * - another kind recorded: the order would have two outcomes, an invariant breach that no retry fixes:
- *   {@link NotificationKindConflictError}, dead-lettered.
- *
- * Round trips saved: the OrderPlaced that the consumer receives anyway (it reads the whole ORDERS stream) is
- * remembered in memory until the order's e-mail, so the address is read back from the stream only when this
- * process did not see it (a restart, another replica).
+ *   before); if another copy of the event was (a reset consumer, two replicas), or the other kind was recorded
+ *   first, the append is refused (ConcurrencyError) and the subject read back: this kind there means done;
+ *   otherwise the append is tried again at the subject's last sequence — unless this is a cancellation that is not
+ *   a request (only a request may cancel a confirmed order: a forked order, {@link NotificationKindConflictError},
+ *   dead-lettered), or the subject already holds two records.
  */
 export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
   const placed = new RecentMap<string, Envelope<"OrderPlaced">["data"]>(deps.maxRemembered ?? 50_000);
@@ -72,11 +77,14 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
     return Promise.resolve();
   };
 
-  /** Is the e-mail of `kind` recorded? Throws when another kind is. */
-  const recorded = async (orderId: string, kind: NotificationKind): Promise<SentNotification | null> => {
-    const sent = await deps.store.sent(orderId);
-    if (sent && sent.kind !== kind) throw new NotificationKindConflictError(orderId, sent.kind, kind);
-    return sent;
+  /** Only a cancellation on request may follow a confirmation (a second e-mail); any other is a forked order. */
+  const refuseForkedCancel = (
+    event: Envelope<NotifiedEvent>,
+    sent: readonly { kind: NotificationKind }[],
+  ) => {
+    if (event.type !== "OrderCancelled" || sent.length === 0) return;
+    if (isRequestedCancel((event as Envelope<"OrderCancelled">).data.reason)) return;
+    throw new NotificationKindConflictError(event.data.orderId, sent[0]!.kind, kindOf(event.type));
   };
 
   /**
@@ -107,9 +115,15 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
   const notify = async (event: Envelope<NotifiedEvent>, h: HandlerContext) => {
     const orderId = event.data.orderId;
     const kind = kindOf(event.type);
-    if (h.attempt > 1 && (await recorded(orderId, kind))) {
-      placed.delete(orderId);
-      return;
+    let expected = 0;
+    if (h.attempt > 1) {
+      const record = await deps.store.sent(orderId);
+      if (record.sent.some((n) => n.kind === kind)) {
+        placed.delete(orderId);
+        return;
+      }
+      refuseForkedCancel(event, record.sent);
+      expected = record.lastSeq;
     }
     const order = placed.get(orderId) ?? (await readOrderPlaced(deps.jsm, orderId));
     const to = await deps.personalData.reveal(order.customerId, order.email);
@@ -123,21 +137,32 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
         ? confirmedMail(order, (event as Envelope<"OrderConfirmed">).data)
         : cancelledMail(order, (event as Envelope<"OrderCancelled">).data);
     const messageId = await deps.mailer.send(to.value, orderId, kind, mail);
-    try {
-      await deps.publisher.publish(
-        makeEvent(
-          "NotificationSent",
-          { orderId, kind, messageId },
-          { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
-        ),
-        { expectLastSubjectSequence: 0 },
-      );
-      h.logger.debug({ kind, message_id: messageId }, "customer notified");
-    } catch (err) {
-      if (!(err instanceof ConcurrencyError)) throw err;
-      // Already recorded by another delivery of this outcome; a conflict with nothing there is retried.
-      if (!(await recorded(orderId, kind))) throw err;
-      h.logger.debug({ kind }, "e-mail already recorded");
+    const sentEvent = makeEvent(
+      "NotificationSent",
+      { orderId, kind, messageId },
+      { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
+    );
+    for (let i = 0; ; i++) {
+      try {
+        await deps.publisher.publish(sentEvent, { expectLastSubjectSequence: expected });
+        h.logger.debug({ kind, message_id: messageId }, "customer notified");
+        break;
+      } catch (err) {
+        if (!(err instanceof ConcurrencyError)) throw err;
+        // Already recorded by another delivery of this outcome, or the order's other e-mail landed first.
+        const record = await deps.store.sent(orderId);
+        const same = record.sent.find((n) => n.kind === kind);
+        if (same) {
+          h.logger.debug({ kind }, "e-mail already recorded");
+          break;
+        }
+        refuseForkedCancel(event, record.sent);
+        if (record.sent.length >= 2) {
+          throw new NotificationKindConflictError(orderId, record.sent[record.sent.length - 1]!.kind, kind);
+        }
+        if (i + 1 >= MAX_APPEND_TRIES) throw err;
+        expected = record.lastSeq;
+      }
     }
     placed.delete(orderId);
   };

@@ -36,6 +36,8 @@ const cancelReasons: Record<CancelReason, string> = {
   payment_declined: "the payment was declined",
   timeout: "it could not be completed in time",
   invalid_order: "it could not be processed",
+  customer_request: "you asked us to cancel it",
+  operator_request: "our customer service cancelled it",
 };
 
 /** Subject and text of the e-mail for an outcome. */

@@ -13,7 +13,10 @@ import type { SentNotification } from "./notification.js";
  */
 export const LEGACY_NOTIFICATIONS_BUCKET = "notifications";
 
-/** The subject of an order's NotificationSent: at most one message, its e-mail (`notifications.<orderId>.NotificationSent`). */
+/**
+ * The subject of an order's NotificationSent (`notifications.<orderId>.NotificationSent`): at most one message per
+ * kind — the e-mail of its outcome, and for an order cancelled after its confirmation, both.
+ */
 export const notificationSubject = (orderId: string): string =>
   subjectOf({ type: "NotificationSent", aggregate_id: orderId });
 
@@ -21,10 +24,22 @@ export const notificationSubject = (orderId: string): string =>
 export const withheldSubject = (orderId: string): string =>
   subjectOf({ type: "NotificationWithheld", aggregate_id: orderId });
 
+/** An order's e-mails as recorded on its subject, with the subject's last sequence (the next append's expectation). */
+export interface SentRecord {
+  sent: SentNotification[];
+  /** Stream sequence of the subject's last message; 0 when it has none. */
+  lastSeq: number;
+}
+
+/** At most this many messages are read from one order's subject (two kinds; more is a breach). */
+const MAX_RECORDS = 4;
+
 /**
  * E-mails sent, read from the NOTIFICATIONS stream: an order's NotificationSent is the record of its e-mail.
- * It is appended only to an empty subject (`Nats-Expected-Last-Subject-Sequence: 0`, see handlers.ts), so the
- * subject holds at most one message per order — the one e-mail of the order's single outcome.
+ * It is appended only when the subject is where the appender last saw it (`Nats-Expected-Last-Subject-Sequence`,
+ * 0 for the first e-mail, see handlers.ts), and only when no e-mail of that kind is recorded, so the subject
+ * holds at most one message per kind: the e-mail of the order's outcome, or, for an order cancelled after its
+ * confirmation, the confirmation's and the cancellation's.
  */
 export class NotificationStore {
   readonly #jsm: JetStreamManager;
@@ -33,21 +48,35 @@ export class NotificationStore {
     this.#jsm = jsm;
   }
 
-  /** The e-mail recorded for an order (its NotificationSent, direct get last_by_subj: any replica answers), or null. */
-  async sent(orderId: string): Promise<SentNotification | null> {
-    const m = await directGet(this.#jsm, Streams.NOTIFICATIONS, {
-      last_by_subj: notificationSubject(orderId),
-    });
-    if (!m) return null;
-    const event = decodeEvent(m.data);
-    if (event.type !== "NotificationSent") {
-      throw new NonRetryableError(
-        "NOTIFICATION_RECORD_INVALID",
-        `order ${orderId}: ${notificationSubject(orderId)} holds a ${event.type}`,
-      );
+  /**
+   * The e-mails recorded for an order, oldest first, and the subject's last sequence (direct gets next_by_subj:
+   * any replica answers; one read per message plus one that finds nothing).
+   */
+  async sent(orderId: string): Promise<SentRecord> {
+    const subject = notificationSubject(orderId);
+    const sent: SentNotification[] = [];
+    let lastSeq = 0;
+    for (let i = 0; i <= MAX_RECORDS; i++) {
+      const m = await directGet(this.#jsm, Streams.NOTIFICATIONS, {
+        seq: lastSeq + 1,
+        next_by_subj: subject,
+      });
+      if (!m) return { sent, lastSeq };
+      lastSeq = m.seq;
+      const event = decodeEvent(m.data);
+      if (event.type !== "NotificationSent") {
+        throw new NonRetryableError(
+          "NOTIFICATION_RECORD_INVALID",
+          `order ${orderId}: ${subject} holds a ${event.type}`,
+        );
+      }
+      const d = event.data;
+      sent.push({ orderId: d.orderId, kind: d.kind, messageId: d.messageId, sentAt: event.timestamp });
     }
-    const d = event.data;
-    return { orderId: d.orderId, kind: d.kind, messageId: d.messageId, sentAt: event.timestamp };
+    throw new NonRetryableError(
+      "NOTIFICATION_RECORD_INVALID",
+      `order ${orderId}: ${subject} holds more than ${MAX_RECORDS} messages`,
+    );
   }
 
   /** The kind of e-mail recorded as withheld for an order (its NotificationWithheld), or null. */
@@ -64,10 +93,9 @@ export class NotificationStore {
     return event.data.kind;
   }
 
-  /** Every e-mail sent for an order (zero or one). */
+  /** Every e-mail sent for an order (none, one, or two for an order cancelled after its confirmation). */
   async list(orderId: string): Promise<SentNotification[]> {
-    const n = await this.sent(orderId);
-    return n ? [n] : [];
+    return (await this.sent(orderId)).sent;
   }
 }
 

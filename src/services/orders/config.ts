@@ -10,6 +10,12 @@ export const OrdersConfig = Type.Object({
     default: 60_000,
     description: "an order still PENDING this long after it was placed is cancelled with reason timeout",
   }),
+  CANCEL_WINDOW_MS: Type.Integer({
+    minimum: 0,
+    default: 86_400_000,
+    description:
+      "a CONFIRMED order may be cancelled (POST /orders/{id}/cancel: refund and stock returned) this long after its confirmation; 409 after; 0 = only PENDING orders",
+  }),
   MAX_ORDER_LINES: Type.Integer({ minimum: 1, maximum: 100, default: 50, description: "lines per order" }),
   DEFAULT_CURRENCY: Type.String({ pattern: "^[A-Z]{3}$", default: "EUR", description: "ISO 4217 code" }),
   TIMEOUT_MAX_ACK_PENDING: Type.Integer({

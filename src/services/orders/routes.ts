@@ -56,7 +56,8 @@ export function placeOrderBody(maxLines: number, maxLineQuantity = 1000) {
 }
 type PlaceOrderBody = Static<ReturnType<typeof placeOrderBody>>;
 
-const OrderView = Type.Object({
+/** An order as the API shows it. */
+export const OrderView = Type.Object({
   orderId: Type.String(),
   status: Type.Union([Type.Literal("PENDING"), Type.Literal("CONFIRMED"), Type.Literal("CANCELLED")]),
   reason: Type.Optional(Type.String()),
@@ -74,7 +75,7 @@ const OrderView = Type.Object({
   createdAt: Type.String({ format: "date-time" }),
   updatedAt: Type.String({ format: "date-time" }),
 });
-const OrderIdParam = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN }) });
+export const OrderIdParam = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN }) });
 
 /** A new order id: time-ordered (sorts by creation) and random, subject-token safe. */
 export function newOrderId(now = Date.now()): string {
@@ -97,7 +98,7 @@ function statusView(o: Order) {
 }
 
 /** An order as GET /orders/{id} shows it: with its e-mail, or `null` and `personalData: "erased"`. */
-function view(o: Order, email: Revealed) {
+export function view(o: Order, email: Revealed) {
   return {
     ...statusView(o),
     email: email.erased ? null : email.value,
@@ -106,7 +107,7 @@ function view(o: Order, email: Revealed) {
 }
 
 /** The 401 and 403 answers of an authenticated route. */
-const authResponses = {
+export const authResponses = {
   401: {
     ...problemResponse(
       "No bearer token, or one that is not valid (expired, wrong audience or signature, `alg: none`)",
@@ -131,7 +132,7 @@ function customerMismatch(): ProblemError {
 }
 
 /** 404 for an order that does not exist or is not the caller's: the two are answered alike (no existence oracle). */
-function orderNotFound(orderId: string): ProblemError {
+export function orderNotFound(orderId: string): ProblemError {
   return new ProblemError(404, "order-not-found", "Not Found", `no order ${orderId}`);
 }
 

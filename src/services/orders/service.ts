@@ -14,6 +14,7 @@ import { LiveStreams } from "./live.js";
 import { OrdersConfig } from "./config.js";
 import { SkuQuota } from "./limits.js";
 import { sagaHandlers, timeoutHandlers } from "./handlers.js";
+import { registerCancelRoute } from "./cancel-route.js";
 import { registerOrderRoutes } from "./routes.js";
 import { registerPersonalDataRoutes } from "./personal-data.js";
 import { CUSTOMER_KEYS_BUCKET, CUSTOMER_KEYS_DESCRIPTION, CustomerKeys } from "../../lib/pii/keys.js";
@@ -113,7 +114,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
             title: "ShopStream orders API",
             version: "1.0.0",
             description:
-              "Place and read orders. Every call carries `Authorization: Bearer <JWT>` (docs/security.md). Errors are application/problem+json (RFC 9457).",
+              "Place, read and cancel orders. Every call carries `Authorization: Bearer <JWT>` (docs/security.md). Errors are application/problem+json (RFC 9457).",
           },
           components: { securitySchemes: bearerSecurityScheme },
         },
@@ -134,12 +135,13 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
       ctx.app.addHook("preClose", async () => live.closeAll());
       // Per-customer rate limit of POST /orders (in memory, per replica); routes opt in by their config.
       await ctx.app.register(rateLimit, { global: false });
+      const personalData = new PersonalData(keys);
       registerOrderRoutes(ctx.app, {
         store,
         catalog,
         idempotency: new IdempotencyKeys(requestsKv),
         customers: new CustomerIndex(customersKv),
-        personalData: new PersonalData(keys),
+        personalData,
         logger: ctx.logger,
         timeoutMs: ctx.config.ORDER_TIMEOUT_MS,
         maxLines: ctx.config.MAX_ORDER_LINES,
@@ -154,6 +156,12 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
         },
       });
       registerPersonalDataRoutes(ctx.app, { keys, logger: ctx.logger });
+      registerCancelRoute(ctx.app, {
+        store,
+        personalData,
+        logger: ctx.logger,
+        windowMs: ctx.config.CANCEL_WINDOW_MS,
+      });
       ctx.app.get("/openapi.json", { schema: { hide: true }, config: { auth: "none" } }, async () =>
         ctx.app.swagger(),
       );
