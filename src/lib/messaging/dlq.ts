@@ -129,6 +129,16 @@ export interface AttemptRecord {
   error: string;
 }
 
+/** Headers a direct get adds to the stored message (nats-server's JSApiMsgGet reply), not part of the entry. */
+const DIRECT_GET_HEADERS = new Set([
+  "Nats-Stream",
+  "Nats-Sequence",
+  "Nats-Subject",
+  "Nats-Time-Stamp",
+  "Nats-Last-Sequence",
+  "Nats-Num-Pending",
+]);
+
 function parseHistory(values: string[]): AttemptRecord[] {
   const out: AttemptRecord[] = [];
   for (const v of values) {
@@ -151,7 +161,9 @@ function parseHistory(values: string[]): AttemptRecord[] {
 function toDeadLetter(m: StoredMsg): DeadLetter {
   const g = (k: string) => m.header.get(k);
   const headers: Record<string, string> = {};
-  for (const k of m.header.keys()) headers[k] = m.header.get(k);
+  // The event's own headers and the DLQ's; not the Nats-* ones a direct get adds (stream, sequence, time), so an
+  // entry reads the same whether it was listed (direct get) or inspected (a get through the stream leader).
+  for (const k of m.header.keys()) if (!DIRECT_GET_HEADERS.has(k)) headers[k] = m.header.get(k);
   const redrives = Number(g(Hdr.RedriveCount));
   return {
     dlqSequence: m.seq,
@@ -325,7 +337,9 @@ export async function redriveDeadLetter(
     attempts: dl.attempts,
     error: dl.error.slice(0, 256),
   };
-  h.append(Hdr.RedriveHistory, JSON.stringify(record));
+  // A message stored without its body was too large to carry the DLQ's headers: it has no room for a history
+  // either (its redrive count still travels), so a message near the size limit is republished whole.
+  if (!dl.bodyOmitted) h.append(Hdr.RedriveHistory, JSON.stringify(record));
   let data = m.data;
   if (dl.bodyOmitted) {
     const original = await jsm.streams.getMessage(dl.stream, { seq: dl.sequence }).catch(() => null);
