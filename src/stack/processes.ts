@@ -114,6 +114,17 @@ export const stackProcesses: readonly StackProcess[] = [
     metrics: true,
   },
   {
+    name: "console",
+    kind: "service",
+    tier: 1,
+    role: "operations console (web UI)",
+    source: "src/services/console/main.ts",
+    compiled: "dist/services/console/main.js",
+    portEnv: "CONSOLE_PORT",
+    defaultPort: defaultPorts.console,
+    readyPath: "/ready",
+    metrics: true,
+  },  {
     name: "orders",
     kind: "service",
     tier: 2,
@@ -125,18 +136,7 @@ export const stackProcesses: readonly StackProcess[] = [
     readyPath: "/ready",
     metrics: true,
   },
-  {
-    name: "console",
-    kind: "service",
-    tier: 2,
-    role: "operations console (web UI)",
-    source: "src/services/console/main.ts",
-    compiled: "dist/services/console/main.js",
-    portEnv: "CONSOLE_PORT",
-    defaultPort: defaultPorts.console,
-    readyPath: "/ready",
-    metrics: true,
-  },
+
 ];
 
 /** The row of {@link stackProcesses} named `name`. */
