@@ -124,7 +124,8 @@ export const stackProcesses: readonly StackProcess[] = [
     defaultPort: defaultPorts.console,
     readyPath: "/ready",
     metrics: true,
-  },  {
+  },
+  {
     name: "orders",
     kind: "service",
     tier: 2,
@@ -136,7 +137,6 @@ export const stackProcesses: readonly StackProcess[] = [
     readyPath: "/ready",
     metrics: true,
   },
-
 ];
 
 /** The row of {@link stackProcesses} named `name`. */
