@@ -54,7 +54,8 @@ export function decode(control: RunnerControl, opts: DecodeOptions = {}): Middle
         { code: error.code, attempt: d.attempt },
         `${error.message}; kept for a replica that reads it (handed back on stop)`,
       );
-      await control.delay(deadline - Date.now());
+      // A timer may fire a millisecond before Date.now() reaches the deadline: wait out the rest, not hand back.
+      while (Date.now() < deadline && !control.stopping) await control.delay(deadline - Date.now() + 1);
       if (control.stopping) return HAND_BACK;
     }
     if (Date.now() < deadline) return HAND_BACK;
