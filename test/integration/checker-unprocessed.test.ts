@@ -110,7 +110,12 @@ void describe("waitForDrain", () => {
         { aggregateId: "d-1", source: "orders" },
       ),
     );
-    const r = await waitForDrain(rig.jsm, { timeoutMs: 10_000 });
+    // The audit is a projector without a durable: its progress is known from /audit/positions only.
+    const r = await waitForDrain(rig.jsm, {
+      timeoutMs: 10_000,
+      auditUrl: rig.urls.audit,
+      authorization: rig.authorization,
+    });
     assert.equal(r.drained, true);
     // Inventory reserved (and published StockReserved), audit recorded both events: nothing was left in flight.
     const stock = await rig.stockOf("SKU-B");
