@@ -55,7 +55,7 @@ export function decode(control: RunnerControl, opts: DecodeOptions = {}): Middle
         `${error.message}; kept for a replica that reads it (handed back on stop)`,
       );
       // A timer may fire a millisecond before Date.now() reaches the deadline: wait out the rest, not hand back.
-      while (Date.now() < deadline && !control.stopping) await control.delay(deadline - Date.now() + 1);
+      while (Date.now() < deadline && !control.stopping) await control.delay(deadline - Date.now());
       if (control.stopping) return HAND_BACK;
     }
     if (Date.now() < deadline) return HAND_BACK;
