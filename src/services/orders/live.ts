@@ -13,58 +13,19 @@
  * `maxLifetimeMs` (the client reconnects with its Last-Event-ID), at most `maxPerCustomer` streams are open per
  * customer (429 beyond), and everything is released when the client goes away or the service stops.
  */
-import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { FastifyReply } from "fastify";
 import { Gauge, type Registry } from "prom-client";
-import { decodeEvent, isEventDecodeError, Streams, type AnyEnvelope } from "../../lib/events/mod.js";
-import { directGet } from "../../lib/messaging/direct.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
 import { evolve, type Order } from "./order.js";
+import { readOrderEvents, type SequencedEvent } from "./store.js";
 
-/** One event of an order with its stream sequence. */
-export interface SequencedEvent {
-  seq: number;
-  event: AnyEnvelope;
-}
+export type { SequencedEvent };
 
 /** Is `o` in a state no event changes any more? */
 export function isTerminal(o: Order | null): boolean {
   return o?.status === "CONFIRMED" || o?.status === "CANCELLED";
-}
-
-/**
- * Reads the events of `orderId` stored after sequence `after`, in order (messages that are not valid events, and
- * an event stored twice, are skipped). Returns them with the last sequence read (`after` when there is none).
- */
-export async function readOrderEvents(
-  jsm: JetStreamManager,
-  orderId: string,
-  after: number,
-  seen: Set<string> = new Set(),
-): Promise<{ events: SequencedEvent[]; last: number }> {
-  const subject = `orders.${orderId}`;
-  const events: SequencedEvent[] = [];
-  let last = after;
-  for (;;) {
-    const m: StoredMsg | null = await directGet(jsm, Streams.ORDERS, {
-      seq: last + 1,
-      next_by_subj: subject,
-    });
-    if (!m) break;
-    last = m.seq;
-    let e: AnyEnvelope;
-    try {
-      e = decodeEvent(m.data);
-    } catch (err) {
-      if (isEventDecodeError(err)) continue;
-      throw err;
-    }
-    if (seen.has(e.id)) continue;
-    seen.add(e.id);
-    events.push({ seq: m.seq, event: e });
-  }
-  return { events, last };
 }
 
 /** Settings of the live streams. */

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import {
   decodeEvent,
   isEventDecodeError,
@@ -13,6 +13,46 @@ import { directGet } from "../../lib/messaging/direct.js";
 import { RecentMap } from "../../lib/recent-map.js";
 import { ConcurrencyError, type Publisher } from "../../lib/messaging/publisher.js";
 import { evolve, type Order } from "./order.js";
+
+/** One event of an order with its stream sequence. */
+export interface SequencedEvent {
+  seq: number;
+  event: AnyEnvelope;
+}
+
+/**
+ * Reads the events of `orderId` stored after sequence `after`, in order (messages that are not valid events, and
+ * an event stored twice, are skipped). Returns them with the last sequence read (`after` when there is none).
+ */
+export async function readOrderEvents(
+  jsm: JetStreamManager,
+  orderId: string,
+  after: number,
+  seen: Set<string> = new Set(),
+): Promise<{ events: SequencedEvent[]; last: number }> {
+  const subject = `orders.${orderId}`;
+  const events: SequencedEvent[] = [];
+  let last = after;
+  for (;;) {
+    const m = await directGet(jsm, Streams.ORDERS, {
+      seq: last + 1,
+      next_by_subj: subject,
+    });
+    if (!m) break;
+    last = m.seq;
+    let e: AnyEnvelope;
+    try {
+      e = decodeEvent(m.data);
+    } catch (err) {
+      if (isEventDecodeError(err)) continue;
+      throw err;
+    }
+    if (seen.has(e.id)) continue;
+    seen.add(e.id);
+    events.push({ seq: m.seq, event: e });
+  }
+  return { events, last };
+}
 
 /** An order with the stream sequence of its last event: the expected version of the next append. */
 export interface LoadedOrder {
@@ -74,35 +114,10 @@ export class OrderStore {
    * twice (the same id under another message id) is applied once; both still count for the version.
    */
   async load(orderId: string): Promise<LoadedOrder> {
-    const subject = `orders.${orderId}`;
-    const events: AnyEnvelope[] = [];
-    const seen = new Set<string>();
-    let order: Order | null = null;
-    let version = 0;
-    let seq = 1;
-    for (;;) {
-      const m = await this.#next(subject, seq);
-      if (!m) break;
-      version = m.seq;
-      seq = m.seq + 1;
-      let e: AnyEnvelope;
-      try {
-        e = decodeEvent(m.data);
-      } catch (err) {
-        if (isEventDecodeError(err)) continue;
-        throw err;
-      }
-      if (seen.has(e.id)) continue;
-      seen.add(e.id);
-      events.push(e);
-      order = evolve(order, e);
-    }
+    const { events, last: version } = await readOrderEvents(this.jsm, orderId, 0);
+    const order = events.reduce<Order | null>((o, { event }) => evolve(o, event), null);
     this.#remember(orderId, order, version);
-    return { order, version, events };
-  }
-
-  #next(subject: string, seq: number): Promise<StoredMsg | null> {
-    return directGet(this.jsm, Streams.ORDERS, { seq, next_by_subj: subject });
+    return { order, version, events: events.map(({ event }) => event) };
   }
 
   /**
