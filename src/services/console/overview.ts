@@ -11,42 +11,9 @@ import { Hdr } from "../../lib/messaging/headers.js";
 import { DISCARD_SUBJECT_PREFIX } from "../../lib/messaging/dlq.js";
 import { ALL_STREAMS } from "../../lib/messaging/permissions.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
+import type { BreakerRow, ConsumerRow, OverviewSample } from "./api-types.js";
 
-/** One durable consumer as the console shows it. */
-export interface ConsumerRow {
-  stream: string;
-  durable: string;
-  pending: number;
-  ackPending: number;
-  /** pending + ack pending. */
-  lag: number;
-  redelivered: number;
-  /** Messages acknowledged per second over the last samples. */
-  ackRate: number;
-  /** lag / ack rate, in seconds; null when nothing is being acknowledged (or nothing to clear: 0). */
-  etaSeconds: number | null;
-  /** Paused by an operator (the consumer-control bucket): who and when; null when it is not. */
-  paused: { by: string; at: string } | null;
-}
-
-/** A breaker of an external dependency: 0 closed, 1 open, 2 half-open; null when its service did not answer. */
-export interface BreakerRow {
-  dependency: string;
-  service: string;
-  state: "closed" | "open" | "half-open" | "unknown";
-}
-
-/** One overview sample. */
-export interface OverviewSample {
-  at: string;
-  rates: { placed: number; confirmed: number; cancelled: number };
-  /** POST → terminal over the last minute, in milliseconds (null: no order finished). */
-  latency: { p50: number | null; p99: number | null; count: number };
-  consumers: ConsumerRow[];
-  breakers: BreakerRow[];
-  dlqDepth: number;
-  streams: { name: string; messages: number; bytes: number }[];
-}
+export type { BreakerRow, ConsumerRow, OverviewSample };
 
 const TERMINAL = new Set(["OrderConfirmed", "OrderCancelled"]);
 

@@ -23,6 +23,7 @@ import { ORDER_ID_PATTERN } from "../../lib/ids.js";
 import { FaultPatchSchema } from "../../simulators/shared.js";
 import { maskPersonalData } from "./mask.js";
 import type { OverviewSample, OverviewSampler } from "./overview.js";
+import type { Session } from "./api-types.js";
 import { upstream } from "./upstream.js";
 import type { ConsoleConfig } from "./config.js";
 
@@ -135,7 +136,7 @@ export function registerConsoleRoutes(app: FastifyInstance, d: ConsoleRouteDeps)
   app.get(
     "/api/session",
     { schema: { ...common, summary: "Who is signed in, and what the console offers" } },
-    async (req) => ({
+    async (req): Promise<Session> => ({
       sub: principalOf(req).sub,
       devControls: c.CONSOLE_DEV_CONTROLS,
       maxRedrives: c.CONSOLE_MAX_REDRIVES,
