@@ -81,11 +81,13 @@ void describe("notifications handler", () => {
 
   function harness() {
     // The NOTIFICATIONS stream: an order subject's NotificationSent records, each with its sequence; an append
-    // succeeds only when it expects the subject's last sequence. At most one NotificationWithheld per order.
+    // succeeds only when it expects the subject's last sequence. NotificationWithheld records likewise, on their own
+    // subject (the sequence is the stream's, shared by both).
     const records = new Map<string, { seq: number; e: Envelope<"NotificationSent"> }[]>();
     let seq = 0;
     const lastSeqOf = (o: string) => records.get(o)?.at(-1)?.seq ?? 0;
-    const withheld = new Map<string, Envelope<"NotificationWithheld">>();
+    const withheld = new Map<string, { seq: number; e: Envelope<"NotificationWithheld"> }[]>();
+    const lastWithheldSeqOf = (o: string) => withheld.get(o)?.at(-1)?.seq ?? 0;
     // The customer's data key (the key bucket): the OrderPlaced carries the address sealed under it.
     const keys: { current: DataKey | null } = { current: newDataKey() };
     const sends: { to: string; key: string }[] = [];
@@ -97,7 +99,10 @@ void describe("notifications handler", () => {
         sent: (records.get(o) ?? []).map((r) => ({ ...r.e.data, sentAt: r.e.timestamp })),
         lastSeq: lastSeqOf(o),
       }),
-      withheld: async (o: string) => withheld.get(o)?.data.kind ?? null,
+      withheld: async (o: string) => ({
+        kinds: (withheld.get(o) ?? []).map((r) => r.e.data.kind),
+        lastSeq: lastWithheldSeqOf(o),
+      }),
     };
     const personalData = {
       reveal: async (customerId: string, stored: string) => revealWith(keys.current, customerId, stored),
@@ -113,12 +118,14 @@ void describe("notifications handler", () => {
         assert.equal(typeof o.expectLastSubjectSequence, "number", `${e.type} is a conditional append`);
         const subject = `notifications.${e.aggregate_id}.${e.type}`;
         if (e.type === "NotificationWithheld") {
-          assert.equal(o.expectLastSubjectSequence, 0, "NotificationWithheld appends to an empty subject");
-          if (withheld.has(e.aggregate_id)) {
+          if (lastWithheldSeqOf(e.aggregate_id) !== o.expectLastSubjectSequence) {
             conflicts.push(e.id);
-            throw new ConcurrencyError(subject, 0);
+            throw new ConcurrencyError(subject, o.expectLastSubjectSequence!);
           }
-          withheld.set(e.aggregate_id, e as Envelope<"NotificationWithheld">);
+          withheld.set(e.aggregate_id, [
+            ...(withheld.get(e.aggregate_id) ?? []),
+            { seq: ++seq, e: e as Envelope<"NotificationWithheld"> },
+          ]);
           published.push(e);
           return;
         }
@@ -316,6 +323,40 @@ void describe("notifications handler", () => {
     assert.equal(e.causation_id, event.id);
     assert.deepEqual(h.conflicts, ["o1:NotificationWithheld:order_cancelled"]);
     assert.match(h.lines.join(""), /e-mail withheld/);
+  });
+
+  void it("an erased customer's order cancelled on request after its confirmation: both e-mails withheld, no conflict", async () => {
+    const h = harness();
+    await h.handlers.OrderPlaced!(h.orderPlaced, h.ctx);
+    h.keys.current = null;
+    await h.handlers.OrderConfirmed!(confirmedO1(), h.ctx);
+    const cancel = cancelledO1("customer_request");
+    await h.handlers.OrderCancelled!(cancel, h.ctx);
+    await h.handlers.OrderCancelled!(cancel, { ...h.ctx, attempt: 2 }); // a redelivery appends nothing more
+    assert.deepEqual(h.sends, []);
+    assert.deepEqual(
+      h.published.map((e) => e.id),
+      ["o1:NotificationWithheld:order_confirmed", "o1:NotificationWithheld:order_cancelled"],
+    );
+    assert.deepEqual(
+      (h.withheld.get("o1") ?? []).map((r) => r.e.data.kind),
+      ["order_confirmed", "order_cancelled"],
+    );
+  });
+
+  void it("an erased customer's order cancelled without a request after its confirmation is a forked order: refused", async () => {
+    const h = harness();
+    await h.handlers.OrderPlaced!(h.orderPlaced, h.ctx);
+    h.keys.current = null;
+    await h.handlers.OrderConfirmed!(confirmedO1(), h.ctx);
+    await assert.rejects(
+      h.handlers.OrderCancelled!(cancelledO1("timeout"), h.ctx),
+      (err: Error) => err.name === "NotificationKindConflictError",
+    );
+    assert.deepEqual(
+      h.published.map((e) => e.id),
+      ["o1:NotificationWithheld:order_confirmed"],
+    );
   });
 
   void it("a customer with a new key since the erasure: the old order's address stays unreadable", async () => {

@@ -18,7 +18,7 @@ import { readOrderPlaced, type NotificationStore } from "./store.js";
 
 /** What the notifications handler needs. */
 export interface NotificationsDeps {
-  /** Reads an order's NotificationSent (or NotificationWithheld) back (only on a redelivery or a lost append). */
+  /** Reads an order's NotificationSent (or NotificationWithheld) records back (only on a redelivery or a lost append). */
   store: Pick<NotificationStore, "sent" | "withheld">;
   /** Opens the sealed e-mail address with the customer's data key (crypto-shredding: src/lib/pii). */
   personalData: Pick<PersonalData, "reveal">;
@@ -40,7 +40,7 @@ export class NotificationKindConflictError extends NonRetryableError {
   constructor(orderId: string, recorded: NotificationKind, wanted: NotificationKind) {
     super(
       "NOTIFICATION_KIND_CONFLICT",
-      `order ${orderId}: NotificationSent ${recorded} already recorded, cannot record ${wanted}`,
+      `order ${orderId}: an e-mail ${recorded} already recorded, cannot record ${wanted}`,
     );
   }
 }
@@ -78,38 +78,53 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
   };
 
   /** Only a cancellation on request may follow a confirmation (a second e-mail); any other is a forked order. */
-  const refuseForkedCancel = (
-    event: Envelope<NotifiedEvent>,
-    sent: readonly { kind: NotificationKind }[],
-  ) => {
-    if (event.type !== "OrderCancelled" || sent.length === 0) return;
+  const refuseForkedCancel = (event: Envelope<NotifiedEvent>, recorded: readonly NotificationKind[]) => {
+    if (event.type !== "OrderCancelled" || recorded.length === 0) return;
     if (isRequestedCancel((event as Envelope<"OrderCancelled">).data.reason)) return;
-    throw new NotificationKindConflictError(event.data.orderId, sent[0]!.kind, kindOf(event.type));
+    throw new NotificationKindConflictError(event.data.orderId, recorded[0]!, kindOf(event.type));
   };
 
   /**
-   * The customer's personal data was erased, so there is no address to write to: the outcome is recorded as
-   * NotificationWithheld, a conditional append to the order's own subject like NotificationSent (one per order,
-   * idempotent under redelivery), never a retry or a dead letter.
+   * Appends an order's record of `kind` (its NotificationSent or NotificationWithheld) to the record's subject,
+   * expecting the subject's last sequence `expected`. A refused append reads the subject back: this kind there means
+   * done (another delivery recorded it); otherwise it is tried again at the subject's last sequence — unless this
+   * is a cancellation that is not a request after a confirmation (a forked order), or the subject already holds two
+   * records ({@link NotificationKindConflictError}, dead-lettered).
    */
-  const withhold = async (event: Envelope<NotifiedEvent>, kind: NotificationKind, h: HandlerContext) => {
+  const record = async (
+    event: Envelope<NotifiedEvent>,
+    recordEvent: Envelope,
+    expected: number,
+    read: () => Promise<{ kinds: NotificationKind[]; lastSeq: number }>,
+    h: HandlerContext,
+  ): Promise<void> => {
     const orderId = event.data.orderId;
-    try {
-      await deps.publisher.publish(
-        makeEvent(
-          "NotificationWithheld",
-          { orderId, kind, reason: "personal_data_erased" },
-          { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
-        ),
-        { expectLastSubjectSequence: 0 },
-      );
-      h.logger.info({ kind }, "e-mail withheld: the customer's personal data was erased");
-    } catch (err) {
-      if (!(err instanceof ConcurrencyError)) throw err;
-      const recordedKind = await deps.store.withheld(orderId);
-      if (recordedKind === null) throw err;
-      if (recordedKind !== kind) throw new NotificationKindConflictError(orderId, recordedKind, kind);
+    const kind = kindOf(event.type);
+    for (let i = 0; ; i++) {
+      try {
+        await deps.publisher.publish(recordEvent, { expectLastSubjectSequence: expected });
+        return;
+      } catch (err) {
+        if (!(err instanceof ConcurrencyError)) throw err;
+        // Already recorded by another delivery of this outcome, or the order's other e-mail landed first.
+        const recorded = await read();
+        if (recorded.kinds.includes(kind)) {
+          h.logger.debug({ kind, record: recordEvent.type }, "e-mail already recorded");
+          return;
+        }
+        refuseForkedCancel(event, recorded.kinds);
+        if (recorded.kinds.length >= 2) {
+          throw new NotificationKindConflictError(orderId, recorded.kinds[recorded.kinds.length - 1]!, kind);
+        }
+        if (i + 1 >= MAX_APPEND_TRIES) throw err;
+        expected = recorded.lastSeq;
+      }
     }
+  };
+
+  const sentKinds = async (orderId: string) => {
+    const r = await deps.store.sent(orderId);
+    return { kinds: r.sent.map((n) => n.kind), lastSeq: r.lastSeq };
   };
 
   const notify = async (event: Envelope<NotifiedEvent>, h: HandlerContext) => {
@@ -117,18 +132,26 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
     const kind = kindOf(event.type);
     let expected = 0;
     if (h.attempt > 1) {
-      const record = await deps.store.sent(orderId);
-      if (record.sent.some((n) => n.kind === kind)) {
+      const recorded = await sentKinds(orderId);
+      if (recorded.kinds.includes(kind)) {
         placed.delete(orderId);
         return;
       }
-      refuseForkedCancel(event, record.sent);
-      expected = record.lastSeq;
+      refuseForkedCancel(event, recorded.kinds);
+      expected = recorded.lastSeq;
     }
     const order = placed.get(orderId) ?? (await readOrderPlaced(deps.jsm, orderId));
     const to = await deps.personalData.reveal(order.customerId, order.email);
     if (to.erased) {
-      await withhold(event, kind, h);
+      // No address to write to: the outcome is recorded as NotificationWithheld on the order's own subject (one per
+      // kind, like NotificationSent; idempotent under redelivery), never a retry or a dead letter.
+      const withheld = makeEvent(
+        "NotificationWithheld",
+        { orderId, kind, reason: "personal_data_erased" },
+        { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
+      );
+      await record(event, withheld, 0, () => deps.store.withheld(orderId), h);
+      h.logger.info({ kind }, "e-mail withheld: the customer's personal data was erased");
       placed.delete(orderId);
       return;
     }
@@ -142,28 +165,8 @@ export function notificationHandlers(deps: NotificationsDeps): HandlerMap {
       { orderId, kind, messageId },
       { aggregateId: orderId, source: deps.source, cause: event, idSuffix: kind },
     );
-    for (let i = 0; ; i++) {
-      try {
-        await deps.publisher.publish(sentEvent, { expectLastSubjectSequence: expected });
-        h.logger.debug({ kind, message_id: messageId }, "customer notified");
-        break;
-      } catch (err) {
-        if (!(err instanceof ConcurrencyError)) throw err;
-        // Already recorded by another delivery of this outcome, or the order's other e-mail landed first.
-        const record = await deps.store.sent(orderId);
-        const same = record.sent.find((n) => n.kind === kind);
-        if (same) {
-          h.logger.debug({ kind }, "e-mail already recorded");
-          break;
-        }
-        refuseForkedCancel(event, record.sent);
-        if (record.sent.length >= 2) {
-          throw new NotificationKindConflictError(orderId, record.sent[record.sent.length - 1]!.kind, kind);
-        }
-        if (i + 1 >= MAX_APPEND_TRIES) throw err;
-        expected = record.lastSeq;
-      }
-    }
+    await record(event, sentEvent, expected, () => sentKinds(orderId), h);
+    h.logger.debug({ kind, message_id: messageId }, "customer notified");
     placed.delete(orderId);
   };
 

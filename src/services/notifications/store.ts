@@ -2,7 +2,7 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { NonRetryableError } from "../../lib/errors.js";
 import { Streams, type EventData, type NotificationKind } from "../../lib/events/catalog.js";
 import { decodeEvent } from "../../lib/events/codec.js";
-import { subjectOf } from "../../lib/events/envelope.js";
+import { subjectOf, type Envelope } from "../../lib/events/envelope.js";
 import { directGet } from "../../lib/messaging/direct.js";
 import type { SentNotification } from "./notification.js";
 
@@ -20,7 +20,10 @@ export const LEGACY_NOTIFICATIONS_BUCKET = "notifications";
 export const notificationSubject = (orderId: string): string =>
   subjectOf({ type: "NotificationSent", aggregate_id: orderId });
 
-/** The subject of an order's NotificationWithheld: at most one message, its e-mail withheld after an erasure. */
+/**
+ * The subject of an order's NotificationWithheld: at most one message per kind, an e-mail withheld because the
+ * customer's personal data was erased.
+ */
 export const withheldSubject = (orderId: string): string =>
   subjectOf({ type: "NotificationWithheld", aggregate_id: orderId });
 
@@ -30,6 +33,16 @@ export interface SentRecord {
   /** Stream sequence of the subject's last message; 0 when it has none. */
   lastSeq: number;
 }
+
+/** An order's withheld e-mails as recorded on its subject, with the subject's last sequence. */
+export interface WithheldRecord {
+  kinds: NotificationKind[];
+  /** Stream sequence of the subject's last message; 0 when it has none. */
+  lastSeq: number;
+}
+
+/** The two records of an order's e-mails, each on its own subject. */
+type RecordType = "NotificationSent" | "NotificationWithheld";
 
 /** At most this many messages are read from one order's subject (two kinds; more is a breach). */
 const MAX_RECORDS = 4;
@@ -53,44 +66,56 @@ export class NotificationStore {
    * any replica answers; one read per message plus one that finds nothing).
    */
   async sent(orderId: string): Promise<SentRecord> {
-    const subject = notificationSubject(orderId);
-    const sent: SentNotification[] = [];
+    const { records, lastSeq } = await this.#read(orderId, "NotificationSent");
+    return {
+      sent: records.map(({ event: e }) => ({
+        orderId: e.data.orderId,
+        kind: e.data.kind,
+        messageId: e.data.messageId,
+        sentAt: e.timestamp,
+      })),
+      lastSeq,
+    };
+  }
+
+  /**
+   * The kinds of e-mail recorded as withheld for an order (its NotificationWithheld records: one per kind, like
+   * NotificationSent — two for an erased customer's order cancelled after its confirmation), with the subject's
+   * last sequence.
+   */
+  async withheld(orderId: string): Promise<WithheldRecord> {
+    const { records, lastSeq } = await this.#read(orderId, "NotificationWithheld");
+    return { kinds: records.map(({ event }) => event.data.kind), lastSeq };
+  }
+
+  /** The records of `type` on an order's subject, oldest first, with the subject's last sequence (0: none). */
+  async #read<T extends RecordType>(
+    orderId: string,
+    type: T,
+  ): Promise<{ records: { event: Envelope<T> }[]; lastSeq: number }> {
+    const subject = subjectOf({ type, aggregate_id: orderId });
+    const records: { event: Envelope<T> }[] = [];
     let lastSeq = 0;
     for (let i = 0; i <= MAX_RECORDS; i++) {
       const m = await directGet(this.#jsm, Streams.NOTIFICATIONS, {
         seq: lastSeq + 1,
         next_by_subj: subject,
       });
-      if (!m) return { sent, lastSeq };
+      if (!m) return { records, lastSeq };
       lastSeq = m.seq;
       const event = decodeEvent(m.data);
-      if (event.type !== "NotificationSent") {
+      if (event.type !== type) {
         throw new NonRetryableError(
           "NOTIFICATION_RECORD_INVALID",
           `order ${orderId}: ${subject} holds a ${event.type}`,
         );
       }
-      const d = event.data;
-      sent.push({ orderId: d.orderId, kind: d.kind, messageId: d.messageId, sentAt: event.timestamp });
+      records.push({ event: event as Envelope<T> });
     }
     throw new NonRetryableError(
       "NOTIFICATION_RECORD_INVALID",
       `order ${orderId}: ${subject} holds more than ${MAX_RECORDS} messages`,
     );
-  }
-
-  /** The kind of e-mail recorded as withheld for an order (its NotificationWithheld), or null. */
-  async withheld(orderId: string): Promise<NotificationKind | null> {
-    const m = await directGet(this.#jsm, Streams.NOTIFICATIONS, { last_by_subj: withheldSubject(orderId) });
-    if (!m) return null;
-    const event = decodeEvent(m.data);
-    if (event.type !== "NotificationWithheld") {
-      throw new NonRetryableError(
-        "NOTIFICATION_RECORD_INVALID",
-        `order ${orderId}: ${withheldSubject(orderId)} holds a ${event.type}`,
-      );
-    }
-    return event.data.kind;
   }
 
   /** Every e-mail sent for an order (none, one, or two for an order cancelled after its confirmation). */
