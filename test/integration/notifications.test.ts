@@ -22,6 +22,9 @@ import { deadLettersOf, theDeadLetterOf } from "../helpers/dead-letters.js";
 import { eventually } from "../helpers/eventually.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
 import { AUTH_ENV, operatorFetch } from "../helpers/auth.js";
+import { openBucket } from "../../src/lib/kv.js";
+import { CUSTOMER_KEYS_BUCKET, CustomerKeys } from "../../src/lib/pii/keys.js";
+import { PersonalData } from "../../src/lib/pii/personal-data.js";
 
 const HALF_OPEN_MS = 800;
 
@@ -294,6 +297,49 @@ void describe("notifications service", () => {
     const streams: string[] = [];
     for await (const name of jsm.streams.names()) streams.push(name);
     assert.ok(!streams.includes("KV_notifications"), "no sent-record bucket is created");
+  });
+
+  void it("an erased customer's order, confirmed then cancelled on request: two NotificationWithheld, no e-mail, no dead letter", async () => {
+    const orderId = newOrderId("erased");
+    const customerId = `cus_${randomUUID().slice(0, 8)}`;
+    const personal = new PersonalData(new CustomerKeys(await openBucket(nc, CUSTOMER_KEYS_BUCKET)));
+    const email = await personal.seal(customerId, emailOf(orderId));
+    await publisher.publish(
+      makeEvent(
+        "OrderPlaced",
+        {
+          orderId,
+          customerId,
+          email,
+          items: [{ sku: "sku-1", quantity: 2, unitPrice: 625 }],
+          total: 1250,
+          currency: "EUR",
+          placedAt: new Date().toISOString(),
+          timeoutAt: new Date(Date.now() + 30_000).toISOString(),
+        },
+        { aggregateId: orderId, source: "orders" },
+      ),
+    );
+    assert.equal(await personal.keys.erase(customerId), true);
+    await confirm(orderId);
+    const withheld = (kinds: string[]) =>
+      sent.waitUntil(`NotificationWithheld ${kinds.join(", ")} for ${orderId}`, () =>
+        kinds.every((k) => sent.of("NotificationWithheld", orderId).some((e) => e.data.kind === k)),
+      );
+    await withheld(["order_confirmed"]);
+    await publisher.publish(
+      makeEvent(
+        "OrderCancelled",
+        { orderId, reason: "customer_request" },
+        { aggregateId: orderId, source: "orders" },
+      ),
+    );
+    await withheld(["order_confirmed", "order_cancelled"]);
+    await drained();
+    const info = await jsm.streams.info("NOTIFICATIONS", { subjects_filter: `notifications.${orderId}.>` });
+    assert.deepEqual(info.state.subjects, { [`notifications.${orderId}.NotificationWithheld`]: 2 });
+    assert.deepEqual(await messages(orderId), [], "no e-mail");
+    assert.deepEqual(await deadLettersOf(jsm, [orderId]), [], "nothing dead-lettered");
   });
 
   void it("pauses during a mail provider outage and sends everything once it recovers", async () => {
