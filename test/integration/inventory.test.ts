@@ -32,10 +32,17 @@ import {
   decideReturn,
   returnSale,
   stockViolations,
+  unpublishedAdjustments,
   type ReservationRecord,
   type StockRecord,
 } from "../../src/services/inventory/inventory.js";
-import { ORDERS_CONSUMER, definition } from "../../src/services/inventory/service.js";
+import {
+  ORDERS_CONSUMER,
+  adjustmentOutboxOf,
+  definition,
+  storeOf,
+} from "../../src/services/inventory/service.js";
+import { adjustmentEvent } from "../../src/services/inventory/adjustments.js";
 import { eventually } from "../helpers/eventually.js";
 import { connectTo, startNatsServer, type NatsServer } from "../helpers/nats.js";
 import { AUTH_ENV, operatorFetch } from "../helpers/auth.js";
@@ -120,6 +127,8 @@ const testCatalog = {
     item("T-WAIT", 4),
     item("T-I3-A", 4),
     item("T-I3-B", 2),
+    item("T-ADJ", 10),
+    item("T-ADJ-API", 10),
   ],
 };
 
@@ -863,6 +872,76 @@ void describe("inventory service", () => {
       assert.deepEqual(await figures("T-NEW"), { available: 5, reserved: 2, committed: 0 });
     },
   );
+
+  void it("a stock adjustment's event kept by a crash is published by the next start's sweep, once; one already on the stream is not published again", async () => {
+    const store = storeOf(svc!.ctx);
+    const afterSeq = (await jsm.streams.info("INVENTORY")).state.last_seq;
+    const kept = (quantity: number) => ({
+      reason: quantity > 0 ? ("restock" as const) : ("damaged" as const),
+      operator: "op-1",
+      at: new Date().toISOString(),
+      afterSeq,
+    });
+    // 1. Applied, then the process died before publishing: the stock moved, its event is only kept in the record.
+    assert.deepEqual(await store.adjustStock("T-ADJ", "adj_never", 3, kept(3)), { kind: "applied" });
+    // 2. Applied and published, then the process died before dropping the kept copy — and the publish is older than
+    //    the server's duplicate window (published here without a message id, so the window cannot catch a repeat).
+    const published = kept(-2);
+    assert.deepEqual(await store.adjustStock("T-ADJ", "adj_published", -2, published), { kind: "applied" });
+    const onStream = adjustmentEvent(
+      "T-ADJ",
+      { id: "adj_published", quantity: -2, unpublished: published },
+      "inventory",
+    );
+    await js.publish(subjectOf(onStream), encodeEvent(onStream));
+    assert.deepEqual(
+      unpublishedAdjustments(await stock("T-ADJ")).map((a) => a.id),
+      ["adj_never", "adj_published"],
+    );
+
+    // A replica starts (as after the crash): its sweep publishes what is owed, and only that.
+    const replica = await startService(definition, env({ CATALOG_FILE: catalogFile }));
+    try {
+      await eventually(async () => assert.deepEqual(unpublishedAdjustments(await stock("T-ADJ")), []), {
+        what: "the kept adjustment events of T-ADJ published",
+      });
+      assert.deepEqual(await stored("T-ADJ"), { StockAdjusted: 2 });
+      const events = await outcomes.waitFor("both StockAdjusted of T-ADJ", () => {
+        const e = outcomes.of("T-ADJ", "StockAdjusted");
+        return e.length === 2 ? e : undefined;
+      });
+      assert.deepEqual(events.map((e) => [e.id, e.data.quantity, e.data.reason, e.data.operator]).sort(), [
+        ["T-ADJ:StockAdjusted:adj_never", 3, "restock", "op-1"],
+        ["T-ADJ:StockAdjusted:adj_published", -2, "damaged", "op-1"],
+      ]);
+      // A sweep with nothing kept publishes nothing; the stock balances with its adjustments.
+      assert.equal(await adjustmentOutboxOf(replica.ctx)!.sweep(), 0);
+      const s = await stock("T-ADJ");
+      assert.deepEqual([s.adjusted, s.available], [1, 11]);
+      assert.deepEqual(stockViolations(s), []);
+    } finally {
+      await replica.stop();
+    }
+  });
+
+  void it("an adjustment through the API publishes its event once and keeps nothing; a retry publishes nothing more", async () => {
+    const post = () =>
+      operatorFetch(`${svc!.url}/inventory/T-ADJ-API/adjustments`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "idempotency-key": "restock-1" },
+        body: JSON.stringify({ quantity: 4, reason: "restock" }),
+      });
+    const first = await post();
+    assert.equal(first.status, 200, await first.clone().text());
+    const id = ((await first.json()) as { adjustmentId: string }).adjustmentId;
+    assert.deepEqual(unpublishedAdjustments(await stock("T-ADJ-API")), [], "nothing kept after the publish");
+    const retry = await post();
+    assert.equal(retry.status, 200);
+    assert.equal(((await retry.json()) as { replayed: boolean }).replayed, true);
+    assert.deepEqual(await stored("T-ADJ-API"), { StockAdjusted: 1 });
+    const m = await jsm.direct.getMessage("INVENTORY", { last_by_subj: "inventory.T-ADJ-API.StockAdjusted" });
+    assert.equal(decodeEvent(m!.data).id, `T-ADJ-API:StockAdjusted:${id}`);
+  });
 
   void it(
     "stops at start-up with a clear message when CATALOG_FILE is invalid",

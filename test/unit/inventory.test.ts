@@ -15,6 +15,8 @@ import {
 import {
   MAX_REMEMBERED_ADJUSTMENTS,
   adjust,
+  adjustmentPublished,
+  unpublishedAdjustments,
   applyMove,
   commitHold,
   decideCommit,
@@ -153,6 +155,34 @@ void describe("inventory domain: stock moves", () => {
     assert.deepEqual(applyMove(null, adjust("a3", 1)).result, { kind: "unknown" });
     // The figure without its adjustment does not balance.
     assert.equal(stockViolations({ ...s, adjusted: 0 }).length, 1);
+  });
+
+  void it("keeps an adjustment's unpublished event until it is marked published, and never drops one that is kept", () => {
+    const kept = { reason: "restock" as const, operator: "op", at: "2026-12-07T00:00:00.000Z", afterSeq: 7 };
+    let s = newStock("X", 0);
+    s = apply(s, applyMove(s, adjust("k", 2, kept)).next);
+    assert.deepEqual(unpublishedAdjustments(s), [{ id: "k", quantity: 2, unpublished: kept }]);
+    // A retry is told what is still owed.
+    assert.deepEqual(applyMove(s, adjust("k", 2, { ...kept, afterSeq: 9 })).result, {
+      kind: "already_applied",
+      quantity: 2,
+      unpublished: kept,
+    });
+    // More than the remembered published ones after it: the kept one stays, the oldest published ones go.
+    for (let i = 0; i < MAX_REMEMBERED_ADJUSTMENTS + 3; i++)
+      s = apply(s, applyMove(s, adjust(`a${i}`, 1)).next);
+    assert.equal(s.adjustments?.length, MAX_REMEMBERED_ADJUSTMENTS + 1);
+    assert.deepEqual(s.adjustments?.[0], { id: "k", quantity: 2, unpublished: kept });
+    assert.equal(s.adjustments?.[1]?.id, "a3");
+    // Marked published: the entry stays (a retry is still applied once) without its event; a second mark is no change.
+    const marked = applyMove(s, adjustmentPublished("k"));
+    assert.equal(marked.result, true);
+    s = apply(s, marked.next);
+    assert.deepEqual(unpublishedAdjustments(s), []);
+    assert.deepEqual(applyMove(s, adjust("k", 2)).result, { kind: "already_applied", quantity: 2 });
+    assert.equal(applyMove(s, adjustmentPublished("k")).next, Unchanged);
+    assert.equal(applyMove(null, adjustmentPublished("k")).result, false);
+    assert.deepEqual(stockViolations(s), []);
   });
 
   void it("remembers the last adjustment ids only, oldest dropped first", () => {

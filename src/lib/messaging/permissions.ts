@@ -101,7 +101,8 @@ export const serviceAccess: Record<ServiceUser, ServiceAccess> = {
     owns: Streams.INVENTORY,
     durables: [{ stream: Streams.ORDERS, durable: Durables.INVENTORY_ORDERS }],
     orderedReads: [],
-    directGets: [Streams.ORDERS],
+    // INVENTORY: the adjustment outbox looks for a kept event on the stream before publishing it (adjustments.ts).
+    directGets: [Streams.ORDERS, Streams.INVENTORY],
     msgGets: [Streams.INVENTORY],
     buckets: [
       { bucket: "catalog", write: true },

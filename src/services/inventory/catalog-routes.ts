@@ -14,9 +14,11 @@
  *
  * Crash safety: the state is written first, the event second. A retry of the same request (same body, same key)
  * finds the state written and publishes the event again under the same id; a publish that already reached the stream
- * is found there (the SKU's last event of the type) or dropped by the server's duplicate window. A change whose
- * client never retries after a crash between the two is what the checker's I3 `adjustment-mismatch` reports for
- * stock (src/checker/checker.ts).
+ * is found there (the SKU's last event of the type) or dropped by the server's duplicate window. An adjustment's
+ * StockAdjusted is also kept in the stock record by the write that moves the stock (an outbox, adjustments.ts) until
+ * it is on the stream, so one whose client never retries after a crash or a failed publish is published by the
+ * inventory's sweep (at start, and after a failure); the checker's I3 `adjustment-mismatch` reports a stock change
+ * without its event (src/checker/checker.ts).
  */
 import { createHash, randomBytes } from "node:crypto";
 import type { JetStreamManager } from "@nats-io/jetstream";
@@ -30,7 +32,8 @@ import { ProblemError, problemResponse } from "../../lib/http/problem.js";
 import type { Publisher } from "../../lib/messaging/publisher.js";
 import type { Logger } from "../../lib/telemetry/logger.js";
 import { CatalogEntry, SKU_PATTERN } from "./catalog.js";
-import { MAX_REMEMBERED_ADJUSTMENTS } from "./inventory.js";
+import type { AdjustmentOutbox } from "./adjustments.js";
+import { MAX_REMEMBERED_ADJUSTMENTS, type UnpublishedAdjustment } from "./inventory.js";
 import type { InventoryStore } from "./store.js";
 
 /** What the catalog routes need besides the store. */
@@ -40,6 +43,8 @@ export interface CatalogDeps {
   logger: Logger;
   /** The publishing service's name (`source` of the events). */
   source: string;
+  /** Publishes the stock adjustments' events kept in the stock records. */
+  outbox: AdjustmentOutbox;
 }
 
 /** The 401/403 answers of an operator route. */
@@ -286,7 +291,16 @@ export function registerCatalogRoutes(
         });
       const operator = principalOf(req).sub;
       const adjustmentId = adjustmentIdOf(operator, req.headers["idempotency-key"]);
-      const r = await store.adjustStock(sku, adjustmentId, quantity);
+      const { outbox } = getDeps();
+      // The event is kept in the stock record by the same write (the outbox: adjustments.ts), then published.
+      const kept: UnpublishedAdjustment = {
+        reason,
+        ...(note !== undefined ? { note } : {}),
+        operator,
+        at: new Date().toISOString(),
+        afterSeq: await outbox.streamPosition(),
+      };
+      const r = await store.adjustStock(sku, adjustmentId, quantity, kept);
       switch (r.kind) {
         case "unknown":
           throw unknownSku(sku);
@@ -310,11 +324,16 @@ export function registerCatalogRoutes(
           getDeps().logger.info({ sku, quantity, reason, adjustmentId }, "stock adjusted");
           break;
       }
-      await publish(
-        "StockAdjusted",
-        { sku, adjustmentId, quantity, reason, ...(note !== undefined ? { note } : {}), operator },
-        adjustmentId,
-      );
+      // A retry of an adjustment whose event is on the stream already publishes nothing.
+      const unpublished = r.kind === "applied" ? kept : r.unpublished;
+      if (unpublished) {
+        try {
+          await outbox.publish(sku, { id: adjustmentId, quantity, unpublished });
+        } catch (err) {
+          outbox.schedule(1000); // kept in the stock record: published by a sweep, whether or not the client retries
+          throw err;
+        }
+      }
       const view = await store.view(sku);
       if (!view) throw unknownSku(sku);
       return { ...view, adjustmentId, replayed: r.kind === "already_applied" };

@@ -7,6 +7,7 @@
  * `available >= 0`, and `reserved` is the sum of the holds (`adjusted`: the operators' restocks and write-offs,
  * each also a StockAdjusted event on INVENTORY, so the checker holds the figure to the events).
  */
+import type { AdjustmentReason } from "../../lib/events/catalog.js";
 import { Unchanged } from "../../lib/kv.js";
 
 /** Largest quantity of one line in the saga's events (the catalog's `StockLine.quantity`). */
@@ -24,10 +25,12 @@ export interface StockRecord {
   /** Sum of the operators' adjustments (restock > 0, write-off < 0); absent = 0 (records before adjustments). */
   adjusted?: number;
   /**
-   * The latest adjustments applied, oldest first (at most {@link MAX_REMEMBERED_ADJUSTMENTS}, oldest dropped first):
-   * an adjustment retried with the same id is applied once.
+   * The latest adjustments applied, oldest first (at most {@link MAX_REMEMBERED_ADJUSTMENTS} published ones, oldest
+   * dropped first): an adjustment retried with the same id is applied once. An entry whose StockAdjusted is not yet
+   * known to be on the stream carries it (`unpublished`: the outbox, written in the same compare-and-set as the
+   * stock) and is never dropped.
    */
-  adjustments?: { id: string; quantity: number }[];
+  adjustments?: AdjustmentEntry[];
   /**
    * Units of each order that were sold (committed) and then returned to available because the order was cancelled
    * after its confirmation: the marker that makes {@link returnSale} idempotent. Absent until the first return; it
@@ -39,30 +42,93 @@ export interface StockRecord {
 /** Adjustment ids a stock record remembers, so a retry is not applied twice. */
 export const MAX_REMEMBERED_ADJUSTMENTS = 100;
 
+/**
+ * What an adjustment's StockAdjusted says beyond the stock record's entry, kept in the entry until the event is known
+ * to be on INVENTORY (the outbox of src/services/inventory/adjustments.ts).
+ */
+export interface UnpublishedAdjustment {
+  reason: AdjustmentReason;
+  note?: string;
+  operator: string;
+  /** When it was applied (ISO 8601). */
+  at: string;
+  /** INVENTORY's last sequence before it was applied: its event, if published, is after it. */
+  afterSeq: number;
+}
+
+/** One remembered adjustment of a stock record. */
+export interface AdjustmentEntry {
+  id: string;
+  quantity: number;
+  /** Present until its StockAdjusted is known to be on the stream. */
+  unpublished?: UnpublishedAdjustment;
+}
+
+/** The adjustments of `s` whose StockAdjusted is not known to be on the stream, oldest first. */
+export function unpublishedAdjustments(
+  s: StockRecord,
+): (AdjustmentEntry & { unpublished: UnpublishedAdjustment })[] {
+  return (s.adjustments ?? []).filter(
+    (a): a is AdjustmentEntry & { unpublished: UnpublishedAdjustment } => a.unpublished !== undefined,
+  );
+}
+
+/** `entries` trimmed to {@link MAX_REMEMBERED_ADJUSTMENTS} published ones (oldest dropped); unpublished ones stay. */
+function remembered(entries: AdjustmentEntry[]): AdjustmentEntry[] {
+  let drop = entries.filter((a) => !a.unpublished).length - MAX_REMEMBERED_ADJUSTMENTS;
+  return entries.filter((a) => a.unpublished || drop-- <= 0);
+}
+
+/** Marks adjustment `id` as published (its StockAdjusted is on the stream); no change when it is not pending. */
+export function adjustmentPublished(id: string): StockMove<boolean> {
+  return (s) => {
+    const entry = s?.adjustments?.find((a) => a.id === id);
+    if (!s || !entry?.unpublished) return { changed: false, result: false };
+    s.adjustments = s.adjustments!.map((a) => (a.id === id ? { id: a.id, quantity: a.quantity } : a));
+    return { changed: true, result: true };
+  };
+}
+
 /** Outcome of an operator's adjustment of one SKU's stock. */
 export type AdjustResult =
   | { kind: "applied" }
-  /** The same id was applied before (a retry): nothing changed. `quantity` is what that adjustment was. */
-  | { kind: "already_applied"; quantity: number }
+  /**
+   * The same id was applied before (a retry): nothing changed. `quantity` is what that adjustment was; `unpublished`
+   * its event when that is not yet known to be on the stream.
+   */
+  | { kind: "already_applied"; quantity: number; unpublished?: UnpublishedAdjustment }
   /** A write-off larger than the units available (reserved and sold units cannot be written off). */
   | { kind: "insufficient"; available: number }
   | { kind: "unknown" };
 
 /**
  * Adds `quantity` units to available (a restock, > 0) or takes them away (a write-off, < 0), once per `id`:
- * `adjusted` follows, so `initial + adjusted = available + reserved + committed` still holds.
+ * `adjusted` follows, so `initial + adjusted = available + reserved + committed` still holds. With `unpublished`, the
+ * entry keeps its event until {@link adjustmentPublished}.
  */
-export function adjust(id: string, quantity: number): StockMove<AdjustResult> {
+export function adjust(
+  id: string,
+  quantity: number,
+  unpublished?: UnpublishedAdjustment,
+): StockMove<AdjustResult> {
   return (s) => {
     if (s === null) return { changed: false, result: { kind: "unknown" } };
     const seen = s.adjustments ?? [];
     const before = seen.find((a) => a.id === id);
-    if (before) return { changed: false, result: { kind: "already_applied", quantity: before.quantity } };
+    if (before)
+      return {
+        changed: false,
+        result: {
+          kind: "already_applied",
+          quantity: before.quantity,
+          ...(before.unpublished ? { unpublished: before.unpublished } : {}),
+        },
+      };
     if (s.available + quantity < 0)
       return { changed: false, result: { kind: "insufficient", available: s.available } };
     s.available += quantity;
     s.adjusted = (s.adjusted ?? 0) + quantity;
-    s.adjustments = [...seen.slice(-(MAX_REMEMBERED_ADJUSTMENTS - 1)), { id, quantity }];
+    s.adjustments = remembered([...seen, { id, quantity, ...(unpublished ? { unpublished } : {}) }]);
     return { changed: true, result: { kind: "applied" } };
   };
 }

@@ -10,6 +10,7 @@ import { Durables } from "../../lib/events/consumers.js";
 import type { ConsumerSpec } from "../../lib/messaging/topology.js";
 import type { ServiceContext, ServiceDefinition } from "../../lib/service.js";
 import type { CommonConfig } from "../../lib/service.js";
+import { AdjustmentOutbox } from "./adjustments.js";
 import { DEFAULT_CATALOG, loadCatalogFile } from "./catalog.js";
 import { InventoryConfig } from "./config.js";
 import { createHandlers } from "./handlers.js";
@@ -24,6 +25,14 @@ type Ctx = ServiceContext<InventoryConfig & CommonConfig>;
 
 /** The store of each running instance (several may run in one process, e.g. in tests). */
 const stores = new WeakMap<Ctx, InventoryStore>();
+
+/** The adjustment outbox of each running instance. */
+const outboxes = new WeakMap<Ctx, AdjustmentOutbox>();
+
+/** The adjustment outbox of a running instance (tests). */
+export function adjustmentOutboxOf(ctx: object): AdjustmentOutbox | undefined {
+  return outboxes.get(ctx as Ctx);
+}
 
 /** The store of a running instance (set once its setup has opened the buckets). */
 export function storeOf(ctx: Ctx): InventoryStore {
@@ -55,6 +64,15 @@ export const definition: ServiceDefinition<typeof InventoryConfig> = {
     const seeded = await store.seed(items, ctx.logger);
     ctx.logger.info({ source: file ?? "default catalog", ...seeded }, "catalog loaded");
     stores.set(ctx, store);
+    // Stock adjustment events kept by a crash or a failed publish are published in the background from the start.
+    const outbox = new AdjustmentOutbox(store, {
+      publisher: ctx.publisher,
+      jsm: ctx.jsm,
+      logger: ctx.logger,
+      source: SERVICE_NAME,
+    });
+    outboxes.set(ctx, outbox);
+    outbox.schedule();
     await ctx.app.register(swagger, {
       openapi: {
         openapi: "3.1.0",
@@ -70,11 +88,12 @@ export const definition: ServiceDefinition<typeof InventoryConfig> = {
     registerInventoryRoutes(
       ctx.app,
       () => storeOf(ctx),
-      () => ({ publisher: ctx.publisher, jsm: ctx.jsm, logger: ctx.logger, source: SERVICE_NAME }),
+      () => ({ publisher: ctx.publisher, jsm: ctx.jsm, logger: ctx.logger, source: SERVICE_NAME, outbox }),
     );
     ctx.app.get("/openapi.json", { schema: { hide: true }, config: { auth: "none" } }, async () =>
       ctx.app.swagger(),
     );
+    return { close: () => outbox.stop() };
   },
   readiness: (ctx) => ({ buckets: () => (stores.has(ctx) ? true : "KV buckets not open") }),
   consumers: (ctx) => [

@@ -21,8 +21,10 @@ import type { Logger } from "../../lib/telemetry/logger.js";
 import { entryOf, type CatalogEntry, type CatalogSeedItem } from "./catalog.js";
 import {
   adjust,
+  adjustmentPublished,
   newStock,
   type AdjustResult,
+  type UnpublishedAdjustment,
   type ReservationRecord,
   type StockMove,
   type StockRecord,
@@ -240,9 +242,29 @@ export class InventoryStore {
     return { kind: "set", entry: r.value, revision: r.revision, changed: r.changed };
   }
 
-  /** Applies an operator's adjustment of `sku`'s stock, once per `id` (see {@link adjust}). */
-  adjustStock(sku: string, id: string, quantity: number): Promise<AdjustResult> {
-    return this.moveStock(sku, adjust(id, quantity));
+  /**
+   * Applies an operator's adjustment of `sku`'s stock, once per `id` (see {@link adjust}); with `unpublished`, its
+   * StockAdjusted is kept in the same write until {@link markAdjustmentPublished}.
+   */
+  adjustStock(
+    sku: string,
+    id: string,
+    quantity: number,
+    unpublished?: UnpublishedAdjustment,
+  ): Promise<AdjustResult> {
+    return this.moveStock(sku, adjust(id, quantity, unpublished));
+  }
+
+  /** Drops adjustment `id`'s kept event: its StockAdjusted is on the stream. Resolves whether there was one. */
+  markAdjustmentPublished(sku: string, id: string): Promise<boolean> {
+    return this.moveStock(sku, adjustmentPublished(id));
+  }
+
+  /** Every SKU with a stock record. */
+  async stockSkus(): Promise<string[]> {
+    const skus: string[] = [];
+    for await (const k of await this.stock.keys()) skus.push(k);
+    return skus.sort();
   }
 
   /** The catalog entry of `sku` with its stock, or null when either is absent. */
