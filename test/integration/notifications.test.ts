@@ -153,14 +153,17 @@ void describe("notifications service", () => {
   });
 
   const emailOf = (orderId: string) => `${orderId.toLowerCase()}@example.com`;
-  const place = (orderId: string) =>
+  /** Publishes the order's OrderPlaced (customer `cus_42` and a plain address unless given). */
+  const place = (
+    orderId: string,
+    customer: { customerId: string; email: string } = { customerId: "cus_42", email: emailOf(orderId) },
+  ) =>
     publisher.publish(
       makeEvent(
         "OrderPlaced",
         {
           orderId,
-          customerId: "cus_42",
-          email: emailOf(orderId),
+          ...customer,
           items: [{ sku: "sku-1", quantity: 2, unitPrice: 625 }],
           total: 1250,
           currency: "EUR",
@@ -303,23 +306,7 @@ void describe("notifications service", () => {
     const orderId = newOrderId("erased");
     const customerId = `cus_${randomUUID().slice(0, 8)}`;
     const personal = new PersonalData(new CustomerKeys(await openBucket(nc, CUSTOMER_KEYS_BUCKET)));
-    const email = await personal.seal(customerId, emailOf(orderId));
-    await publisher.publish(
-      makeEvent(
-        "OrderPlaced",
-        {
-          orderId,
-          customerId,
-          email,
-          items: [{ sku: "sku-1", quantity: 2, unitPrice: 625 }],
-          total: 1250,
-          currency: "EUR",
-          placedAt: new Date().toISOString(),
-          timeoutAt: new Date(Date.now() + 30_000).toISOString(),
-        },
-        { aggregateId: orderId, source: "orders" },
-      ),
-    );
+    await place(orderId, { customerId, email: await personal.seal(customerId, emailOf(orderId)) });
     assert.equal(await personal.keys.erase(customerId), true);
     await confirm(orderId);
     const withheld = (kinds: string[]) =>
