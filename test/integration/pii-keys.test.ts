@@ -11,6 +11,8 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { CUSTOMER_KEYS_BUCKET, CustomerKeys, customerKeyName } from "../../src/lib/pii/keys.js";
 import { PersonalData } from "../../src/lib/pii/personal-data.js";
 import { provisionAll } from "../../src/tools/provisioning.js";
+import { createLogger } from "../../src/lib/telemetry/logger.js";
+import { eventually } from "../helpers/eventually.js";
 import { startAuthNatsServer, type AuthNatsServer } from "../helpers/nats.js";
 
 const STREAM = `KV_${CUSTOMER_KEYS_BUCKET}`;
@@ -104,5 +106,81 @@ describe("pii: customers' data keys on NATS", () => {
     assert.notEqual(next.keyId, key.keyId, "a new key");
     assert.deepEqual(await pd.reveal("cus_erase", again), { erased: false, value: "erase-me@example.com" });
     assert.deepEqual(await pd.reveal("cus_erase", sealed), { erased: true }, "the old e-mail stays erased");
+  });
+
+  /** A second orders replica's keys: its own bucket handle (counting its key reads), its own watch. */
+  async function watchingReplica(): Promise<{
+    keys: CustomerKeys;
+    reads: () => number;
+    close(): Promise<void>;
+  }> {
+    const nc = await auth.connectAs("orders");
+    const kv = await new Kvm(nc).open(CUSTOMER_KEYS_BUCKET);
+    let reads = 0;
+    const get = kv.get.bind(kv);
+    kv.get = (...args: Parameters<typeof kv.get>) => (reads++, get(...args));
+    const keys = new CustomerKeys(kv);
+    await keys.watchForSealing(createLogger({ service: "test", level: "silent" }));
+    return {
+      keys,
+      reads: () => reads,
+      close: async () => {
+        keys.stopWatching();
+        await nc.close();
+      },
+    };
+  }
+
+  test("sealing remembers a customer's key while the bucket is watched: a returning customer's seal reads no key", async () => {
+    const replica = await watchingReplica();
+    try {
+      const first = await replica.keys.sealingKey("cus_return");
+      const readsAfterFirst = replica.reads();
+      assert.ok(readsAfterFirst >= 1, "the first seal reads (and makes) the key");
+      for (let i = 0; i < 5; i++)
+        assert.equal((await replica.keys.sealingKey("cus_return")).keyId, first.keyId);
+      assert.equal(replica.reads(), readsAfterFirst, "no read for the next seals");
+      // Without the watch nothing is remembered: every seal reads.
+      replica.keys.stopWatching();
+      await eventually(async () => {
+        const before = replica.reads();
+        await replica.keys.sealingKey("cus_return");
+        assert.equal(replica.reads(), before + 1);
+      });
+    } finally {
+      await replica.close();
+    }
+  });
+
+  test("an erasure by another replica is followed: the remembered key is forgotten, the next seal makes a new key", async () => {
+    const replica = await watchingReplica();
+    try {
+      const pd = new PersonalData(replica.keys);
+      const old = await replica.keys.sealingKey("cus_forget");
+      const sealedBefore = await pd.seal("cus_forget", "forget-me@example.com");
+      assert.equal(await ordersKeys.erase("cus_forget"), true, "erased through the other replica");
+      // The watch delivers the purge: the next seal makes (and uses) a new key.
+      const next = await eventually(async () => {
+        const k = await replica.keys.sealingKey("cus_forget");
+        assert.notEqual(k.keyId, old.keyId);
+        return k;
+      });
+      assert.equal(
+        (await ordersKeys.current("cus_forget"))?.keyId,
+        next.keyId,
+        "the new key is the bucket's",
+      );
+      assert.deepEqual(await pd.reveal("cus_forget", sealedBefore), { erased: true });
+      const sealedAfter = await pd.seal("cus_forget", "forget-me@example.com");
+      assert.deepEqual(await new PersonalData(notificationsKeys).reveal("cus_forget", sealedAfter), {
+        erased: false,
+        value: "forget-me@example.com",
+      });
+      // An erasure made by this replica itself is forgotten at once, before any watch delivery.
+      assert.equal(await replica.keys.erase("cus_forget"), true);
+      assert.notEqual((await replica.keys.sealingKey("cus_forget")).keyId, next.keyId);
+    } finally {
+      await replica.close();
+    }
   });
 });

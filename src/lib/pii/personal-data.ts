@@ -15,7 +15,7 @@ export class PersonalData {
 
   /** Seals `plaintext` for the customer, making the customer's key first if there is none. */
   async seal(customerId: string, plaintext: string): Promise<string> {
-    return seal(await this.keys.currentOrCreate(customerId), customerId, plaintext);
+    return seal(await this.keys.sealingKey(customerId), customerId, plaintext);
   }
 
   /** Reveals one stored value (one read of the key bucket when it is sealed). */

@@ -94,6 +94,9 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
         openBucket(ctx.nc, CUSTOMER_KEYS_BUCKET, { replicas, description: CUSTOMER_KEYS_DESCRIPTION }),
       ]);
       const keys = new CustomerKeys(keysKv);
+      // A returning customer's order is sealed with the key remembered from their last one (no read per order); the
+      // watch forgets a key as soon as an erasure purges it (src/lib/pii/keys.ts).
+      await keys.watchForSealing(ctx.logger);
       await catalog.start(catalogKv, ctx.logger);
       store = new OrderStore(ctx.jsm, ctx.publisher);
       const orderStore = store;
@@ -170,6 +173,7 @@ export function createOrdersService(): ServiceDefinition<typeof OrdersConfig> {
           live.closeAll();
           inFlight.stop();
           catalog.close();
+          keys.stopWatching();
         },
       };
     },
