@@ -19,6 +19,9 @@ import { Publisher } from "../../src/lib/messaging/publisher.js";
 import { provisionAll } from "../../src/tools/provisioning.js";
 import { startService } from "../../src/lib/service.js";
 import { definition as notifications } from "../../src/services/notifications/service.js";
+import { AdjustmentOutbox } from "../../src/services/inventory/adjustments.js";
+import { InventoryStore } from "../../src/services/inventory/store.js";
+import { createLogger } from "../../src/lib/telemetry/logger.js";
 import { connectTo, startAuthNatsServer, type AuthNatsServer } from "../helpers/nats.js";
 import { until } from "../helpers/eventually.js";
 import { authEnv } from "../helpers/auth.js";
@@ -268,6 +271,34 @@ describe("NATS authentication and per-service permissions (hostile)", () => {
       assert.ok(!err.message.includes(auth.secrets.auth("notifications").pass));
     } finally {
       await provisionAll(admin, {});
+    }
+  });
+
+  test("inventory's stock adjustment outbox works with inventory's own rights: lists the stock, reads INVENTORY, publishes", async () => {
+    const nc = await auth.connectAs("inventory");
+    try {
+      const silent = createLogger({ service: "inventory", level: "silent" });
+      const store = await InventoryStore.open(nc, { replicas: 1 });
+      await store.seed([{ sku: "SKU-AUTH", name: "Auth", price: 100, currency: "EUR", stock: 5 }], silent);
+      const outbox = new AdjustmentOutbox(store, {
+        publisher: new Publisher(jetstream(nc)),
+        jsm: await jetstreamManager(nc),
+        logger: silent,
+        source: "inventory",
+      });
+      // An adjustment applied and kept, as a crash before its publish leaves it: the sweep publishes it, once.
+      const kept = { reason: "restock" as const, operator: "op", at: new Date().toISOString() };
+      await store.adjustStock("SKU-AUTH", "adj_auth", 2, {
+        ...kept,
+        afterSeq: await outbox.streamPosition(),
+      });
+      assert.equal(await outbox.sweep(), 1);
+      assert.equal(await outbox.sweep(), 0);
+      const subject = "inventory.SKU-AUTH.StockAdjusted";
+      const info = await jsmAdmin.streams.info(Streams.INVENTORY, { subjects_filter: subject });
+      assert.deepEqual(info.state.subjects, { [subject]: 1 });
+    } finally {
+      await nc.close();
     }
   });
 
