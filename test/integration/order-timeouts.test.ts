@@ -158,8 +158,12 @@ void describe("orders: timeouts held by the runner", () => {
       Date.parse(events[1]!.timestamp) >= p.deadline,
       "cancelled at its deadline, not at the hand-back",
     );
-    const mine = acts.filter((a) => a.seq === p.seq);
-    assert.equal(mine.at(-1)!.what, "+ACK");
+    // The cancellation is appended before the timer message is acked: wait for the ack to be seen.
+    const mine = await eventually(() => {
+      const seen = acts.filter((a) => a.seq === p.seq);
+      assert.equal(seen.at(-1)?.what, "+ACK");
+      return seen;
+    }, 5_000);
     assert.equal(mine.at(-1)!.deliveries, 2, "delivered again once, after the hand-back");
     assert.equal(mine.filter((a) => a.what === "-NAK").length, 1, "one hand-back");
 
