@@ -24,6 +24,7 @@ import { FaultPatchSchema } from "../../simulators/shared.js";
 import { maskPersonalData } from "./mask.js";
 import type { OverviewSample, OverviewSampler } from "./overview.js";
 import type { Session } from "./api-types.js";
+import type { TimelineEvent } from "../audit/routes.js";
 import { upstream } from "./upstream.js";
 import type { ConsoleConfig } from "./config.js";
 
@@ -430,17 +431,6 @@ export function registerConsoleRoutes(app: FastifyInstance, d: ConsoleRouteDeps)
       },
     );
   }
-}
-
-/** An audit timeline row as the audit service returns it. */
-interface TimelineEvent {
-  position: number;
-  service: string | null;
-  type: string;
-  timestamp: string;
-  trace_id: string | null;
-  event_id: string;
-  causation_id: string | null;
 }
 
 /** Each event with its delay from the previous one and its cause's type (the event its causation id names). */
